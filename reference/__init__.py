@@ -1,0 +1,25 @@
+"""tilespec: an executable specification of slideflow-style TFRecord tile loading.
+
+The NumPy reference implementation; each module is one chapter of spec/:
+records (framing), example (tf.train.Example codec), index (index files),
+images (decode). See README.md.
+"""
+
+from .crc32c import BACKEND as CRC32C_BACKEND
+from .errors import (CorruptDataError, CorruptLengthError, EmptyFileError, ExampleParseError,
+                     ImageDecodeError, IndexFileError, NotATFRecordError, TFRecordError,
+                     TileSchemaError, TruncatedRecordError)
+from .example import Tile, encode_example, encode_tile, parse_example, parse_tile
+from .images import decode_image
+from .index import build_index, load_index
+from .records import read_record_at, read_records, write_records
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "read_records", "write_records", "read_record_at", "parse_example", "encode_example",
+    "parse_tile", "encode_tile", "Tile", "build_index", "load_index", "decode_image",
+    "TFRecordError", "EmptyFileError", "NotATFRecordError", "CorruptLengthError",
+    "CorruptDataError", "TruncatedRecordError", "ExampleParseError", "TileSchemaError",
+    "ImageDecodeError", "IndexFileError", "CRC32C_BACKEND",
+]

@@ -1,0 +1,80 @@
+"""Errors raised by tilespec (spec/records.md, "Errors").
+
+Every reading and parsing error derives from :class:`TFRecordError` and says
+where it happened: the file, the record number (0-based) and the byte offset of
+the record's first framing byte, when they are known.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class TFRecordError(Exception):
+    """Base of every error raised while reading, parsing or indexing records.
+
+    Attributes ``path``, ``record`` and ``offset`` hold the location (``None``
+    where not known); ``reason`` the bare description.
+    """
+
+    def __init__(self, reason: str, *, path=None, record=None, offset=None):
+        self.reason = reason
+        self.path = os.fspath(path) if path is not None else None
+        self.record = record
+        self.offset = offset
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(str(self.path))
+        if self.record is not None:
+            where.append(f"record {self.record}")
+        if self.offset is not None:
+            where.append(f"byte offset {self.offset}")
+        return (": ".join([", ".join(where), self.reason]) if where else self.reason)
+
+    def located(self, *, path=None, record=None, offset=None):
+        """Return a copy of this error with missing location fields filled in."""
+        return type(self)(
+            self.reason,
+            path=self.path if self.path is not None else path,
+            record=self.record if self.record is not None else record,
+            offset=self.offset if self.offset is not None else offset,
+        )
+
+
+class EmptyFileError(TFRecordError):
+    """The file has no bytes at all (a tile file always holds records)."""
+
+
+class NotATFRecordError(TFRecordError):
+    """The first record header is not TFRecord framing (wrong format, or GZIP read as plain)."""
+
+
+class CorruptLengthError(TFRecordError):
+    """A record's length field does not match its masked CRC32C."""
+
+
+class CorruptDataError(TFRecordError):
+    """A record's payload does not match its masked CRC32C."""
+
+
+class TruncatedRecordError(TFRecordError):
+    """The file ends inside a record (header, payload or footer)."""
+
+
+class ExampleParseError(TFRecordError):
+    """A payload is not a valid tf.train.Example."""
+
+
+class TileSchemaError(TFRecordError):
+    """An Example lacks a tile feature or has it with the wrong type."""
+
+
+class ImageDecodeError(TFRecordError):
+    """Image bytes are not a decodable JPEG or PNG."""
+
+
+class IndexFileError(TFRecordError):
+    """An index file cannot be read or does not describe its TFRecord."""

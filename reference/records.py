@@ -1,0 +1,244 @@
+"""TFRecord framing: reading and writing (spec/records.md).
+
+A TFRecord file is a sequence of records, each framed as::
+
+    uint64 length            little-endian, payload size in bytes
+    uint32 masked_crc(length bytes)
+    byte   payload[length]
+    uint32 masked_crc(payload)
+
+with ``masked_crc(b) = mask(crc32c(b))`` (see :mod:`tilespec.crc32c`). A file
+may be GZIP-compressed as a whole (``compression='GZIP'``, as in TensorFlow).
+
+Every error names the file, the 0-based record number and the byte offset of
+the record's first framing byte (for GZIP files, the offset in the
+decompressed stream).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import struct
+from typing import BinaryIO, Iterable, Iterator
+
+from .crc32c import masked_crc32c
+from .errors import (CorruptDataError, CorruptLengthError, EmptyFileError,
+                     NotATFRecordError, TFRecordError, TruncatedRecordError)
+
+HEADER_BYTES = 12  # length + its checksum
+FOOTER_BYTES = 4   # payload checksum
+FRAMING_BYTES = HEADER_BYTES + FOOTER_BYTES
+COMPRESSIONS = (None, "GZIP")
+_GZIP_MAGIC = b"\x1f\x8b"
+_HEADER = struct.Struct("<QI")
+_FOOTER = struct.Struct("<I")
+
+
+def _check_compression(compression):
+    if compression == "":
+        compression = None
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be None or 'GZIP', got {compression!r}")
+    return compression
+
+
+def frame_record(payload) -> bytes:
+    """The framed bytes of one record (spec/records.md, "Framing")."""
+    length = struct.pack("<Q", len(payload))
+    return b"".join((length, struct.pack("<I", masked_crc32c(length)), bytes(payload),
+                     struct.pack("<I", masked_crc32c(payload))))
+
+
+def write_records(path, records: Iterable[bytes], *, compression=None) -> int:
+    """Write ``records`` (bytes-like payloads) to ``path``; return how many were written.
+
+    spec/records.md, "Framing". The file is written to a temporary name and
+    renamed into place, so a reader never sees a half-written file.
+    """
+    compression = _check_compression(compression)
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    n = 0
+    try:
+        raw = open(tmp, "wb")
+        with raw:
+            out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compression else raw
+            try:
+                for payload in records:
+                    if not isinstance(payload, (bytes, bytearray, memoryview)):
+                        raise TypeError(f"{path}: record {n} is {type(payload).__name__}, "
+                                        "expected bytes")
+                    out.write(frame_record(payload))
+                    n += 1
+            finally:
+                if out is not raw:
+                    out.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return n
+
+
+def _open(path, compression) -> BinaryIO:
+    path = os.fspath(path)
+    if compression == "GZIP":
+        return gzip.open(path, "rb")
+    return open(path, "rb", buffering=1 << 20)
+
+
+def _read_exact(f: BinaryIO, n: int, path, record, offset, what: str) -> bytes:
+    try:
+        data = f.read(n)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:  # zlib/gzip problems surface here
+        raise TruncatedRecordError(f"cannot read {what}: {e}", path=path, record=record,
+                                   offset=offset) from e
+    if len(data) != n:
+        raise TruncatedRecordError(f"file ends inside the {what} (wanted {n} bytes, "
+                                   f"got {len(data)})", path=path, record=record, offset=offset)
+    return data
+
+
+def read_header(f: BinaryIO, *, path=None, record=0, offset=0, verify=True):
+    """Read one record header at the current position; return the payload length,
+    or ``None`` at a clean end of file. spec/records.md, "Reading"."""
+    try:
+        head = f.read(HEADER_BYTES)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise TruncatedRecordError(f"cannot read record header: {e}", path=path,
+                                   record=record, offset=offset) from e
+    if not head:
+        return None
+    if len(head) != HEADER_BYTES:
+        raise TruncatedRecordError(f"file ends inside the record header (got {len(head)} of "
+                                   f"{HEADER_BYTES} bytes)", path=path, record=record,
+                                   offset=offset)
+    length, stored = _HEADER.unpack(head)
+    if verify:
+        computed = masked_crc32c(head[:8])
+        if computed != stored:
+            if record == 0:
+                hint = (" (the file starts with the GZIP magic bytes: read it with "
+                        "compression='GZIP')" if head[:2] == _GZIP_MAGIC else "")
+                raise NotATFRecordError(
+                    f"not a TFRecord file: the first record header fails its checksum{hint}",
+                    path=path, record=record, offset=offset)
+            raise CorruptLengthError(
+                f"length field fails its checksum (stored 0x{stored:08x}, computed "
+                f"0x{computed:08x}; length field reads {length})",
+                path=path, record=record, offset=offset)
+    return length
+
+
+def read_payload(f: BinaryIO, length: int, *, path=None, record=0, offset=0, verify=True) -> bytes:
+    """Read a payload of ``length`` bytes and its footer; verify the payload checksum."""
+    payload = _read_exact(f, length, path, record, offset, "record payload")
+    (stored,) = _FOOTER.unpack(_read_exact(f, FOOTER_BYTES, path, record, offset,
+                                           "payload checksum"))
+    if verify:
+        computed = masked_crc32c(payload)
+        if computed != stored:
+            raise CorruptDataError(f"payload of {length} bytes fails its checksum (stored "
+                                   f"0x{stored:08x}, computed 0x{computed:08x})",
+                                   path=path, record=record, offset=offset)
+    return payload
+
+
+def read_records(path, *, verify: bool = True, compression=None) -> Iterator[bytes]:
+    """Yield the payload of every record in ``path``, in file order.
+
+    spec/records.md, "Reading". Each payload is a new ``bytes`` object (never a
+    view of a reused buffer). With ``verify=True`` (default) both checksums of
+    every record are checked. Raises a :class:`TFRecordError` subclass naming
+    file, record and offset on any problem; an empty file is an
+    :class:`EmptyFileError`.
+    """
+    compression = _check_compression(compression)
+    path = os.fspath(path)
+    with _open(path, compression) as f:
+        offset = 0
+        record = 0
+        while True:
+            length = read_header(f, path=path, record=record, offset=offset, verify=verify)
+            if length is None:
+                if record == 0:
+                    raise EmptyFileError("empty file: no records", path=path)
+                return
+            yield read_payload(f, length, path=path, record=record, offset=offset,
+                               verify=verify)
+            offset += FRAMING_BYTES + length
+            record += 1
+
+
+def read_record_at(f_or_path, offset: int, *, verify: bool = True, record=None,
+                   path=None) -> bytes:
+    """Read the single record whose framing starts at byte ``offset``.
+
+    spec/records.md, "Random access". ``f_or_path`` is a path or an open binary
+    file (uncompressed files only). ``record`` and ``path`` only label errors.
+    """
+    if isinstance(f_or_path, (str, bytes, os.PathLike)):
+        with open(f_or_path, "rb") as f:
+            return read_record_at(f, offset, verify=verify, record=record,
+                                  path=os.fspath(f_or_path))
+    f = f_or_path
+    if path is None:
+        path = getattr(f, "name", None)
+    f.seek(offset)
+    length = read_header(f, path=path, record=record, offset=offset, verify=verify)
+    if length is None:
+        raise TruncatedRecordError("offset is at or past the end of the file", path=path,
+                                   record=record, offset=offset)
+    return read_payload(f, length, path=path, record=record, offset=offset, verify=verify)
+
+
+def scan_records(path, *, verify: bool = False, chunk_size: int = 1 << 20):
+    """Yield ``(offset, length)`` for every record, reading headers and seeking past
+    payloads, in constant memory. spec/index.md, "Building".
+
+    ``length`` is the full framed size (payload + 16 bytes), as in index files.
+    With ``verify=True`` each payload checksum is also checked, streamed in
+    chunks of ``chunk_size`` bytes. Uncompressed files only.
+    """
+    from .crc32c import crc32c, mask
+
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb", buffering=0) as raw:
+        f = io.BufferedReader(raw, buffer_size=64 * 1024)
+        offset = 0
+        record = 0
+        while True:
+            f.seek(offset)
+            length = read_header(f, path=path, record=record, offset=offset, verify=True)
+            if length is None:
+                if record == 0:
+                    raise EmptyFileError("empty file: no records", path=path)
+                return
+            end = offset + FRAMING_BYTES + length
+            if end > size:
+                raise TruncatedRecordError(
+                    f"record of {length} payload bytes runs past the end of the file "
+                    f"({size} bytes)", path=path, record=record, offset=offset)
+            if verify:
+                crc = 0
+                left = length
+                while left:
+                    chunk = f.read(min(chunk_size, left))
+                    crc = crc32c(chunk, crc)
+                    left -= len(chunk)
+                (stored,) = _FOOTER.unpack(f.read(FOOTER_BYTES))
+                if mask(crc) != stored:
+                    raise CorruptDataError(
+                        f"payload of {length} bytes fails its checksum (stored 0x{stored:08x}, "
+                        f"computed 0x{mask(crc):08x})", path=path, record=record, offset=offset)
+            yield offset, FRAMING_BYTES + length
+            offset = end
+            record += 1
+
+
+__all__ = ["read_records", "write_records", "read_record_at", "scan_records", "frame_record",
+           "read_header", "read_payload", "TFRecordError", "FRAMING_BYTES", "COMPRESSIONS"]
