@@ -1,0 +1,255 @@
+"""Shared helpers for the benchmarks in bench/ (see bench/README.md).
+
+* :func:`measure` runs a workload ``repeats`` times and keeps every run's
+  wall and CPU time, the peak resident-memory growth over the runs and, from
+  one extra run under :mod:`tracemalloc`, the peak of Python-visible
+  allocations.
+* :func:`print_table` prints rows of results as an aligned text table.
+* :func:`environment` describes the machine and library versions.
+
+Throughput is computed from the median wall-clock time (``time.perf_counter``)
+of the runs, or from the median CPU time of this process
+(``time.process_time``) with ``clock="cpu"``. The benches here are single
+threaded, so on a machine shared with other work CPU time is the steadier
+measure; a wall time well above the CPU time says the run was crowded out.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+MiB = 1 << 20
+
+
+# ------------------------------------------------------------------ memory
+def _status_kib(key: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (Linux), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; True on success.
+
+    Linux >= 4.0: writing 5 to /proc/self/clear_refs resets it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakRSS:
+    """Context manager: ``.delta`` = peak RSS during the block minus RSS at its start,
+    in bytes (None where the platform cannot tell).
+
+    Uses VmHWM after resetting it (Linux); elsewhere ``ru_maxrss``, which only
+    sees growth beyond the process's earlier peak.
+    """
+
+    def __enter__(self):
+        gc.collect()
+        self._hwm = _reset_peak_rss() and _status_kib("VmHWM") is not None
+        if self._hwm:
+            self._start = _status_kib("VmRSS") * 1024
+        else:
+            self._start = _maxrss_bytes()
+        self.delta = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._hwm:
+            peak = _status_kib("VmHWM")
+            self.delta = None if peak is None else max(0, peak * 1024 - self._start)
+        else:
+            self.delta = max(0, _maxrss_bytes() - self._start)
+        return False
+
+
+def _maxrss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def tracemalloc_peak(fn: Callable[[], object]) -> int:
+    """Peak bytes allocated through Python's allocators while ``fn()`` runs.
+
+    Counts objects, NumPy arrays and bytes; not memory that C libraries
+    allocate themselves (e.g. Pillow's decoder buffers): see :class:`PeakRSS`.
+    """
+    gc.collect()
+    was = tracemalloc.is_tracing()
+    if not was:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base, _ = tracemalloc.get_traced_memory()
+    try:
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        if not was:
+            tracemalloc.stop()
+    return max(0, peak - base)
+
+
+# ------------------------------------------------------------------ timing
+@dataclass
+class Result:
+    """One measured workload: ``items`` records and ``nbytes`` bytes per run."""
+
+    name: str
+    times: list = field(default_factory=list)      # wall seconds, one per run
+    cpu_times: list = field(default_factory=list)  # process CPU seconds, one per run
+    items: int = 0
+    nbytes: int = 0
+    rss_delta: int | None = None                   # bytes, max over the runs
+    py_peak: int | None = None                     # bytes, tracemalloc run
+    note: str = ""
+    clock: str = "wall"                            # which median the rates use
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpu_times)
+
+    @property
+    def median(self) -> float:
+        """The median run time on ``clock``: what the rates are computed from."""
+        return self.cpu if self.clock == "cpu" else self.wall
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the run times on ``clock``."""
+        t = self.cpu_times if self.clock == "cpu" else self.times
+        m = statistics.median(t)
+        return (max(t) - min(t)) / m if m else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.median if self.median else float("inf")
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / self.median / 1e6 if self.median else float("inf")
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "clock": self.clock, "median_s": self.median,
+                "wall_median_s": self.wall, "cpu_median_s": self.cpu, "times_s": self.times,
+                "cpu_times_s": self.cpu_times,
+                "items": self.items, "bytes": self.nbytes, "items_per_s": self.items_per_s,
+                "mb_per_s": self.mb_per_s, "rss_delta_bytes": self.rss_delta,
+                "tracemalloc_peak_bytes": self.py_peak, "note": self.note}
+
+
+def measure(name: str, fn: Callable[[], object], *, items: int, nbytes: int,
+            repeats: int = 5, warmup: int = 1, trace: bool = True, note: str = "",
+            clock: str = "wall") -> Result:
+    """Run ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed.
+
+    Returns a :class:`Result` with every run's wall and CPU time (rates use
+    the median on ``clock``, "wall" or "cpu"), the largest peak-RSS growth
+    seen in a timed run and, when ``trace``, the tracemalloc peak of one extra
+    run (tracing slows Python code, so that run is never timed).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    for _ in range(warmup):
+        fn()
+    res = Result(name, items=items, nbytes=nbytes, note=note, clock=clock)
+    for _ in range(repeats):
+        with PeakRSS() as mem:
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            fn()
+            res.times.append(time.perf_counter() - t0)
+            res.cpu_times.append(time.process_time() - c0)
+        if mem.delta is not None:
+            res.rss_delta = max(res.rss_delta or 0, mem.delta)
+    if trace:
+        res.py_peak = tracemalloc_peak(fn)
+    return res
+
+
+# ------------------------------------------------------------------ output
+def _num(x: float) -> str:
+    if x == float("inf"):
+        return "inf"
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def _mib(b) -> str:
+    return "-" if b is None else f"{b / MiB:.1f}"
+
+
+def result_row(r: Result) -> list:
+    return [r.name, _num(r.items_per_s), _num(r.mb_per_s), f"{r.wall * 1e3:.1f}",
+            f"{r.cpu * 1e3:.1f}", f"{r.spread * 100:.0f}%", _mib(r.py_peak),
+            _mib(r.rss_delta), r.note]
+
+
+RESULT_HEADER = ["benchmark", "records/s", "MB/s", "wall ms", "cpu ms", "spread",
+                 "py peak MiB", "RSS +MiB", "note"]
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence], *,
+                 align: str | None = None) -> str:
+    """An aligned plain-text table; ``align`` is one 'l'/'r' per column
+    (default: first column left, the rest right, the last left)."""
+    cols = len(header)
+    if align is None:
+        align = "l" + "r" * (cols - 2) + "l" if cols > 1 else "l"
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(cols)]
+
+    def line(r):
+        parts = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)]
+        return "  ".join(parts).rstrip()
+
+    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def print_table(results: Sequence[Result], file=None) -> None:
+    """Print :class:`Result` rows under :data:`RESULT_HEADER`."""
+    print(format_table(RESULT_HEADER, [result_row(r) for r in results]), file=file)
+
+
+def environment() -> dict:
+    """Python, platform, CPU count and the versions of the libraries the benches use."""
+    env = {"python": platform.python_version(), "platform": platform.platform(),
+           "cpus": os.cpu_count()}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("numpy", "pillow", "google-crc32c", "crc32c"):
+        try:
+            env[dist] = version(dist)
+        except PackageNotFoundError:
+            env[dist] = None
+    return env
