@@ -11,6 +11,7 @@ from .errors import (CorruptDataError, CorruptLengthError, EmptyFileError, Examp
                      TileSchemaError, TruncatedRecordError)
 from .example import Tile, encode_example, encode_tile, parse_example, parse_tile
 from .images import decode_image
+from . import ops
 from .index import build_index, load_index
 from .records import read_record_at, read_records, write_records
 

@@ -1,0 +1,299 @@
+"""Pure image operations on uint8 RGB arrays (spec/images.md, "Operations").
+
+Every function takes an HWC uint8 RGB image or an NHWC batch of them, takes
+every parameter explicitly, draws nothing at random, never modifies its input
+and returns a new array. Float results are turned into uint8 by
+:func:`to_uint8` (round half to even, then clip to [0, 255]).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+
+import numpy as np
+from PIL import Image
+
+from .images import decode_image
+from .resize import RESIZE_METHODS, check_method, nearest_index, resize_weights, weights_readonly
+
+STANDARDIZE_MODES = ("unit", "per_image")
+
+
+# --------------------------------------------------------------------------- checks
+
+def _check_image(img, what="image"):
+    """Raise ValueError unless ``img`` is an HWC or NHWC uint8 RGB array."""
+    if not isinstance(img, np.ndarray):
+        raise ValueError(f"{what} must be a NumPy array, got {type(img).__name__}")
+    if img.ndim not in (3, 4) or img.shape[-1] != 3:
+        raise ValueError(f"{what} must be HWC or NHWC RGB (last axis 3), got shape "
+                         f"{tuple(img.shape)}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"{what} must have dtype uint8, got {img.dtype} "
+                         f"(shape {tuple(img.shape)})")
+    if img.shape[-3] == 0 or img.shape[-2] == 0:
+        raise ValueError(f"{what} is empty: shape {tuple(img.shape)}")
+    return img
+
+
+def _check_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _copy(view):
+    """A new C-contiguous array with the contents of ``view``."""
+    return np.array(view, order="C", copy=True)
+
+
+def to_uint8(x) -> np.ndarray:
+    """Round to nearest (ties to even, as np.rint, tf.round, torch.round) and clip to uint8.
+
+    See spec/images.md, "uint8 conversion". NaN is rejected with ValueError;
+    +-inf clip to 255 / 0.
+    """
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x.copy()
+    if x.dtype.kind in "iub":
+        return np.clip(x, 0, 255).astype(np.uint8)
+    if x.dtype.kind != "f":
+        raise ValueError(f"to_uint8 needs a real array, got dtype {x.dtype}")
+    nan = np.isnan(x)
+    if nan.any():
+        raise ValueError(f"to_uint8: {int(nan.sum())} NaN value(s) in an array of shape "
+                         f"{tuple(x.shape)}")
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- geometry
+
+def flip_left_right(img) -> np.ndarray:
+    """Mirror the columns: out[.., y, x, c] = img[.., y, W-1-x, c] (spec/images.md, "Flips")."""
+    _check_image(img)
+    return _copy(img[..., :, ::-1, :])
+
+
+def flip_up_down(img) -> np.ndarray:
+    """Mirror the rows: out[.., y, x, c] = img[.., H-1-y, x, c] (spec/images.md, "Flips")."""
+    _check_image(img)
+    return _copy(img[..., ::-1, :, :])
+
+
+def rot90(img, k) -> np.ndarray:
+    """Rotate by k * 90 degrees counter-clockwise, as np.rot90 and tf.image.rot90.
+
+    ``k`` is any integer, taken modulo 4. See spec/images.md, "Rotation".
+    """
+    _check_image(img)
+    k = _check_int(k, "k") % 4
+    return _copy(np.rot90(img, k, axes=(img.ndim - 3, img.ndim - 2)))
+
+
+def crop(img, left, width) -> np.ndarray:
+    """The square box rows [left, left+width), columns [left, left+width).
+
+    A box not inside the image raises ValueError naming the box and the image
+    size. See spec/images.md, "Crop".
+    """
+    _check_image(img)
+    left = _check_int(left, "crop left")
+    width = _check_int(width, "crop width")
+    h, w = img.shape[-3], img.shape[-2]
+    if width <= 0:
+        raise ValueError(f"crop width must be positive, got {width}")
+    if left < 0 or left + width > h or left + width > w:
+        raise ValueError(f"crop box rows and columns [{left}, {left + width}) is outside the "
+                         f"image of height {h}, width {w}")
+    return _copy(img[..., left:left + width, left:left + width, :])
+
+
+# --------------------------------------------------------------------------- resize
+
+def _resize_size(size):
+    if isinstance(size, (bool, np.bool_)):
+        raise ValueError(f"resize size must be an integer or (height, width), got {size!r}")
+    if isinstance(size, numbers.Integral):
+        pair = (int(size), int(size))
+    else:
+        try:
+            pair = tuple(size)
+        except TypeError:
+            raise ValueError(f"resize size must be an integer or (height, width), "
+                             f"got {size!r}") from None
+        if len(pair) != 2 or not all(isinstance(v, numbers.Integral)
+                                     and not isinstance(v, (bool, np.bool_)) for v in pair):
+            raise ValueError(f"resize size must be an integer or (height, width), got {size!r}")
+        pair = (int(pair[0]), int(pair[1]))
+    if pair[0] <= 0 or pair[1] <= 0:
+        raise ValueError(f"resize size must be positive, got {size!r}")
+    return pair
+
+
+def _apply_separable(img, wh, ww):
+    """float64 result of applying wh (h x H) to the rows and ww (w x W) to the columns."""
+    batch = img.ndim == 4
+    x = img if batch else img[None]
+    n, hgt, wid, c = x.shape
+    x = x.astype(np.float64)
+    # Height pass: (h, H) @ (n, H, W*C) -> (n, h, W*C).
+    y = np.matmul(wh, x.reshape(n, hgt, wid * c))
+    # Width pass, as one product: (n*h*C, W) @ (W, w) -> (n, h, C, w).
+    h_out, w_out = wh.shape[0], ww.shape[0]
+    y = np.ascontiguousarray(y.reshape(n, h_out, wid, c).transpose(0, 1, 3, 2))
+    y = (y.reshape(-1, wid) @ ww.T).reshape(n, h_out, c, w_out).transpose(0, 1, 3, 2)
+    y = np.ascontiguousarray(y)
+    return y if batch else y[0]
+
+
+def resize_float(img, size, method="lanczos3", antialias=True) -> np.ndarray:
+    """The float64 resize before rounding (spec/images.md, "Resize").
+
+    Same arguments as :func:`resize`.
+    """
+    _check_image(img)
+    h_out, w_out = _resize_size(size)
+    check_method(method)
+    h_in, w_in = img.shape[-3], img.shape[-2]
+    wh = weights_readonly(h_in, h_out, method, antialias)
+    ww = weights_readonly(w_in, w_out, method, antialias)
+    return _apply_separable(img, wh, ww)
+
+
+def resize(img, size, method="lanczos3", antialias=True) -> np.ndarray:
+    """Resize like tf.image.resize, then round to nearest and clip to uint8.
+
+    ``size`` is an int (square) or (height, width); ``method`` one of
+    'lanczos3' (default), 'lanczos5', 'bilinear', 'bicubic', 'nearest', 'area',
+    'gaussian', 'mitchellcubic'. ``antialias`` widens the kernel when
+    downscaling. See spec/images.md, "Resize".
+    """
+    _check_image(img)
+    h_out, w_out = _resize_size(size)
+    check_method(method)
+    if method == "nearest":
+        rows = nearest_index(img.shape[-3], h_out)
+        cols = nearest_index(img.shape[-2], w_out)
+        return np.ascontiguousarray(img[..., rows[:, None], cols[None, :], :])
+    return to_uint8(resize_float(img, (h_out, w_out), method, antialias))
+
+
+# --------------------------------------------------------------------------- blur
+
+def gaussian_kernel(sigma) -> np.ndarray:
+    """The normalized 1-D Gaussian kernel of :func:`gaussian_blur` (float64).
+
+    Size n = int(4*sigma + 1); tap j (0-based) sits at offset j - (n-1)//2 and
+    has weight exp(-offset^2 / (2 sigma^2)) / (sum of all such). See
+    spec/images.md, "Gaussian blur".
+    """
+    sigma = _check_sigma(sigma)
+    n = int(4 * sigma + 1)
+    offsets = np.arange(n) - (n - 1) // 2
+    g = np.exp(-(offsets.astype(np.float64) ** 2) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
+def _check_sigma(sigma):
+    if isinstance(sigma, (bool, np.bool_)) or not isinstance(sigma, numbers.Real):
+        raise ValueError(f"blur sigma must be a positive number, got {sigma!r}")
+    sigma = float(sigma)
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"blur sigma must be a positive finite number, got {sigma!r}")
+    return sigma
+
+
+def reflect_index(i, size) -> np.ndarray:
+    """Mirror index i into [0, size) without repeating the edge (np.pad 'reflect')."""
+    i = np.asarray(i)
+    if size == 1:
+        return np.zeros_like(i)
+    period = 2 * (size - 1)
+    j = np.mod(i, period)
+    return np.where(j >= size, period - j, j)
+
+
+def blur_weights(size, sigma) -> np.ndarray:
+    """size x size float64 matrix of :func:`gaussian_blur` along one axis, borders folded in."""
+    g = gaussian_kernel(sigma)
+    offsets = np.arange(len(g)) - (len(g) - 1) // 2
+    w = np.zeros((size, size), np.float64)
+    rows = np.arange(size)
+    for off, weight in zip(offsets, g):
+        np.add.at(w, (rows, reflect_index(rows + off, size)), weight)
+    return w
+
+
+def gaussian_blur(img, sigma) -> np.ndarray:
+    """Separable Gaussian blur with mirror padding, rounded to nearest uint8.
+
+    Kernel size int(4*sigma + 1), weights exp(-x^2/(2 sigma^2)) normalized to
+    sum 1, borders mirrored without repeating the edge pixel. See
+    spec/images.md, "Gaussian blur".
+    """
+    _check_image(img)
+    sigma = _check_sigma(sigma)
+    wh = blur_weights(img.shape[-3], sigma)
+    ww = wh if img.shape[-2] == img.shape[-3] else blur_weights(img.shape[-2], sigma)
+    return to_uint8(_apply_separable(img, wh, ww))
+
+
+# --------------------------------------------------------------------------- JPEG
+
+def jpeg_encode(img, quality) -> bytes:
+    """Baseline JPEG bytes of one HWC image: 4:2:0 chroma, libjpeg's standard tables
+    scaled to ``quality`` (0..100), no optimization (spec/images.md, "JPEG")."""
+    _check_image(img)
+    if img.ndim != 3:
+        raise ValueError(f"jpeg_encode takes one HWC image, got shape {tuple(img.shape)}")
+    quality = _check_int(quality, "JPEG quality")
+    if not 0 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 0..100, got {quality}")
+    buf = io.BytesIO()
+    Image.fromarray(img, "RGB").save(buf, format="JPEG", quality=quality, subsampling=2,
+                                     optimize=False, progressive=False)
+    return buf.getvalue()
+
+
+def jpeg(img, quality) -> np.ndarray:
+    """JPEG round trip: :func:`jpeg_encode` at ``quality``, then decode with the exact
+    integer IDCT. See spec/images.md, "JPEG"."""
+    _check_image(img)
+    if img.ndim == 4:
+        return np.stack([jpeg(im, quality) for im in img]) if len(img) else img.copy()
+    return decode_image(jpeg_encode(img, quality))
+
+
+# --------------------------------------------------------------------------- standardize
+
+def standardize(img, mode) -> np.ndarray:
+    """Standardize to float32 (spec/images.md, "Standardization").
+
+    'unit': x / 127.5 - 1. 'per_image': (x - mean) / max(std, 1/sqrt(H*W*C)),
+    mean and (population) std over each image, as tf.image.per_image_standardization.
+    """
+    _check_image(img)
+    if mode not in STANDARDIZE_MODES:
+        raise ValueError(f"unknown standardize mode {mode!r}; valid modes are "
+                         f"{', '.join(STANDARDIZE_MODES)}")
+    x = img.astype(np.float32)
+    if mode == "unit":
+        return x / np.float32(127.5) - np.float32(1)
+    # Statistics in float64, one row per image (the same code path for one image or a batch).
+    n = img.shape[-3] * img.shape[-2] * img.shape[-1]
+    rows = img.reshape(-1, n).astype(np.float64)
+    mean = rows.mean(axis=1, keepdims=True)
+    std = np.sqrt(np.mean((rows - mean) ** 2, axis=1, keepdims=True))
+    adjusted = np.maximum(std, 1.0 / math.sqrt(n))
+    # Subtract and divide in float32, with the mean and std rounded to float32.
+    out = (x.reshape(-1, n) - mean.astype(np.float32)) / adjusted.astype(np.float32)
+    return out.reshape(img.shape)
+
+
+__all__ = ["flip_left_right", "flip_up_down", "rot90", "crop", "resize", "resize_float",
+           "resize_weights", "RESIZE_METHODS", "gaussian_blur", "gaussian_kernel",
+           "blur_weights", "reflect_index", "jpeg", "jpeg_encode", "standardize",
+           "STANDARDIZE_MODES", "to_uint8"]
