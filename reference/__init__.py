@@ -14,6 +14,7 @@ from .images import decode_image
 from . import ops
 from .index import build_index, load_index
 from .records import read_record_at, read_records, write_records
+from .project import Dataset, ModelParams, load_project  # spec/dataset.md
 
 __version__ = "0.1.0"
 
