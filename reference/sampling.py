@@ -1,0 +1,273 @@
+"""Sampling plans: which record sits at every position of a rank's stream
+(spec/sampling.md).
+
+Inputs, aligned with a dataset's tfrecords in sorted path order:
+``clip`` (c_t, records kept from the start of each file) and ``weights`` (w_t,
+from balancing). Everything here is a pure function of those arrays and
+(seed, rank, num_replicas, epoch, infinite, shuffle); positions are planned a
+block at a time with vectorized NumPy.
+
+Exhaustion policies, as named constants:
+
+``FINITE``
+    Each step picks a tfrecord among those with owned records left, with
+    probability proportional to its weight, and emits its next record; the
+    epoch ends when every owned record of a positive-weight tfrecord has been
+    emitted exactly once.
+``INFINITE``
+    Each step picks a tfrecord with probability proportional to its weight
+    among tfrecords that own a record, and emits its next record, cycling
+    through the tfrecord pass after pass. The stream never ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .rng import SLOT_SAMPLE, check_seed, permutation, stream_key, uniforms
+
+FINITE = "finite"
+INFINITE = "infinite"
+BLOCK = 1 << 16  # positions planned per vectorized step
+
+
+def partition(clip, num_replicas: int, rank: int):
+    """Rank ``rank``'s part of every tfrecord: ``(starts, sizes)`` int64 arrays.
+
+    spec/sampling.md, "Partition". The first c_t records of tfrecord t are split
+    like ``numpy.array_split(range(c_t), num_replicas)``: the first
+    ``c_t mod R`` parts hold ``c_t // R + 1`` records, the rest ``c_t // R``;
+    rank r owns part r.
+    """
+    check_rank(rank, num_replicas)
+    c = np.asarray(clip, dtype=np.int64)
+    if c.ndim != 1 or (c < 0).any():
+        raise ValueError(f"clip counts must be a 1-D array of integers >= 0, got {clip!r}")
+    q, rem = np.divmod(c, num_replicas)
+    starts = rank * q + np.minimum(rank, rem)
+    sizes = q + (rank < rem)
+    return starts, sizes
+
+
+def check_rank(rank, num_replicas):
+    """Validate (rank, num_replicas): integers with 0 <= rank < num_replicas."""
+    for name, v in (("rank", rank), ("num_replicas", num_replicas)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer, got {v!r}")
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+
+
+def check_weights(weights, n: int) -> np.ndarray:
+    """Validate sampling weights: n finite values >= 0 with a positive sum."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"expected {n} weights, got shape {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))[0]
+        raise ValueError(f"weight of tfrecord {bad} is {w[bad]}: weights must be finite and >= 0")
+    return w
+
+
+def _choose(u, cdf):
+    """Index t with cdf[t-1] <= u * total < cdf[t] (inverse-CDF choice)."""
+    return np.searchsorted(cdf, u * cdf[-1], side="right").clip(max=len(cdf) - 1)
+
+
+def finite_choices(sizes, weights, key) -> np.ndarray:
+    """The tfrecord index chosen at every position of a finite stream.
+
+    spec/sampling.md, "Finite streams". Position i draws u_i (slot SLOT_SAMPLE)
+    and picks t by inverse CDF over the weights of the tfrecords that still
+    have records at that step. Planned in phases: while no tfrecord runs out
+    the choices are i.i.d., so a phase is one vectorized call; it ends at the
+    pick that exhausts a tfrecord, which then leaves the CDF.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    w = np.where(sizes > 0, np.asarray(weights, dtype=np.float64), 0.0)
+    left = np.where(w > 0, sizes, 0)
+    total = int(left.sum())
+    out = np.empty(total, dtype=np.int64)
+    u = np.empty(0)
+    u_start = 0
+    pos = 0
+    while pos < total:
+        active = left > 0
+        wa = np.where(active, w, 0.0)
+        cdf = np.cumsum(wa)
+        # plan a window a little past the expected first exhaustion
+        horizon = np.min(left[active] * (cdf[-1] / wa[active]))
+        stop = min(total, pos + max(256, int(1.25 * horizon) + 32))
+        if stop > u_start + len(u):  # uniforms are drawn ahead in large blocks
+            u_start, u = pos, uniforms(key, np.arange(pos, min(total, max(stop, pos + BLOCK * 4))),
+                                       SLOT_SAMPLE)[:, 0]
+        c = _choose(u[pos - u_start:stop - u_start], cdf)
+        counts = np.bincount(c, minlength=len(w))
+        over = np.flatnonzero(counts >= left)
+        over = over[active[over]]
+        if not len(over):
+            out[pos:stop] = c
+            left -= counts
+            pos = stop
+            continue
+        # the window position where an over-drawn tfrecord takes its last record
+        e = min(int(np.flatnonzero(c == t)[left[t] - 1]) for t in over)
+        out[pos:pos + e + 1] = c[:e + 1]
+        left -= np.bincount(c[:e + 1], minlength=len(w))
+        pos += e + 1
+    return out
+
+
+def occurrence_index(choices, start_counts) -> np.ndarray:
+    """k-th pick of its tfrecord, for each choice: ``start_counts[t] + earlier picks of t``."""
+    n = len(choices)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(choices, kind="stable")
+    sorted_c = choices[order]
+    first = np.searchsorted(sorted_c, sorted_c, side="left")
+    rank_in_group = np.arange(n) - first
+    occ = np.empty(n, dtype=np.int64)
+    occ[order] = rank_in_group
+    return occ + np.asarray(start_counts, dtype=np.int64)[choices]
+
+
+@dataclass
+class StreamPlan:
+    """The stream of one rank: position -> (tfrecord index, record index in file).
+
+    spec/sampling.md, "Streams". ``clip`` and ``weights`` are aligned with the
+    dataset's tfrecords (sorted paths). ``records(start, stop)`` returns the
+    planned ``(t, j)`` arrays for positions [start, stop) (clamped to the end
+    of a finite stream). Deterministic in (seed, rank, num_replicas, epoch).
+    """
+
+    clip: np.ndarray
+    weights: np.ndarray
+    seed: int
+    rank: int = 0
+    num_replicas: int = 1
+    epoch: int = 0
+    infinite: bool = True
+    shuffle: bool = False
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self):
+        self.clip = np.asarray(self.clip, dtype=np.int64)
+        self.seed = check_seed(self.seed)
+        self.weights = check_weights(self.weights, len(self.clip))
+        self.starts, self.sizes = partition(self.clip, self.num_replicas, self.rank)
+        if self.epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {self.epoch}")
+        self.key = stream_key(self.seed, self.rank, self.epoch)
+        self.live = (self.sizes > 0) & (self.weights > 0)
+        if not self.live.any():
+            raise ValueError(f"rank {self.rank} of {self.num_replicas} owns no record of a "
+                             "tfrecord with positive weight: nothing to sample")
+        self._finite = None
+        self._resume = (0, np.zeros(len(self.clip), dtype=np.int64))  # (position, counts)
+        self._cdf = np.cumsum(np.where(self.live, self.weights, 0.0))
+
+    @property
+    def policy(self) -> str:
+        return INFINITE if self.infinite else FINITE
+
+    def __len__(self) -> int:
+        """Positions in a finite stream: owned records of positive-weight tfrecords."""
+        return int(self.sizes[self.live].sum())
+
+    def records(self, start: int, stop: int):
+        """``(t, j)`` int64 arrays for positions [start, stop)."""
+        if start < 0 or stop < start:
+            raise ValueError(f"bad position range [{start}, {stop})")
+        if not self.infinite:
+            if self._finite is None:
+                c = finite_choices(self.sizes, self.weights, self.key)
+                self._finite = (c, occurrence_index(c, np.zeros(len(self.clip), np.int64)))
+            c, k = self._finite
+            c, k = c[start:stop], k[start:stop]
+            return c, self.starts[c] + self._within(c, k)
+        counts = self._counts_at(start)
+        c = self._choices(start, stop)
+        k = occurrence_index(c, counts)
+        self._resume = (stop, counts + np.bincount(c, minlength=len(self.clip)))
+        return c, self.starts[c] + self._within(c, k)
+
+    def _choices(self, start, stop):
+        u = uniforms(self.key, np.arange(start, stop, dtype=np.int64), SLOT_SAMPLE)[:, 0]
+        return _choose(u, self._cdf)
+
+    def _counts_at(self, position: int) -> np.ndarray:
+        """Picks of every tfrecord before ``position`` (replayed in blocks to resume)."""
+        pos, counts = self._resume
+        if position < pos:
+            pos, counts = 0, np.zeros(len(self.clip), dtype=np.int64)
+        while pos < position:
+            stop = min(position, pos + BLOCK)
+            counts = counts + np.bincount(self._choices(pos, stop), minlength=len(self.clip))
+            pos = stop
+        self._resume = (pos, counts)
+        return counts
+
+    def _within(self, c, k):
+        """Record within the rank's part of t for the k-th pick of t (pass k // size)."""
+        size = self.sizes[c]
+        passes, within = np.divmod(k, size)
+        if not self.shuffle or not len(c):
+            return within
+        # group positions by (t, pass); each group reads one permutation
+        order = np.lexsort((passes, c))
+        cs, ps = c[order], passes[order]
+        cut = np.flatnonzero((cs[1:] != cs[:-1]) | (ps[1:] != ps[:-1])) + 1
+        out = np.empty_like(within)
+        for a, b in zip(np.concatenate(([0], cut)), np.concatenate((cut, [len(c)]))):
+            idx = order[a:b]
+            out[idx] = self._permutation(int(cs[a]), int(ps[a]))[within[idx]]
+        return out
+
+    def _permutation(self, t: int, p: int) -> np.ndarray:
+        perm = self._cache.get((t, p))
+        if perm is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            perm = permutation(self.key, int(self.sizes[t]), t, p)
+            self._cache[(t, p)] = perm
+        return perm
+
+
+def worker_batches(worker: int, num_workers: int, batch_size: int | None, total=None,
+                   drop_last: bool = False, start_batch: int = 0):
+    """Yield ``(b, start, stop)`` for the batches worker ``worker`` produces.
+
+    spec/sampling.md, "Workers". Worker w of W produces batches b with
+    ``b mod W == w`` (b >= start_batch), batch b holding stream positions
+    [b*B, (b+1)*B). For a finite stream of ``total`` positions the last
+    batch is partial, or dropped with ``drop_last``.
+    """
+    check_rank(worker, num_workers)
+    B = 1 if batch_size is None else int(batch_size)
+    if B < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    b = start_batch + ((worker - start_batch) % num_workers)
+    while True:
+        start, stop = b * B, (b + 1) * B
+        if total is not None:
+            if start >= total or (drop_last and stop > total):
+                return
+            stop = min(stop, total)
+        yield b, start, stop
+        b += num_workers
+
+
+def num_batches(total: int, batch_size: int | None, drop_last: bool) -> int:
+    """Batches in a finite stream of ``total`` positions."""
+    B = 1 if batch_size is None else int(batch_size)
+    return total // B if drop_last else -(-total // B)
+
+
+__all__ = ["FINITE", "INFINITE", "partition", "StreamPlan", "finite_choices",
+           "occurrence_index", "worker_batches", "num_batches", "check_rank", "check_weights"]

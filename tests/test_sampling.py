@@ -1,0 +1,215 @@
+"""spec/sampling.md: partition, finite and infinite streams, workers, resume."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+from scipy import stats
+
+from tilespec.sampling import (StreamPlan, finite_choices, num_batches, occurrence_index,
+                               partition, worker_batches)
+from tilespec.rng import stream_key, uniforms, SLOT_SAMPLE
+
+clips = st.lists(st.integers(0, 30), min_size=1, max_size=8)
+seeds = st.integers(0, 2**63 - 1)
+
+
+@st.composite
+def datasets(draw):
+    clip = draw(clips)
+    weights = draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5]), min_size=len(clip),
+                            max_size=len(clip)))
+    return np.array(clip), np.array(weights)
+
+
+def owned_records(clip, weights, rank, R):
+    starts, sizes = partition(clip, R, rank)
+    return {(t, int(starts[t]) + k) for t in range(len(clip)) for k in range(sizes[t])
+            if weights[t] > 0}
+
+
+@given(clips, st.integers(1, 6))
+def test_partition_matches_array_split(clip, R):
+    for t, c in enumerate(clip):
+        parts = np.array_split(np.arange(c), R)
+        for r in range(R):
+            starts, sizes = partition(clip, R, r)
+            assert list(range(starts[t], starts[t] + sizes[t])) == parts[r].tolist()
+
+
+@given(datasets(), st.integers(1, 4), seeds, st.booleans())
+def test_finite_ranks_disjoint_and_complete(ds, R, seed, shuffle):
+    clip, w = ds
+    seen = []
+    for r in range(R):
+        try:
+            plan = StreamPlan(clip, w, seed, rank=r, num_replicas=R, infinite=False,
+                              shuffle=shuffle)
+        except ValueError:
+            assert not owned_records(clip, w, r, R)
+            continue
+        t, j = plan.records(0, len(plan))
+        got = list(zip(t.tolist(), j.tolist()))
+        assert len(got) == len(set(got)) == len(plan)          # each owned record once
+        assert set(got) == owned_records(clip, w, r, R)
+        seen += got
+    kept = {(t, j) for t in range(len(clip)) for j in range(clip[t]) if w[t] > 0}
+    assert len(seen) == len(set(seen)) and set(seen) == kept
+
+
+@given(datasets(), seeds, st.booleans(), st.booleans())
+def test_same_seed_same_stream_and_fresh_plans_agree(ds, seed, infinite, shuffle):
+    clip, w = ds
+    assume((clip[w > 0] > 0).any())
+    a = StreamPlan(clip, w, seed, infinite=infinite, shuffle=shuffle)
+    b = StreamPlan(clip, w, seed, infinite=infinite, shuffle=shuffle)
+    n = len(a) if not infinite else 200
+    for x, y in zip(a.records(0, n), b.records(0, n)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_different_seeds_differ():
+    clip, w = np.array([50, 50, 50]), np.ones(3)
+    streams = {tuple(StreamPlan(clip, w, s, infinite=inf).records(0, 150)[0])
+               for s in range(5) for inf in (False,)}
+    assert len(streams) == 5
+
+
+@given(datasets(), seeds, st.booleans(), st.booleans(), st.data())
+def test_resume_at_any_position_equals_uninterrupted(ds, seed, infinite, shuffle, data):
+    clip, w = ds
+    assume((clip[w > 0] > 0).any())
+    full = StreamPlan(clip, w, seed, infinite=infinite, shuffle=shuffle)
+    n = len(full) if not infinite else 300
+    t, j = full.records(0, n)
+    p = data.draw(st.integers(0, n))
+    resumed = StreamPlan(clip, w, seed, infinite=infinite, shuffle=shuffle)
+    t2, j2 = resumed.records(p, n)
+    np.testing.assert_array_equal(t2, t[p:])
+    np.testing.assert_array_equal(j2, j[p:])
+
+
+@given(datasets(), seeds, st.integers(1, 4), st.integers(1, 7), st.booleans(), st.booleans())
+def test_worker_split_reassembles_the_stream(ds, seed, W, B, drop_last, infinite):
+    clip, w = ds
+    assume((clip[w > 0] > 0).any())
+    plan = StreamPlan(clip, w, seed, infinite=infinite)
+    total = None if infinite else len(plan)
+    per_worker = []
+    for k in range(W):
+        it = worker_batches(k, W, B, total, drop_last)
+        per_worker.append([next(it, None) for _ in range(60 // B + 2)] if infinite else list(it))
+    # a loader takes batches round-robin from workers 0, 1, ..., W-1
+    out = []
+    for i in range(max(len(x) for x in per_worker)):
+        for k in range(W):
+            if i < len(per_worker[k]) and per_worker[k][i] is not None:
+                out.append(per_worker[k][i])
+    assert [b for b, _, _ in out] == list(range(len(out)))
+    if not infinite:
+        assert len(out) == num_batches(total, B, drop_last)
+        covered = [p for _, s, e in out for p in range(s, e)]
+        assert covered == list(range(len(covered)))
+        assert len(covered) == (total // B * B if drop_last else total)
+    ref_t, ref_j = plan.records(0, out[-1][2])
+    got_t = np.concatenate([plan.records(s, e)[0] for _, s, e in out])
+    np.testing.assert_array_equal(got_t, ref_t)
+
+
+def test_infinite_frequencies_match_weights():
+    # 6 tfrecords, weights 1..6, clip sizes unequal; n = 60k picks; chi-square against the
+    # weights. Fixed seed; power against a 5% shift of one weight is > 0.99 at this n.
+    clip = np.array([3, 10, 1, 7, 20, 5])
+    w = np.arange(1, 7, dtype=float)
+    t, _ = StreamPlan(clip, w, 2024, infinite=True).records(0, 60_000)
+    counts = np.bincount(t, minlength=6)
+    assert stats.chisquare(counts, w / w.sum() * counts.sum()).pvalue > 1e-3
+
+
+def test_infinite_leaves_out_zero_weight_and_empty_tfrecords():
+    t, _ = StreamPlan([5, 0, 5, 5], [1, 1, 0, 1], 3, infinite=True).records(0, 5000)
+    assert set(np.unique(t)) == {0, 3}
+
+
+def test_finite_first_pick_follows_weights():
+    # the first pick of a finite stream is t with probability w_t / sum(w); over 4000
+    # epochs (independent keys) the counts match (chi-square, fixed seed).
+    clip, w = np.array([4, 4, 4]), np.array([1.0, 2.0, 5.0])
+    firsts = [StreamPlan(clip, w, 11, epoch=e, infinite=False).records(0, 1)[0][0]
+              for e in range(4000)]
+    counts = np.bincount(firsts, minlength=3)
+    assert stats.chisquare(counts, w / w.sum() * 4000).pvalue > 1e-3
+
+
+def test_finite_choice_rule_by_hand():
+    # Replay the rule directly: at each step, inverse CDF of u_i over tfrecords with
+    # records left.
+    clip, w = np.array([3, 1, 2]), np.array([1.0, 3.0, 2.0])
+    key = stream_key(99, 0, 0)
+    got = finite_choices(clip, w, key)
+    u = uniforms(key, np.arange(6), SLOT_SAMPLE)[:, 0]
+    left = clip.copy()
+    for i in range(6):
+        wa = np.where(left > 0, w, 0)
+        t = int(np.searchsorted(np.cumsum(wa), u[i] * wa.sum(), side="right"))
+        assert got[i] == t
+        left[t] -= 1
+
+
+def test_within_tfrecord_order_file_order_without_shuffle():
+    plan = StreamPlan([4, 3], [1, 1], 5, infinite=True)
+    t, j = plan.records(0, 500)
+    for k in range(2):
+        seq = j[t == k]
+        size = [4, 3][k]
+        np.testing.assert_array_equal(seq, np.arange(len(seq)) % size)
+
+
+def test_shuffle_gives_a_fresh_permutation_per_pass():
+    plan = StreamPlan([6], [1], 5, infinite=True, shuffle=True)
+    _, j = plan.records(0, 6 * 40)
+    passes = j.reshape(40, 6)
+    assert all(sorted(p) == list(range(6)) for p in passes.tolist())
+    assert len({tuple(p) for p in passes.tolist()}) > 20
+    # every record equally likely in first place: chi-square over 3000 passes
+    _, j = StreamPlan([6], [1], 8, infinite=True, shuffle=True).records(0, 6 * 3000)
+    firsts = np.bincount(j.reshape(3000, 6)[:, 0], minlength=6)
+    assert stats.chisquare(firsts).pvalue > 1e-3
+
+
+def test_ranks_own_contiguous_parts_with_offsets():
+    plan = StreamPlan([10], [1], 1, rank=1, num_replicas=3, infinite=False)
+    _, j = plan.records(0, len(plan))
+    assert sorted(j.tolist()) == [4, 5, 6] and len(plan) == 3
+
+
+def test_epochs_differ_for_finite():
+    a = StreamPlan([20, 20], [1, 1], 4, epoch=0, infinite=False).records(0, 40)[0]
+    b = StreamPlan([20, 20], [1, 1], 4, epoch=1, infinite=False).records(0, 40)[0]
+    assert not np.array_equal(a, b)
+
+
+def test_occurrence_index():
+    c = np.array([2, 0, 2, 2, 1, 0])
+    np.testing.assert_array_equal(occurrence_index(c, np.array([10, 20, 30])),
+                                  [30, 10, 31, 32, 20, 11])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(rank=2, num_replicas=2), "rank"),
+    (dict(num_replicas=0), "num_replicas"),
+    (dict(epoch=-1), "epoch"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        StreamPlan([3], [1], 0, **kwargs)
+
+
+def test_bad_weights_and_nothing_to_sample():
+    with pytest.raises(ValueError, match="weight of tfrecord 1"):
+        StreamPlan([3, 3], [1, -1], 0)
+    with pytest.raises(ValueError, match="expected 3 weights"):
+        StreamPlan([3, 3, 3], [1, 1], 0)
+    with pytest.raises(ValueError, match="nothing to sample"):
+        StreamPlan([3, 0], [0, 1], 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(worker_batches(0, 1, 0))
