@@ -14,6 +14,7 @@ from .images import decode_image
 from . import ops
 from .index import build_index, load_index
 from .records import read_record_at, read_records, write_records
+from .stain import StainNormalizer  # spec/stain.md
 from .project import Dataset, ModelParams, load_project  # spec/dataset.md
 
 __version__ = "0.1.0"
@@ -24,4 +25,5 @@ __all__ = [
     "TFRecordError", "EmptyFileError", "NotATFRecordError", "CorruptLengthError",
     "CorruptDataError", "TruncatedRecordError", "ExampleParseError", "TileSchemaError",
     "ImageDecodeError", "IndexFileError", "CRC32C_BACKEND",
+    "StainNormalizer",
 ]

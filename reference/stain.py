@@ -1,0 +1,591 @@
+"""Stain normalization and stain augmentation (spec/stain.md).
+
+``StainNormalizer(method)`` with methods ``'reinhard'``, ``'reinhard_fast'`` and
+``'macenko'``. A normalizer holds a *fit* (the target parameters) and an
+*augmentation space* (one standard deviation per target parameter)::
+
+    norm = StainNormalizer("macenko")            # fit preset 'v3', augmentation preset 'v2'
+    norm.fit(target_tile)                          # or norm.fit_preset("v1"), norm.set_fit(...)
+    out = norm.transform(tile)                     # HWC or NHWC uint8 -> same shape uint8
+
+Stain augmentation is split into two pure, deterministic steps so that the
+random numbers can come from any generator (the loader supplies standard
+normal variates from its counter-based generator, keyed per stream position):
+
+    z = ...                                        # standard normal variates, shape (k,) or (N, k)
+    delta = draw_stain_perturbation(norm, z)       # 1. draw: deltas = augmentation std * z
+    out = norm.transform(tile, augment=True, perturbation=delta)   # 2. apply
+
+``k = NORMAL_DRAWS[method]`` (6 for Reinhard, 8 for Macenko). For convenience
+``transform(img, augment=True, rng=generator)`` draws ``z`` from a
+``numpy.random.Generator`` itself; global ``np.random`` is never used.
+
+All arithmetic is float64. Every float -> uint8 conversion rounds to nearest
+(ties to even) and clips to [0, 255].
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+
+from .colour import lab_to_rgb, rgb_to_lab, to_uint8
+
+METHODS = ("reinhard", "reinhard_fast", "macenko")
+
+#: Fit parameters of each method, with their shapes.
+FIT_SHAPES = MappingProxyType({
+    "reinhard": {"target_means": (3,), "target_stds": (3,)},
+    "reinhard_fast": {"target_means": (3,), "target_stds": (3,)},
+    "macenko": {"stain_matrix_target": (3, 2), "target_concentrations": (2,)},
+})
+
+#: Augmentation standard deviations of each method: {augment key: fit key it perturbs}.
+AUGMENT_KEYS = MappingProxyType({
+    "reinhard": {"means_stdev": "target_means", "stds_stdev": "target_stds"},
+    "reinhard_fast": {"means_stdev": "target_means", "stds_stdev": "target_stds"},
+    "macenko": {"matrix_stdev": "stain_matrix_target",
+                "concentrations_stdev": "target_concentrations"},
+})
+
+#: Standard normal variates consumed per image by stain augmentation.
+NORMAL_DRAWS = MappingProxyType({"reinhard": 6, "reinhard_fast": 6, "macenko": 8})
+
+DEFAULT_FIT_PRESET = "v3"
+DEFAULT_AUGMENT_PRESET = "v2"
+
+# Constants (spec/stain.md, "Constants").
+BRIGHTNESS_PERCENTILE = 90.0       # brightness standardization percentile
+MACENKO_IO = 255.0                 # incident light intensity
+MACENKO_ALPHA = 1.0                # angle percentiles: alpha and 100 - alpha
+MACENKO_BETA = 0.15                # optical density below which a channel is transparent
+MACENKO_MAXC_PERCENTILE = 99.0     # "max" concentration percentile
+MIN_TISSUE_PIXELS = 3              # Macenko: fewer tissue pixels -> blank image
+MIN_EIGENVALUE = 1e-10             # Macenko: 2nd largest OD covariance eigenvalue at most this -> blank
+MIN_LAB_STD = 1e-6                 # Reinhard: a source L*a*b* std at most this -> blank
+
+
+def _a(*rows):
+    return np.array(rows, dtype=np.float64)
+
+
+# Preset values are those of slideflow 3.0 (slideflow/norm/utils.py), stored as float64.
+FIT_PRESETS = MappingProxyType({
+    "reinhard": {
+        "v1": {"target_means": _a(72.272896, 22.99831, -13.860236),
+               "target_stds": _a(15.594496, 9.642087, 9.290526)},
+        "v2": {"target_means": _a(72.909996, 20.8268, -4.9465137),
+               "target_stds": _a(18.560713, 14.889295, 5.6756697)},
+        "v3": {"target_means": _a(65.22132, 28.934267, -14.142519),
+               "target_stds": _a(15.800227, 9.263783, 6.0213304)},
+    },
+    "reinhard_fast": {
+        "v1": {"target_means": _a(63.71194, 20.716246, -12.290746),
+               "target_stds": _a(14.52781, 8.344005, 8.300264)},
+        "v2": {"target_means": _a(69.20197, 19.82498, -4.690998),
+               "target_stds": _a(17.71583, 14.156416, 5.4176064)},
+        "v3": {"target_means": _a(58.12343, 26.483482, -12.701005),
+               "target_stds": _a(14.675022, 7.5744166, 5.226378)},
+    },
+    "macenko": {
+        "v1": {"stain_matrix_target": _a([0.63111544, 0.24816133],
+                                         [0.6962834, 0.8226449],
+                                         [0.34188122, 0.5115382]),
+               "target_concentrations": _a(1.4423684, 0.9685806)},
+        "v2": {"stain_matrix_target": _a([0.5626, 0.2159],
+                                         [0.7201, 0.8012],
+                                         [0.4062, 0.5581]),
+               "target_concentrations": _a(1.9705, 1.0308)},
+        "v3": {"stain_matrix_target": _a([0.5062568, 0.2218694],
+                                         [0.75322306, 0.8652155],
+                                         [0.40691733, 0.42241502]),
+               "target_concentrations": _a(1.7656903, 1.2797493)},
+    },
+})
+
+AUGMENT_PRESETS = MappingProxyType({
+    "reinhard": {
+        "v1": {"means_stdev": _a(1.1882676, 1.3114343, 1.1200949) * 5,
+               "stds_stdev": _a(0.5123385, 0.37919158, 0.26019168) * 5},
+        "v2": {"means_stdev": _a(1.1882676, 1.3114343, 1.1200949) * 3,
+               "stds_stdev": _a(0.5123385, 0.37919158, 0.26019168) * 3},
+    },
+    "reinhard_fast": {
+        "v1": {"means_stdev": _a(1.2963034, 1.0061347, 0.90867484) * 5,
+               "stds_stdev": _a(0.47548684, 0.3956356, 0.23499836) * 5},
+        "v2": {"means_stdev": _a(1.2963034, 1.0061347, 0.90867484) * 3,
+               "stds_stdev": _a(0.47548684, 0.3956356, 0.23499836) * 3},
+    },
+    "macenko": {
+        "v1": {"matrix_stdev": _a([0.00893346, 0.01153686],
+                                  [0.00659814, 0.00722771],
+                                  [0.00726339, 0.01352414]) * 5,
+               "concentrations_stdev": _a(0.06665898, 0.06770515) * 5},
+        "v2": {"matrix_stdev": _a([0.00893346, 0.01153686],
+                                  [0.00659814, 0.00722771],
+                                  [0.00726339, 0.01352414]) * 3,
+               "concentrations_stdev": _a(0.06665898, 0.06770515) * 3},
+    },
+})
+
+
+class StainNormalizationError(ValueError):
+    """Bad normalizer configuration or input (unknown method/preset/key, bad shape or value)."""
+
+
+class BlankImageError(StainNormalizationError):
+    """An image has no stain to measure (spec/stain.md, "Blank images").
+
+    ``index`` is the image's position in a batch (None for a single image).
+    """
+
+    def __init__(self, reason: str, *, index=None):
+        self.reason = reason
+        self.index = index
+        where = f"image {index} of the batch: " if index is not None else ""
+        super().__init__(where + reason)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _check_method(method) -> str:
+    if method not in METHODS:
+        raise StainNormalizationError(f"unknown stain normalization method {method!r}; valid "
+                                      f"methods: {', '.join(METHODS)}")
+    return method
+
+
+def _preset(table, method: str, name, kind: str) -> dict:
+    presets = table[method]
+    if name not in presets:
+        raise StainNormalizationError(f"unknown {kind} preset {name!r} for method {method!r}; "
+                                      f"valid presets: {', '.join(presets)}")
+    return {k: v.copy() for k, v in presets[name].items()}
+
+
+def _check_image(img, what="image") -> tuple[np.ndarray, bool]:
+    """Return (NHWC uint8 array, was_batch)."""
+    if not isinstance(img, np.ndarray):
+        raise StainNormalizationError(f"{what} must be a numpy uint8 array (HWC or NHWC); got "
+                                      f"{type(img).__name__}")
+    if img.dtype != np.uint8:
+        raise StainNormalizationError(f"{what} must have dtype uint8; got {img.dtype}")
+    if img.ndim not in (3, 4) or img.shape[-1] != 3:
+        raise StainNormalizationError(f"{what} must have shape (H, W, 3) or (N, H, W, 3); got "
+                                      f"{img.shape}")
+    if img.shape[-2] == 0 or img.shape[-3] == 0:
+        raise StainNormalizationError(f"{what} has no pixels (shape {img.shape})")
+    return (img, True) if img.ndim == 4 else (img[None], False)
+
+
+def _white_mask(pixels: np.ndarray) -> np.ndarray:
+    """True for pixels equal to (255, 255, 255); ``pixels`` is (M, 3) uint8."""
+    return np.all(pixels == 255, axis=-1)
+
+
+def standardize_brightness(img: np.ndarray, *, mask: bool = False) -> np.ndarray:
+    """Scale an image so its 90th percentile becomes 255 (spec/stain.md, "Brightness standardization").
+
+    ``p`` is the 90th percentile (linear interpolation) of all channel values of
+    the image (of the pixels other than (255, 255, 255) when ``mask``); the result
+    is ``clip(rint(img * 255 / p), 0, 255)`` as uint8. With ``p == 0`` (or no
+    pixel left by the mask) the image is returned unchanged. Works on any
+    ``(..., 3)`` uint8 array as one image.
+    """
+    pixels = img.reshape(-1, 3)
+    values = pixels[~_white_mask(pixels)] if mask else pixels
+    if values.size == 0:
+        return img.copy()
+    p = float(np.percentile(values.astype(np.float64), BRIGHTNESS_PERCENTILE))
+    if p == 0.0:
+        return img.copy()
+    return to_uint8(img.astype(np.float64) / p)
+
+
+# ----------------------------------------------------------------------------- Reinhard
+
+def lab_mean_std(img: np.ndarray, *, mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and population std (ddof 0) of an image's L*a*b* values (spec/stain.md, "Reinhard").
+
+    With ``mask``, pixels equal to (255, 255, 255) are left out. Returns two float64 (3,) arrays.
+    """
+    lab = rgb_to_lab(img).reshape(-1, 3)
+    if mask:
+        lab = lab[~_white_mask(img.reshape(-1, 3))]
+    if lab.shape[0] == 0:
+        raise BlankImageError("every pixel is white (255, 255, 255); nothing to measure")
+    return lab.mean(axis=0), lab.std(axis=0)
+
+
+def _reinhard_fit_one(img: np.ndarray, brightness: bool, mask: bool) -> dict:
+    white = _white_mask(img.reshape(-1, 3)) if mask else None
+    if brightness:
+        img = standardize_brightness(img, mask=mask)
+    lab = rgb_to_lab(img).reshape(-1, 3)
+    if white is not None:
+        lab = lab[~white]
+    if lab.shape[0] == 0:
+        raise BlankImageError("every pixel is white (255, 255, 255); nothing to fit")
+    stds = lab.std(axis=0)
+    if np.any(stds <= MIN_LAB_STD):
+        raise BlankImageError(f"the image has a single colour (L*a*b* stds {_fmt(stds)}); "
+                              "nothing to fit")
+    return {"target_means": lab.mean(axis=0), "target_stds": stds}
+
+
+def _reinhard_transform_one(img: np.ndarray, brightness: bool, t_means, t_stds) -> np.ndarray:
+    if brightness:
+        img = standardize_brightness(img)
+    lab = rgb_to_lab(img)
+    flat = lab.reshape(-1, 3)
+    means, stds = flat.mean(axis=0), flat.std(axis=0)
+    if np.any(stds <= MIN_LAB_STD):
+        raise BlankImageError(f"the image has a single colour (L*a*b* stds {_fmt(stds)} <= "
+                              f"{MIN_LAB_STD:g}); it has no stain to normalize")
+    out = (lab - means) * (t_stds / stds) + t_means
+    return to_uint8(lab_to_rgb(out))
+
+
+# ----------------------------------------------------------------------------- Macenko
+
+def optical_density(pixels: np.ndarray) -> np.ndarray:
+    """OD = -ln((I + 1) / Io), Io = 255, float64 (spec/stain.md, "Macenko")."""
+    return -np.log((pixels.astype(np.float64) + 1.0) / MACENKO_IO)
+
+
+def _macenko_decompose(img: np.ndarray, *, mask: bool = False):
+    """Stain matrix (3, 2), max concentrations (2,) and concentrations (2, M) of one image.
+
+    Concentrations are those of every pixel, in row-major order (of the
+    non-white pixels when ``mask``). Raises :class:`BlankImageError`.
+    """
+    pixels = img.reshape(-1, 3)
+    white = _white_mask(pixels) if mask else np.zeros(len(pixels), dtype=bool)
+    pixels = standardize_brightness(pixels, mask=mask)
+    od = optical_density(pixels)
+    tissue = np.all(od >= MACENKO_BETA, axis=1) & ~white
+    od_t = od[tissue]
+    n_tissue = od_t.shape[0]
+    if n_tissue < MIN_TISSUE_PIXELS:
+        raise BlankImageError(
+            f"only {n_tissue} tissue pixel(s) (optical density >= {MACENKO_BETA} in every "
+            f"channel), at least {MIN_TISSUE_PIXELS} needed: the image is blank or background")
+    eigvals, eigvecs = np.linalg.eigh(np.cov(od_t, rowvar=False))   # ascending eigenvalues
+    if not eigvals[1] > MIN_EIGENVALUE:
+        raise BlankImageError(
+            f"the tissue pixels' optical densities do not span a plane (second eigenvalue "
+            f"{eigvals[1]:.3g} <= {MIN_EIGENVALUE:g}): a single stain colour")
+    e1, e2 = eigvecs[:, 2], eigvecs[:, 1]
+    if (od_t @ e1).sum() < 0:
+        e1 = -e1
+    if e2[np.argmax(np.abs(e2))] < 0:
+        e2 = -e2
+    phi = np.arctan2(od_t @ e1, od_t @ e2)
+    phi_min, phi_max = np.percentile(phi, [MACENKO_ALPHA, 100.0 - MACENKO_ALPHA])
+    v_min = e2 * np.cos(phi_min) + e1 * np.sin(phi_min)
+    v_max = e2 * np.cos(phi_max) + e1 * np.sin(phi_max)
+    h, e = (v_min, v_max) if v_min[0] > v_max[0] else (v_max, v_min)
+    he = np.stack([h, e], axis=1)
+    od_c = od[~white]
+    conc = np.linalg.solve(he.T @ he, he.T @ od_c.T)                 # least squares, (2, M)
+    max_c = np.percentile(conc, MACENKO_MAXC_PERCENTILE, axis=1)
+    if not (np.all(np.isfinite(max_c)) and np.all(max_c > 0)):
+        raise BlankImageError(f"99th-percentile stain concentrations {_fmt(max_c)} are not "
+                              "positive: the image has no measurable stain")
+    return he, max_c, conc
+
+
+def _macenko_transform_one(img: np.ndarray, he_t, maxc_t) -> np.ndarray:
+    _, max_c, conc = _macenko_decompose(img)
+    conc = conc * (maxc_t / max_c)[:, None]
+    od = (he_t @ conc).T
+    out = MACENKO_IO * np.exp(-od) - 1.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(img.shape)
+
+
+def _fmt(x) -> str:
+    return np.array2string(np.asarray(x), precision=6, separator=", ")
+
+
+# ----------------------------------------------------------------------------- draws
+
+def draw_stain_perturbation(normalizer_or_method, normal_draws, *, augment_preset=None) -> dict:
+    """Turn standard normal variates into per-image target deltas (spec/stain.md, "Stain augmentation").
+
+    Pure and deterministic: ``delta = sigma * z`` where ``sigma`` are the
+    augmentation standard deviations, those of the given :class:`StainNormalizer`
+    or, for a method name, of ``augment_preset`` (default 'v2').
+
+    ``normal_draws``: shape ``(k,)`` for one image or ``(N, k)`` for N images,
+    ``k = NORMAL_DRAWS[method]``, used in this order:
+
+    * Reinhard: z[0:3] -> target_means (L*, a*, b*), z[3:6] -> target_stds (L*, a*, b*).
+    * Macenko: z[0:6] -> stain_matrix_target in row-major order (R_H, R_E, G_H, G_E,
+      B_H, B_E), z[6:8] -> target_concentrations (H, E).
+
+    Returns ``{fit key: delta}`` with shapes ``fit shape`` or ``(N,) + fit shape``,
+    to pass as ``transform(..., augment=True, perturbation=...)``.
+    """
+    if isinstance(normalizer_or_method, StainNormalizer):
+        if augment_preset is not None:
+            raise StainNormalizationError("augment_preset is only used with a method name; a "
+                                          "StainNormalizer uses its own augmentation space")
+        method = normalizer_or_method.method
+        sigma = normalizer_or_method.get_augment()
+    else:
+        method = _check_method(normalizer_or_method)
+        sigma = _preset(AUGMENT_PRESETS, method, augment_preset or DEFAULT_AUGMENT_PRESET,
+                        "augmentation")
+    k = NORMAL_DRAWS[method]
+    z = np.asarray(normal_draws, dtype=np.float64)
+    if z.ndim not in (1, 2) or z.shape[-1] != k:
+        raise StainNormalizationError(f"normal_draws for {method!r} must have shape ({k},) or "
+                                      f"(N, {k}); got {z.shape}")
+    if not np.all(np.isfinite(z)):
+        raise StainNormalizationError("normal_draws has non-finite values")
+    lead = z.shape[:-1]
+    if method == "macenko":
+        return {"stain_matrix_target": z[..., 0:6].reshape(lead + (3, 2)) * sigma["matrix_stdev"],
+                "target_concentrations": z[..., 6:8] * sigma["concentrations_stdev"]}
+    return {"target_means": z[..., 0:3] * sigma["means_stdev"],
+            "target_stds": z[..., 3:6] * sigma["stds_stdev"]}
+
+
+# ----------------------------------------------------------------------------- the class
+
+class StainNormalizer:
+    """H&E stain normalizer (spec/stain.md).
+
+    ``method``: 'reinhard' (Reinhard colour transfer in L*a*b* after brightness
+    standardization), 'reinhard_fast' (the same without brightness
+    standardization) or 'macenko' (Macenko stain separation, with brightness
+    standardization).
+
+    ``fit_preset`` (default 'v3') and ``augment_preset`` (default 'v2') pick the
+    initial fit and augmentation space. ``on_blank`` says what ``transform`` does
+    with an image that has no stain to measure (spec/stain.md, "Blank images"):
+    'error' (default) raises :class:`BlankImageError`, 'passthrough' returns that
+    image unchanged and counts it in ``blank_count``. ``fit`` always raises.
+    Keyword arguments ``**fit_params`` are passed to :meth:`set_fit` after the preset.
+    """
+
+    def __init__(self, method: str, *, fit_preset: str = DEFAULT_FIT_PRESET,
+                 augment_preset: str = DEFAULT_AUGMENT_PRESET, on_blank: str = "error",
+                 **fit_params):
+        self._method = _check_method(method)
+        if on_blank not in ("error", "passthrough"):
+            raise StainNormalizationError(f"on_blank must be 'error' or 'passthrough'; got "
+                                          f"{on_blank!r}")
+        self.on_blank = on_blank
+        self.blank_count = 0
+        self._fit: dict = {}
+        self._augment: dict = {}
+        self.fit_preset(fit_preset)
+        self.augment_preset(augment_preset)
+        if fit_params:
+            self.set_fit(**fit_params)
+
+    # -- configuration -----------------------------------------------------
+
+    @property
+    def method(self) -> str:
+        """The normalization method (read-only)."""
+        return self._method
+
+    @property
+    def normal_draws(self) -> int:
+        """Standard normal variates consumed per image by stain augmentation."""
+        return NORMAL_DRAWS[self._method]
+
+    def __repr__(self) -> str:
+        fit = ", ".join(f"{k}={_fmt(v)}" for k, v in self._fit.items())
+        return f"StainNormalizer({self._method!r}, {fit})"
+
+    def fit_preset(self, name: str) -> "StainNormalizer":
+        """Set the fit to a preset ('v1', 'v2', 'v3'; spec/stain.md, "Presets"). Returns self."""
+        self._fit = _preset(FIT_PRESETS, self._method, name, "fit")
+        return self
+
+    def augment_preset(self, name: str) -> "StainNormalizer":
+        """Set the augmentation space to a preset ('v1', 'v2'; spec/stain.md, "Presets"). Returns self."""
+        self._augment = _preset(AUGMENT_PRESETS, self._method, name, "augmentation")
+        return self
+
+    def get_fit(self) -> dict:
+        """The current fit as ``{key: float64 array}`` (copies; spec/stain.md, "Fit parameters")."""
+        return {k: v.copy() for k, v in self._fit.items()}
+
+    def get_augment(self) -> dict:
+        """The augmentation standard deviations as ``{key: float64 array}`` (copies)."""
+        return {k: v.copy() for k, v in self._augment.items()}
+
+    def set_fit(self, **params) -> "StainNormalizer":
+        """Set some or all fit parameters (spec/stain.md, "Fit parameters"). Returns self.
+
+        Keys: target_means (3,), target_stds (3,) for Reinhard; stain_matrix_target
+        (3, 2), target_concentrations (2,) for Macenko. Values must be finite;
+        target_stds >= 0 and target_concentrations > 0. Nothing is changed when
+        any value is rejected.
+        """
+        shapes = FIT_SHAPES[self._method]
+        new = {}
+        for key, value in params.items():
+            if key not in shapes:
+                raise StainNormalizationError(
+                    f"unknown fit parameter {key!r} for method {self._method!r}; valid keys: "
+                    f"{', '.join(shapes)}")
+            new[key] = _check_values(key, value, shapes[key])
+        if "target_stds" in new and np.any(new["target_stds"] < 0):
+            raise StainNormalizationError(f"target_stds must be >= 0; got "
+                                          f"{_fmt(new['target_stds'])}")
+        if "target_concentrations" in new and np.any(new["target_concentrations"] <= 0):
+            raise StainNormalizationError(f"target_concentrations must be > 0; got "
+                                          f"{_fmt(new['target_concentrations'])}")
+        if not new:
+            raise StainNormalizationError(f"set_fit needs at least one of: {', '.join(shapes)}")
+        self._fit.update(new)
+        return self
+
+    def set_augment(self, **stds) -> "StainNormalizer":
+        """Set some or all augmentation standard deviations (finite, >= 0). Returns self.
+
+        Keys: means_stdev (3,), stds_stdev (3,) for Reinhard; matrix_stdev (3, 2),
+        concentrations_stdev (2,) for Macenko. A zero std leaves that parameter
+        unperturbed.
+        """
+        keys = AUGMENT_KEYS[self._method]
+        shapes = FIT_SHAPES[self._method]
+        new = {}
+        for key, value in stds.items():
+            if key not in keys:
+                raise StainNormalizationError(
+                    f"unknown augmentation parameter {key!r} for method {self._method!r}; "
+                    f"valid keys: {', '.join(keys)}")
+            arr = _check_values(key, value, shapes[keys[key]])
+            if np.any(arr < 0):
+                raise StainNormalizationError(f"{key} must be >= 0; got {_fmt(arr)}")
+            new[key] = arr
+        if not new:
+            raise StainNormalizationError(f"set_augment needs at least one of: {', '.join(keys)}")
+        self._augment.update(new)
+        return self
+
+    # -- fit ---------------------------------------------------------------
+
+    def fit(self, img, *, mask: bool = False) -> "StainNormalizer":
+        """Fit the target to an image (HWC uint8) or the mean fit of a batch (NHWC). Returns self.
+
+        spec/stain.md, "Fitting". ``mask=True`` leaves pixels equal to
+        (255, 255, 255) in the input out of every statistic. A blank image
+        always raises :class:`BlankImageError` (naming its batch index).
+        """
+        if isinstance(img, str):
+            raise StainNormalizationError(f"fit() takes an image array; use fit_preset({img!r}) "
+                                          "for a preset")
+        batch, was_batch = _check_image(img, "fit target")
+        if batch.shape[0] == 0:
+            raise StainNormalizationError("fit target is an empty batch")
+        fits = []
+        for i, one in enumerate(batch):
+            try:
+                fits.append(self._fit_one(one, mask))
+            except BlankImageError as e:
+                raise BlankImageError(e.reason, index=i if was_batch else None) from None
+        mean = {k: np.mean([f[k] for f in fits], axis=0) for k in fits[0]}
+        return self.set_fit(**mean)
+
+    def _fit_one(self, img: np.ndarray, mask: bool) -> dict:
+        if self._method == "macenko":
+            he, max_c, _ = _macenko_decompose(img, mask=mask)
+            return {"stain_matrix_target": he, "target_concentrations": max_c}
+        return _reinhard_fit_one(img, self._method == "reinhard", mask)
+
+    # -- transform ---------------------------------------------------------
+
+    def transform(self, img, augment: bool = False, *, rng=None, perturbation=None) -> np.ndarray:
+        """Normalize an HWC or NHWC uint8 image to the fit; same shape, uint8 (spec/stain.md, "Transform").
+
+        With ``augment=True`` the target of image i is ``fit + delta_i``, with
+        ``delta`` either ``perturbation`` (from :func:`draw_stain_perturbation`:
+        shapes ``fit shape`` for an HWC image, ``(N,) + fit shape`` for a batch) or
+        drawn from ``rng`` (a ``numpy.random.Generator``: one call
+        ``rng.standard_normal(k)`` for an image, ``rng.standard_normal((N, k))``
+        for a batch, k = ``normal_draws``). Exactly one of the two is required;
+        neither may be given with ``augment=False``.
+        """
+        batch, was_batch = _check_image(img)
+        n = batch.shape[0]
+        deltas = self._deltas(n, was_batch, augment, rng, perturbation)
+        out = np.empty_like(batch)
+        for i in range(n):
+            target = {k: v + deltas[k][i] for k, v in self._fit.items()} if deltas else self._fit
+            try:
+                out[i] = self._transform_one(batch[i], target)
+            except BlankImageError as e:
+                if self.on_blank == "passthrough":
+                    self.blank_count += 1
+                    out[i] = batch[i]
+                else:
+                    raise BlankImageError(
+                        e.reason + " (StainNormalizer(on_blank='passthrough') leaves such "
+                        "images unchanged)", index=i if was_batch else None) from None
+        return out if was_batch else out[0]
+
+    def _transform_one(self, img: np.ndarray, target: dict) -> np.ndarray:
+        if self._method == "macenko":
+            return _macenko_transform_one(img, target["stain_matrix_target"],
+                                          target["target_concentrations"])
+        return _reinhard_transform_one(img, self._method == "reinhard", target["target_means"],
+                                       target["target_stds"])
+
+    def _deltas(self, n, was_batch, augment, rng, perturbation):
+        if not augment:
+            if rng is not None or perturbation is not None:
+                raise StainNormalizationError("rng and perturbation are only used with "
+                                              "augment=True")
+            return None
+        if (rng is None) == (perturbation is None):
+            raise StainNormalizationError(
+                "augment=True needs exactly one of rng (a numpy.random.Generator) or "
+                "perturbation (from draw_stain_perturbation); no global random state is used")
+        if rng is not None:
+            if not isinstance(rng, np.random.Generator):
+                raise StainNormalizationError(f"rng must be a numpy.random.Generator; got "
+                                              f"{type(rng).__name__}")
+            z = rng.standard_normal((n, self.normal_draws) if was_batch else self.normal_draws)
+            perturbation = draw_stain_perturbation(self, z)
+        if not isinstance(perturbation, dict):
+            raise StainNormalizationError(f"perturbation must be a dict of fit-key deltas; got "
+                                          f"{type(perturbation).__name__}")
+        shapes = FIT_SHAPES[self._method]
+        deltas = {}
+        for key, value in perturbation.items():
+            if key not in shapes:
+                raise StainNormalizationError(
+                    f"unknown perturbation key {key!r} for method {self._method!r}; valid keys: "
+                    f"{', '.join(shapes)}")
+            shape = ((n,) if was_batch else ()) + shapes[key]
+            arr = _check_values(f"perturbation[{key!r}]", value, shape)
+            deltas[key] = arr if was_batch else arr[None]
+        for key, shape in shapes.items():
+            deltas.setdefault(key, np.zeros((n,) + shape))
+        return deltas
+
+
+def _check_values(key: str, value, shape) -> np.ndarray:
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise StainNormalizationError(f"{key} must be numeric; got {value!r}") from None
+    if arr.shape != tuple(shape):
+        raise StainNormalizationError(f"{key} must have shape {tuple(shape)}; got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise StainNormalizationError(f"{key} has non-finite values: {_fmt(arr)}")
+    return arr
+
+
+__all__ = ["StainNormalizer", "draw_stain_perturbation", "standardize_brightness",
+           "lab_mean_std", "optical_density", "StainNormalizationError", "BlankImageError",
+           "METHODS", "FIT_SHAPES", "AUGMENT_KEYS", "NORMAL_DRAWS", "FIT_PRESETS",
+           "AUGMENT_PRESETS", "DEFAULT_FIT_PRESET", "DEFAULT_AUGMENT_PRESET"]
