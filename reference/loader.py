@@ -1,0 +1,391 @@
+"""The NumPy reference loaders (spec/sampling.md, "Loaders" and "Indexed dataset").
+
+:class:`NumpyLoader` is an iterable over a rank's stream (the plan of
+:mod:`tilespec.sampling`), yielding ``(image, label[, slide][, loc_x, loc_y])``
+items or stacked batches. :class:`IndexedInterleaver` is the map-style
+equivalent. Files are read at the edge by :class:`TileSource`; everything that
+decides *what* is read and *how it is augmented* is a pure function of
+(seed, rank, epoch, position).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from typing import Mapping
+
+import numpy as np
+
+from .annotations import LabelError
+from .errors import TFRecordError
+from .example import parse_tile
+from .images import decode_image
+from .index import load_index
+from .pipeline import Pipeline
+from .records import read_record_at
+from .rng import check_seed, new_seed, permutation, stream_key
+from .sampling import StreamPlan, check_rank, num_batches
+
+ON_ERROR = ("raise", "skip")
+INDEXED_GROUP = 0xFFFFFFFF  # permutation group of the indexed dataset's shuffle
+
+
+class TileSource:
+    """Reads tile ``j`` of tfrecord ``t`` by offset (the I/O edge).
+
+    Indexes are loaded (built when missing) on first use of a tfrecord; at most
+    ``max_open`` files are kept open, least recently used closed first.
+    """
+
+    def __init__(self, paths, *, max_open: int = 64, verify: bool = True):
+        self.paths = [os.fspath(p) for p in paths]
+        self.max_open = max_open
+        self.verify = verify
+        self._offsets: dict = {}
+        self._files: OrderedDict = OrderedDict()
+
+    def offsets(self, t: int) -> np.ndarray:
+        arr = self._offsets.get(t)
+        if arr is None:
+            arr = load_index(self.paths[t])[0][:, 0].copy()
+            self._offsets[t] = arr
+        return arr
+
+    def _file(self, t: int):
+        f = self._files.pop(t, None)
+        if f is None:
+            if len(self._files) >= self.max_open:
+                _, old = self._files.popitem(last=False)
+                old.close()
+            f = open(self.paths[t], "rb")
+        self._files[t] = f
+        return f
+
+    def read(self, t: int, j: int):
+        """The parsed :class:`~tilespec.example.Tile` of record j of tfrecord t."""
+        offsets = self.offsets(t)
+        if not 0 <= j < len(offsets):
+            raise IndexError(f"{self.paths[t]} has {len(offsets)} records; record {j} "
+                             "does not exist")
+        path, offset = self.paths[t], int(offsets[j])
+        payload = read_record_at(self._file(t), offset, verify=self.verify, record=j, path=path)
+        try:
+            return parse_tile(payload)
+        except TFRecordError as e:
+            raise e.located(path=path, record=j, offset=offset) from None
+
+    def close(self):
+        while self._files:
+            self._files.popitem()[1].close()
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _ItemMaker:
+    """Shared by both loaders: (t, j, draws) -> the yielded tuple."""
+
+    def __init__(self, paths, *, labels, pipeline: Pipeline, incl_slidenames, incl_loc,
+                 on_error):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if labels is not None and not isinstance(labels, Mapping):
+            raise TypeError(f"labels must be a mapping {{slide: label}} or None, got "
+                            f"{type(labels).__name__}")
+        self.source = TileSource(paths)
+        self.labels = labels
+        self.pipeline = pipeline
+        self.incl_slidenames = bool(incl_slidenames)
+        self.incl_loc = bool(incl_loc)
+        self.on_error = on_error
+        self.skipped: list = []
+
+    def make(self, t: int, j: int, position: int, steps, stain_z):
+        """The item for record j of tfrecord t at ``position``, or None when skipped."""
+        path = self.source.paths[t]
+        try:
+            tile = self.source.read(t, j)
+            img = decode_image(tile.image_raw)
+        except TFRecordError as e:
+            if self.on_error == "raise":
+                raise e.located(path=path, record=j) from None
+            self.skipped.append({"position": position, "path": path, "record": j,
+                                 "error": str(e)})
+            warnings.warn(f"skipped {path} record {j} (stream position {position}): {e}",
+                          stacklevel=3)
+            return None
+        try:
+            img = self.pipeline.apply(img, steps, stain_z)
+        except Exception as e:
+            if hasattr(e, "add_note"):
+                e.add_note(f"while processing {path}, record {j}, stream position {position}")
+            raise
+        item = [img, self.label(tile.slide, path)]
+        if self.incl_slidenames:
+            item.append(tile.slide)
+        if self.incl_loc:
+            if tile.loc_x is None or tile.loc_y is None:
+                raise LabelError(f"{path}, record {j}: incl_loc=True but the record has no "
+                                 "loc_x/loc_y")
+            item += [tile.loc_x, tile.loc_y]
+        return tuple(item)
+
+    def label(self, slide: str, path: str):
+        if self.labels is None:
+            return None
+        try:
+            return self.labels[slide]
+        except KeyError:
+            raise LabelError(f"slide {slide!r} (stored in {path}) has no label; labels "
+                             f"cover {len(self.labels)} slides") from None
+
+    def close(self):
+        self.source.close()
+
+
+def collate(items):
+    """Stack items into a batch: images (N, ...), labels array (or None), slides
+    (str array), loc_x and loc_y (int64 arrays)."""
+    cols = list(zip(*items))
+    out = [np.stack(cols[0])]
+    labels = cols[1]
+    out.append(None if labels[0] is None else np.asarray(labels))
+    for k, col in enumerate(cols[2:], start=2):
+        out.append(np.asarray(col, dtype=np.int64 if isinstance(col[0], (int, np.integer))
+                              else str))
+    return tuple(out)
+
+
+class NumpyLoader:
+    """The reference loader over one rank's stream (spec/sampling.md, "Loaders").
+
+    Iterating yields items ``(image, label[, slide][, loc_x, loc_y])``, or batches
+    of them stacked by :func:`collate` when ``batch_size`` is set. Images are HWC
+    uint8, or float32 when standardized ('unit' by default).
+
+    The loader's state is ``(seed, epoch, position)``: iteration starts at the
+    state and advances it with every item (a batch advances it by its size);
+    finishing a finite epoch moves to the next epoch at position 0. An
+    infinite loader has the single epoch 0.
+    """
+
+    default_standardize = "unit"
+
+    def __init__(self, paths, clip, weights, *, labels=None, batch_size=None, infinite=True,
+                 shuffle=False, seed=None, rank=0, num_replicas=1, augment=False,
+                 normalizer=None, transform=None, standardize=True, crop_left=None,
+                 crop_width=None, resize_target=None, resize_method="lanczos3", resize_aa=True,
+                 incl_slidenames=False, incl_loc=False, drop_last=False, on_error="raise"):
+        check_rank(rank, num_replicas)
+        if batch_size is not None and (isinstance(batch_size, bool) or
+                                       not isinstance(batch_size, (int, np.integer)) or
+                                       batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self.seed = new_seed() if seed is None else check_seed(seed)
+        self.paths = [os.fspath(p) for p in paths]
+        self.clip = np.asarray(clip, dtype=np.int64)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.infinite = bool(infinite)
+        self.shuffle = bool(shuffle)
+        self.rank, self.num_replicas = int(rank), int(num_replicas)
+        self.drop_last = bool(drop_last)
+        self.pipeline = Pipeline.from_options(
+            augment=augment, normalizer=normalizer, transform=transform,
+            standardize=standardize, crop_left=crop_left, crop_width=crop_width,
+            resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa,
+            default_standardize=self.default_standardize)
+        self._items = _ItemMaker(self.paths, labels=labels, pipeline=self.pipeline,
+                                 incl_slidenames=incl_slidenames, incl_loc=incl_loc,
+                                 on_error=on_error)
+        self.epoch = 0
+        self.position = 0
+        self._plan = self.plan(0)  # validates clip/weights now
+
+    # -- plans and state ----------------------------------------------------------------------
+    def plan(self, epoch: int) -> StreamPlan:
+        """The stream plan of ``epoch`` on this loader's rank."""
+        return StreamPlan(self.clip, self.weights, self.seed, rank=self.rank,
+                          num_replicas=self.num_replicas, epoch=epoch, infinite=self.infinite,
+                          shuffle=self.shuffle)
+
+    @property
+    def skipped(self) -> list:
+        """Records skipped with on_error='skip': dicts of position, path, record, error."""
+        return self._items.skipped
+
+    def __len__(self) -> int:
+        """Items (or batches) per epoch: the owned clipped records of this rank."""
+        n = len(self._plan)
+        return n if self.batch_size is None else num_batches(n, self.batch_size, self.drop_last)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        missing = {"seed", "epoch", "position"} - set(state)
+        if missing:
+            raise ValueError(f"loader state lacks {sorted(missing)}")
+        seed, epoch, position = check_seed(state["seed"]), int(state["epoch"]), \
+            int(state["position"])
+        if epoch < 0 or position < 0 or (self.infinite and epoch != 0):
+            raise ValueError(f"invalid loader state {dict(state)!r}")
+        if self.batch_size and position % self.batch_size:
+            raise ValueError(f"position {position} is not at a batch boundary "
+                             f"(batch_size {self.batch_size})")
+        self.seed, self.epoch, self.position = seed, epoch, position
+        self._plan = self.plan(epoch)
+
+    # -- items --------------------------------------------------------------------------------
+    def items(self, start: int, stop: int, plan: StreamPlan | None = None) -> list:
+        """Items of positions [start, stop) (skipped ones left out), in order."""
+        plan = plan or self._plan
+        t, j = plan.records(start, stop)
+        positions = np.arange(start, start + len(t))
+        draws = self.pipeline.draw(plan.key, positions)
+        out = []
+        for k in range(len(t)):
+            item = self._items.make(int(t[k]), int(j[k]), int(positions[k]), draws.steps[k],
+                                    None if draws.stain is None else draws.stain[k])
+            if item is not None:
+                out.append(item)
+        return out
+
+    def __iter__(self):
+        if self._plan.epoch != self.epoch:
+            self._plan = self.plan(self.epoch)
+        plan = self._plan
+        B = self.batch_size or 1
+        total = None if self.infinite else len(plan)
+        while total is None or self.position < total:
+            start = self.position
+            stop = start + B if total is None else min(start + B, total)
+            if total is not None and self.drop_last and stop - start < B:
+                break
+            items = self.items(start, stop, plan)
+            self.position = stop
+            if self.batch_size is None:
+                if items:
+                    yield items[0]
+            elif items:
+                yield collate(items)
+        self.epoch += 1
+        self.position = 0
+
+    def close(self):
+        self._items.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class IndexedInterleaver:
+    """Map-style reference dataset (spec/sampling.md, "Indexed dataset").
+
+    Item i of rank r is the i-th record owned by r, tfrecords in the given
+    order and records in file order (the partition of :func:`partition` over
+    ``clip``); ``shuffle=True`` reorders items by a permutation keyed by
+    (seed, rank, epoch). Augmentation draws are keyed by (seed, rank, epoch, i)
+    with the epoch set by :meth:`set_epoch` (default 0). No balancing.
+    """
+
+    default_standardize = "unit"
+
+    def __init__(self, tfrecords, *, clip=None, labels=None, rank=0, num_replicas=1,
+                 shuffle=False, seed=None, augment=False, normalizer=None, transform=None,
+                 standardize=True, crop_left=None, crop_width=None, resize_target=None,
+                 resize_method="lanczos3", resize_aa=True, incl_slidenames=False,
+                 incl_loc=False, on_error="raise"):
+        from .sampling import partition
+
+        check_rank(rank, num_replicas)
+        self.paths = [os.fspath(p) for p in tfrecords]
+        if not self.paths:
+            raise ValueError("IndexedInterleaver needs at least one tfrecord")
+        self.seed = new_seed() if seed is None else check_seed(seed)
+        self.rank, self.num_replicas = int(rank), int(num_replicas)
+        self.shuffle = bool(shuffle)
+        self.pipeline = Pipeline.from_options(
+            augment=augment, normalizer=normalizer, transform=transform,
+            standardize=standardize, crop_left=crop_left, crop_width=crop_width,
+            resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa,
+            default_standardize=self.default_standardize)
+        self._items = _ItemMaker(self.paths, labels=labels, pipeline=self.pipeline,
+                                 incl_slidenames=incl_slidenames, incl_loc=incl_loc,
+                                 on_error="raise" if on_error == "raise" else on_error)
+        counts = np.array([len(self._items.source.offsets(t)) for t in range(len(self.paths))],
+                          dtype=np.int64)
+        self.clip = _clip_array(clip, self.paths, counts)
+        starts, sizes = partition(self.clip, self.num_replicas, self.rank)
+        # item i -> (t, j): tfrecords in order, records in file order
+        self._t = np.repeat(np.arange(len(self.paths)), sizes)
+        self._j = starts[self._t] + (np.arange(len(self._t)) - np.repeat(
+            np.cumsum(sizes) - sizes, sizes))
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
+        self._key = stream_key(self.seed, self.rank, self.epoch)
+        self._order = (permutation(self._key, len(self._t), INDEXED_GROUP, 0)
+                       if self.shuffle else None)
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def record(self, i: int) -> tuple[int, int]:
+        """(tfrecord index, record index) of item i in the current epoch."""
+        n = len(self)
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"index must be an integer, got {i!r}")
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} items")
+        i = int(i) % n
+        k = int(self._order[i]) if self._order is not None else i
+        return int(self._t[k]), int(self._j[k])
+
+    def __getitem__(self, i):
+        t, j = self.record(i)
+        i = int(i) % len(self)
+        draws = self.pipeline.draw(self._key, np.array([i]))
+        item = self._items.make(t, j, i, draws.steps[0],
+                                None if draws.stain is None else draws.stain[0])
+        return item
+
+    def close(self):
+        self._items.close()
+
+
+def _clip_array(clip, paths, counts) -> np.ndarray:
+    """clip as None, a list aligned with paths, or a dict {path: count}; values above n_t
+    read as n_t."""
+    if clip is None:
+        return counts.copy()
+    if isinstance(clip, Mapping):
+        norm = {os.path.abspath(os.fspath(k)): v for k, v in clip.items()}
+        unknown = set(norm) - {os.path.abspath(p) for p in paths}
+        if unknown:
+            raise ValueError(f"clip names tfrecords that are not in the dataset: "
+                             f"{sorted(unknown)[:5]}")
+        values = [norm.get(os.path.abspath(p), n) for p, n in zip(paths, counts)]
+    else:
+        values = list(clip)
+        if len(values) != len(paths):
+            raise ValueError(f"clip has {len(values)} entries for {len(paths)} tfrecords")
+    out = []
+    for p, v, n in zip(paths, values, counts):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"clip for {p} must be an integer >= 0, got {v!r}")
+        out.append(min(int(v), int(n)))
+    return np.array(out, dtype=np.int64)
+
+
+__all__ = ["NumpyLoader", "IndexedInterleaver", "TileSource", "collate", "ON_ERROR"]

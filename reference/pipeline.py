@@ -1,0 +1,135 @@
+"""The image pipeline: one tile's bytes to the image a loader yields
+(spec/images.md, "Pipeline order").
+
+decode -> crop -> resize -> stain normalization (+ augmentation when 'n') ->
+augmentations in string order -> transform -> standardize.
+
+:class:`Pipeline` holds the validated options; :meth:`Pipeline.draw` draws
+the random parameters of a block of positions (pure, keyed); and
+:meth:`Pipeline.apply` is the deterministic rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import ops
+from .augment import Draws, apply_steps, draw_augmentations, parse_augment
+from .images import decode_image
+
+STANDARDIZE_MODES = ("unit", "per_image")
+RESIZE_METHODS = ("lanczos3", "lanczos5", "bilinear", "bicubic", "nearest", "area",
+                  "gaussian", "mitchellcubic")
+
+
+def resolve_standardize(standardize, default: str) -> str | None:
+    """True -> the backend's default mode; False/None -> None (keep uint8); a mode name -> it."""
+    if standardize is True:
+        return default
+    if standardize is False or standardize is None:
+        return None
+    if standardize in STANDARDIZE_MODES:
+        return standardize
+    raise ValueError(f"standardize must be True, False, 'unit' or 'per_image'; got "
+                     f"{standardize!r}")
+
+
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {v!r}")
+    if v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Validated pipeline options (spec/images.md, "Pipeline order").
+
+    ``standardize`` is already resolved: None or a mode name.
+    """
+
+    augment: str = ""
+    normalizer: Any = None
+    transform: Callable | None = None
+    standardize: str | None = None
+    crop_left: int | None = None
+    crop_width: int | None = None
+    resize_target: int | None = None
+    resize_method: str = "lanczos3"
+    resize_aa: bool = True
+
+    @classmethod
+    def from_options(cls, *, augment=False, normalizer=None, transform=None, standardize=True,
+                     crop_left=None, crop_width=None, resize_target=None,
+                     resize_method="lanczos3", resize_aa=True, default_standardize="unit"):
+        """Validate loader keyword arguments into a pipeline."""
+        augment = parse_augment(augment)
+        if "n" in augment and normalizer is None:
+            raise ValueError("augmentation 'n' (stain augmentation) needs a stain normalizer: "
+                             "pass normalizer=StainNormalizer(...)")
+        if isinstance(normalizer, str):
+            from .stain import StainNormalizer
+            normalizer = StainNormalizer(normalizer)
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {transform!r}")
+        if (crop_left is None) != (crop_width is None):
+            raise ValueError("crop_left and crop_width go together: give both or neither "
+                             f"(got crop_left={crop_left!r}, crop_width={crop_width!r})")
+        if crop_width is not None:
+            _positive_int("crop_width", crop_width)
+            if isinstance(crop_left, bool) or not isinstance(crop_left, (int, np.integer)) \
+                    or crop_left < 0:
+                raise ValueError(f"crop_left must be an integer >= 0, got {crop_left!r}")
+        if resize_target is not None:
+            resize_target = _positive_int("resize_target", resize_target)
+        if resize_method not in RESIZE_METHODS:
+            raise ValueError(f"unknown resize_method {resize_method!r}; valid: "
+                             f"{', '.join(RESIZE_METHODS)}")
+        return cls(augment=augment, normalizer=normalizer, transform=transform,
+                   standardize=resolve_standardize(standardize, default_standardize),
+                   crop_left=crop_left, crop_width=crop_width, resize_target=resize_target,
+                   resize_method=resize_method, resize_aa=bool(resize_aa))
+
+    @property
+    def stain_draws(self) -> int:
+        return self.normalizer.normal_draws if self.normalizer is not None else 0
+
+    def draw(self, key, positions) -> Draws:
+        """The random parameters of ``positions`` under stream key ``key`` (pure)."""
+        return draw_augmentations(self.augment, key, positions, self.stain_draws)
+
+    def geometry(self, img: np.ndarray) -> np.ndarray:
+        """Crop, then resize (uint8 -> uint8)."""
+        if self.crop_width is not None:
+            img = ops.crop(img, self.crop_left, self.crop_width)
+        if self.resize_target is not None:
+            img = ops.resize(img, self.resize_target, self.resize_method, self.resize_aa)
+        return img
+
+    def apply(self, img: np.ndarray, steps, stain_z=None) -> np.ndarray:
+        """Everything after decode, for one HWC uint8 image and its drawn parameters."""
+        img = self.geometry(img)
+        if self.normalizer is not None:
+            if "n" in self.augment:
+                from .stain import draw_stain_perturbation
+                delta = draw_stain_perturbation(self.normalizer, stain_z)
+                img = self.normalizer.transform(img, augment=True, perturbation=delta)
+            else:
+                img = self.normalizer.transform(img)
+        img = apply_steps(img, steps)
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.standardize is not None:
+            img = ops.standardize(img, self.standardize)
+        return img
+
+    def __call__(self, image_bytes, steps=(), stain_z=None) -> np.ndarray:
+        """decode + :meth:`apply`."""
+        return self.apply(decode_image(image_bytes), steps, stain_z)
+
+
+__all__ = ["Pipeline", "resolve_standardize", "STANDARDIZE_MODES", "RESIZE_METHODS"]

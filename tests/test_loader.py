@@ -1,0 +1,255 @@
+"""spec/sampling.md, "Loaders" and "Indexed dataset": the NumPy reference loaders."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import tilespec
+from tilespec import ops
+from tilespec.annotations import LabelError
+from tilespec.loader import IndexedInterleaver, NumpyLoader
+from tilespec.pipeline import Pipeline
+from tilespec.records import read_records
+
+
+@pytest.fixture(scope="module")
+def ds(demo_dataset):
+    return tilespec.Dataset(tfrecords=demo_dataset["tfrecords"],
+                            annotations=demo_dataset["annotations"])
+
+
+def record_ids(items):
+    """(slide, loc_x, loc_y) identifies a record of the synthetic dataset."""
+    return [(s, int(x), int(y)) for _, _, s, x, y in items]
+
+
+def all_ids(ds):
+    out = {}
+    for t, p in enumerate(ds.tfrecords()):
+        for j, payload in enumerate(read_records(p)):
+            tile = tilespec.parse_tile(payload)
+            out[(t, j)] = (tile.slide, tile.loc_x, tile.loc_y)
+    return out
+
+
+def test_finite_loader_emits_every_record_once_across_ranks(ds):
+    ids = all_ids(ds)
+    seen = []
+    for r in range(3):
+        L = ds.numpy(infinite=False, seed=5, rank=r, num_replicas=3, incl_slidenames=True,
+                     incl_loc=True, standardize=False)
+        items = list(L)
+        assert len(items) == len(L)
+        seen += record_ids(items)
+    assert len(seen) == len(set(seen)) == len(ids) == ds.num_tiles
+    assert set(seen) == set(ids.values())
+
+
+def test_items_are_the_planned_records(ds):
+    ids = all_ids(ds)
+    L = ds.numpy(infinite=True, seed=9, incl_slidenames=True, incl_loc=True,
+                 standardize=False)
+    it = iter(L)
+    got = record_ids([next(it) for _ in range(60)])
+    t, j = L.plan(0).records(0, 60)
+    assert got == [ids[(int(a), int(b))] for a, b in zip(t, j)]
+
+
+def test_images_equal_the_pipeline_with_the_drawn_parameters(ds):
+    L = ds.numpy(infinite=True, seed=2, augment="xyrjb", standardize="per_image")
+    it = iter(L)
+    items = [next(it) for _ in range(12)]
+    plan = L.plan(0)
+    t, j = plan.records(0, 12)
+    draws = Pipeline.from_options(augment="xyrjb").draw(plan.key, np.arange(12))
+    src = tilespec.loader.TileSource(ds.tfrecords())
+    for k, (img, label) in enumerate(items):
+        raw = tilespec.decode_image(src.read(int(t[k]), int(j[k])).image_raw)
+        from tilespec.augment import apply_steps
+        want = ops.standardize(apply_steps(raw, draws.steps[k]), "per_image")
+        np.testing.assert_array_equal(img, want)
+        assert label is None
+    src.close()
+
+
+def test_batches_shapes_dtypes_and_labels(ds):
+    labels, unique = ds.labels("category")
+    L = ds.numpy(labels=labels, batch_size=8, infinite=False, seed=1, incl_slidenames=True,
+                 incl_loc=True, drop_last=True)
+    batches = list(L)
+    assert len(batches) == len(L) == ds.num_tiles // 8
+    img, lab, slides, x, y = batches[0]
+    assert img.shape == (8, 64, 64, 3) and img.dtype == np.float32
+    assert img.min() >= -1 and img.max() <= 1
+    assert lab.shape == (8,) and slides.shape == (8,) and x.dtype == np.int64
+    assert [labels[s] for s in slides] == lab.tolist()
+    # header names work directly too
+    L2 = ds.numpy(labels="category", batch_size=8, infinite=False, seed=1)
+    np.testing.assert_array_equal(next(iter(L2))[1], lab)
+
+
+def test_no_labels_gives_none_and_uint8_when_not_standardized(ds):
+    img, label = next(iter(ds.numpy(seed=0, standardize=False)))
+    assert label is None and img.dtype == np.uint8 and img.shape == (64, 64, 3)
+    b = next(iter(ds.numpy(seed=0, batch_size=4, standardize=False)))
+    assert b[1] is None and b[0].shape == (4, 64, 64, 3)
+
+
+def test_resume_equals_uninterrupted(ds):
+    kw = dict(infinite=False, seed=44, batch_size=5, incl_slidenames=True, incl_loc=True,
+              augment="xr", standardize=False)
+    full = [b for b in ds.numpy(**kw)]
+    L = ds.numpy(**kw)
+    it = iter(L)
+    for _ in range(7):
+        next(it)
+    state = L.state_dict()
+    assert state == {"seed": 44, "epoch": 0, "position": 35}
+    R = ds.numpy(**{**kw, "seed": 1})
+    R.load_state_dict(state)
+    rest = list(R)
+    assert len(rest) == len(full) - 7
+    for a, b in zip(rest, full[7:]):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert R.state_dict() == {"seed": 44, "epoch": 1, "position": 0}
+
+
+def test_epochs_advance_and_differ(ds):
+    L = ds.numpy(infinite=False, seed=3, incl_slidenames=True, incl_loc=True,
+                 standardize=False)
+    e0 = record_ids(list(L))
+    e1 = record_ids(list(L))
+    assert sorted(e0) == sorted(e1) and e0 != e1 and L.epoch == 2
+
+
+def test_seed_is_drawn_and_exposed(ds):
+    L = ds.numpy()
+    assert isinstance(L.seed, int) and 0 <= L.seed < 2**63
+    assert L.state_dict()["seed"] == L.seed
+
+
+def test_labels_follow_slide_name_inside_the_record(tmp_path, demo_dataset):
+    src = os.path.join(demo_dataset["tfrecords"], "slide-c1.tfrecords")
+    renamed = tmp_path / "renamed.tfrecords"
+    shutil.copy(src, renamed)
+    L = NumpyLoader([renamed], [12], [1.0], labels={"slide-c1": 7}, seed=0,
+                    incl_slidenames=True)
+    img, label, slide = next(iter(L))
+    assert (label, slide) == (7, "slide-c1")
+    L = NumpyLoader([renamed], [12], [1.0], labels={"renamed": 7}, seed=0)
+    with pytest.raises(LabelError, match="slide 'slide-c1'.*renamed.tfrecords"):
+        next(iter(L))
+
+
+def test_on_error_skip_and_raise(tmp_path):
+    recs = [tilespec.encode_tile(ops.jpeg_encode(np.full((8, 8, 3), i * 20, np.uint8), 90),
+                                 "s", i, 0) for i in range(6)]
+    recs[2] = tilespec.encode_tile(b"\xff\xd8\xff not really a jpeg", "s", 2, 0)
+    path = tmp_path / "s.tfrecords"
+    tilespec.write_records(path, recs)
+    kw = dict(infinite=False, seed=0, incl_loc=True, standardize=False)
+    with pytest.raises(tilespec.ImageDecodeError, match="s.tfrecords, record 2"):
+        list(NumpyLoader([path], [6], [1.0], **kw))
+    L = NumpyLoader([path], [6], [1.0], on_error="skip", **kw)
+    with pytest.warns(UserWarning, match="skipped .*record 2"):
+        got = sorted(int(x) for _, _, x, _ in L)
+    assert got == [0, 1, 3, 4, 5]
+    assert [(s["record"], s["path"]) for s in L.skipped] == [(2, str(path))]
+
+
+def test_transform_errors_name_the_item(ds):
+    def boom(img):
+        raise RuntimeError("bad transform")
+
+    L = ds.numpy(seed=0, transform=boom)
+    with pytest.raises(RuntimeError, match="bad transform") as e:
+        next(iter(L))
+    assert any("stream position 0" in n for n in getattr(e.value, "__notes__", []))
+
+
+def test_infinite_frequencies_match_each_balancing_strategy(ds):
+    # Plan-level chi-square (no decoding): 30k positions per strategy, fixed seed.
+    for strategy, headers in (("slide", None), ("tile", None), ("patient", None),
+                              ("category", "category")):
+        b = ds.balance(headers, strategy=strategy)
+        table = b.sampling_table()
+        L = b.numpy(seed=17)
+        t, _ = L.plan(0).records(0, 30_000)
+        counts = np.bincount(t, minlength=len(table.paths))
+        p = stats.chisquare(counts, table.weights * counts.sum()).pvalue
+        assert p > 1e-3, (strategy, counts, table.weights)
+
+
+def test_clip_limits_the_stream(ds):
+    c = ds.clip(5)
+    L = c.numpy(infinite=False, seed=0, incl_loc=True, incl_slidenames=True,
+                standardize=False)
+    items = list(L)
+    assert len(items) == 5 * len(ds.tfrecords())
+    by_slide = {}
+    for _, _, s, x, y in items:
+        by_slide.setdefault(s, set()).add((x, y))
+    # the first 5 records in file order: loc_y 0, loc_x 0..4 tiles of 64 px
+    assert all(v == {(64 * k, 0) for k in range(5)} for v in by_slide.values())
+
+
+def test_bad_loader_arguments(ds):
+    with pytest.raises(ValueError, match="batch_size"):
+        ds.numpy(batch_size=0)
+    with pytest.raises(ValueError, match="on_error"):
+        ds.numpy(on_error="ignore")
+    with pytest.raises(ValueError, match="rank"):
+        ds.numpy(rank=3, num_replicas=2)
+    L = ds.numpy(batch_size=4, seed=0)
+    with pytest.raises(ValueError, match="batch boundary"):
+        L.load_state_dict({"seed": 0, "epoch": 0, "position": 3})
+    with pytest.raises(ValueError, match="lacks"):
+        L.load_state_dict({"seed": 0})
+
+
+# ---------------------------------------------------------------- indexed dataset
+def test_indexed_items_in_order_and_partitioned(ds):
+    ids = all_ids(ds)
+    paths = ds.tfrecords()
+    seen = []
+    for r in range(2):
+        I = IndexedInterleaver(paths, rank=r, num_replicas=2, seed=0, incl_slidenames=True,
+                               incl_loc=True, standardize=False)
+        items = [I[i] for i in range(len(I))]
+        got = record_ids(items)
+        want = [ids[I.record(i)] for i in range(len(I))]
+        assert got == want
+        assert [I.record(i) for i in range(len(I))] == sorted(I.record(i) for i in range(len(I)))
+        seen += got
+    assert sorted(seen) == sorted(ids.values())
+
+
+def test_indexed_shuffle_and_epochs(ds):
+    paths = ds.tfrecords()
+    I = IndexedInterleaver(paths, seed=4, shuffle=True, augment="xyr", standardize=False)
+    order0 = [I.record(i) for i in range(len(I))]
+    assert sorted(order0) != order0 and len(set(order0)) == len(I)
+    img_a = I[3][0]
+    I.set_epoch(1)
+    order1 = [I.record(i) for i in range(len(I))]
+    assert sorted(order1) == sorted(order0) and order1 != order0
+    I.set_epoch(0)
+    np.testing.assert_array_equal(I[3][0], img_a)
+
+
+def test_indexed_clip_list_and_dict(ds):
+    paths = ds.tfrecords()
+    I = IndexedInterleaver(paths, clip=[2] * len(paths), seed=0)
+    assert len(I) == 2 * len(paths)
+    I = IndexedInterleaver(paths, clip={paths[0]: 1}, seed=0)
+    assert len(I) == ds.num_tiles - ds.manifest()[paths[0]]["total"] + 1
+    with pytest.raises(ValueError, match="clip has"):
+        IndexedInterleaver(paths, clip=[1])
+    with pytest.raises(ValueError, match="not in the dataset"):
+        IndexedInterleaver(paths, clip={"/nowhere.tfrecords": 1})
+    with pytest.raises(IndexError):
+        IndexedInterleaver(paths, seed=0)[10_000]
