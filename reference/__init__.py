@@ -16,6 +16,7 @@ from .index import build_index, load_index
 from .records import read_record_at, read_records, write_records
 from .stain import StainNormalizer  # spec/stain.md
 from .project import Dataset, ModelParams, load_project  # spec/dataset.md
+from .loader import IndexedInterleaver, NumpyLoader  # spec/sampling.md
 
 __version__ = "0.1.0"
 
@@ -25,5 +26,6 @@ __all__ = [
     "TFRecordError", "EmptyFileError", "NotATFRecordError", "CorruptLengthError",
     "CorruptDataError", "TruncatedRecordError", "ExampleParseError", "TileSchemaError",
     "ImageDecodeError", "IndexFileError", "CRC32C_BACKEND",
-    "StainNormalizer",
+    "StainNormalizer", "Dataset", "ModelParams", "load_project", "NumpyLoader",
+    "IndexedInterleaver", "ops",
 ]

@@ -416,6 +416,29 @@ class Dataset:
         ann = self._need_annotations("labels()")
         return make_labels(ann, self.slides(), headers, use_float, assign, format)
 
+    def _loader_labels(self, labels):
+        """A loader's ``labels``: None, a {slide: label} mapping, or header name(s)."""
+        if labels is None or isinstance(labels, Mapping):
+            return labels
+        return self.labels(labels)[0]
+
+    def numpy(self, labels=None, **kwargs):
+        """The reference loader over this dataset (spec/sampling.md, "Loaders").
+
+        ``labels``: None, ``{slide: label}`` (as returned by :meth:`labels`) or
+        header name(s). Other keyword arguments are those of
+        :class:`tilespec.loader.NumpyLoader` (batch_size, infinite, shuffle, seed,
+        rank, num_replicas, augment, normalizer, transform, standardize,
+        crop_left, crop_width, resize_target, resize_method, resize_aa,
+        incl_slidenames, incl_loc, drop_last, on_error). The stream follows
+        :meth:`sampling_table`: clip counts and balancing weights.
+        """
+        from .loader import NumpyLoader
+
+        table = self.sampling_table()
+        return NumpyLoader(list(table.paths), table.clip, table.weights,
+                           labels=self._loader_labels(labels), **kwargs)
+
     def is_float(self, header: str) -> bool:
         """True when every value of ``header`` in this dataset is a finite number.
 
