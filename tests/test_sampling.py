@@ -216,3 +216,18 @@ def test_bad_weights_and_nothing_to_sample():
         StreamPlan([3, 0], [0, 1], 0)
     with pytest.raises(ValueError, match="batch_size"):
         next(worker_batches(0, 1, 0))
+
+
+def test_worked_example():
+    # spec/sampling.md, "Worked example"
+    key = stream_key(99, 0, 0)
+    assert key == (0x34BAEECF, 0x982DA0AB)
+    u = uniforms(key, np.arange(6), SLOT_SAMPLE)[:, 0]
+    np.testing.assert_allclose(u, [0.1412, 0.4903, 0.9439, 0.8170, 0.2585, 0.8140], atol=5e-5)
+    t, j = StreamPlan([3, 1, 2], [1, 3, 2], 99, infinite=False).records(0, 6)
+    assert t.tolist() == [0, 1, 2, 2, 0, 0] and j.tolist() == [0, 0, 0, 1, 1, 2]
+    t, j = StreamPlan([3, 1, 2], [1, 3, 2], 99, infinite=True).records(0, 8)
+    assert t.tolist() == [0, 1, 2, 2, 1, 2, 2, 1] and j.tolist() == [0, 0, 0, 1, 0, 0, 1, 0]
+    parts = [partition([10, 3, 0], 3, r) for r in range(3)]
+    assert [(s.tolist(), z.tolist()) for s, z in parts] == [
+        ([0, 0, 0], [4, 1, 0]), ([4, 1, 0], [3, 1, 0]), ([7, 2, 0], [3, 1, 0])]
