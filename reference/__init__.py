@@ -17,6 +17,8 @@ from .records import read_record_at, read_records, write_records
 from .stain import StainNormalizer  # spec/stain.md
 from .project import Dataset, ModelParams, load_project  # spec/dataset.md
 from .loader import IndexedInterleaver, NumpyLoader  # spec/sampling.md
+from .hookspecs import hookimpl  # spec/adapters.md
+from .plugins import AdapterNotInstalledError, adapters
 
 __version__ = "0.1.0"
 
@@ -27,5 +29,5 @@ __all__ = [
     "CorruptDataError", "TruncatedRecordError", "ExampleParseError", "TileSchemaError",
     "ImageDecodeError", "IndexFileError", "CRC32C_BACKEND",
     "StainNormalizer", "Dataset", "ModelParams", "load_project", "NumpyLoader",
-    "IndexedInterleaver", "ops",
+    "IndexedInterleaver", "ops", "hookimpl", "adapters", "AdapterNotInstalledError",
 ]

@@ -439,6 +439,23 @@ class Dataset:
         return NumpyLoader(list(table.paths), table.clip, table.weights,
                            labels=self._loader_labels(labels), **kwargs)
 
+    def torch(self, labels=None, **kwargs):
+        """A ``torch.utils.data.DataLoader`` over this dataset, from the PyTorch adapter
+        (distribution ``tilespec-torch``; spec/adapters.md). Same stream as
+        :meth:`numpy` with the same arguments."""
+        from .plugins import make_loader
+
+        return make_loader("torch", self, dict(kwargs, labels=self._loader_labels(labels)))
+
+    def tensorflow(self, labels=None, **kwargs):
+        """A ``tf.data.Dataset`` over this dataset, from the TensorFlow adapter
+        (distribution ``tilespec-tf``; spec/adapters.md). Same stream as
+        :meth:`numpy` with the same arguments (``shard_idx``/``num_shards`` for
+        rank/num_replicas)."""
+        from .plugins import make_loader
+
+        return make_loader("tensorflow", self, dict(kwargs, labels=self._loader_labels(labels)))
+
     def is_float(self, header: str) -> bool:
         """True when every value of ``header`` in this dataset is a finite number.
 
