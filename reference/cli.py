@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 
 from . import __version__
@@ -17,7 +18,7 @@ from .crc32c import BACKEND
 from .errors import TFRecordError
 from .example import parse_example, parse_tile
 from .images import image_size
-from .index import index_state, load_index
+from .index import IndexRebuildWarning, index_path, index_state, load_index
 from .records import read_records
 
 TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
@@ -42,23 +43,48 @@ def find_tfrecords(target) -> list[str]:
 
 
 class Progress:
-    """A one-line progress display on stderr, shown only for several files."""
+    """A one-line progress display on a terminal (stderr by default).
 
-    def __init__(self, total: int, what: str, stream=sys.stderr):
-        self.total, self.what, self.stream = total, what, stream
-        self.live = total > 1 and getattr(stream, "isatty", lambda: False)()
+    Shown only when the stream is a tty and there are several files; redrawn
+    at most every ``interval`` seconds (always for the first and last step),
+    so thousands of files cost a few writes per second. :meth:`clear` erases
+    the line before other output is printed.
+    """
+
+    def __init__(self, total: int, what: str, stream=None, interval: float = 0.1):
+        self.total, self.what = total, what
+        self.stream = sys.stderr if stream is None else stream
+        self.live = total > 1 and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = interval
         self.start = time.monotonic()
+        self.last_draw = None
+        self.width = 0
 
     def step(self, done: int, name: str):
-        if self.live:
-            rate = done / max(time.monotonic() - self.start, 1e-9)
-            self.stream.write(f"\r{self.what} {done}/{self.total} files "
-                              f"({rate:.1f}/s) {os.path.basename(name)[:40]:<40}")
+        if not self.live:
+            return
+        now = time.monotonic()
+        if (self.last_draw is not None and done < self.total
+                and now - self.last_draw < self.interval):
+            return
+        self.last_draw = now
+        rate = done / max(now - self.start, 1e-9)
+        line = (f"{self.what} {done}/{self.total} files ({rate:.1f}/s) "
+                f"{os.path.basename(name)[:40]}")
+        pad = max(self.width - len(line), 0)
+        self.stream.write("\r" + line + " " * pad)
+        self.width = len(line)
+        self.stream.flush()
+
+    def clear(self):
+        """Erase the progress line (before printing something else)."""
+        if self.live and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()
+            self.width = 0
 
     def close(self):
-        if self.live:
-            self.stream.write("\n")
+        self.clear()
 
 
 def inspect_file(path) -> dict:
@@ -81,7 +107,9 @@ def inspect_file(path) -> dict:
             "slides": dict(slides), "index": index_state(path)}
 
 
-def cmd_inspect(args, out=sys.stdout) -> int:
+def cmd_inspect(args, out=None) -> int:
+    """``tilespec inspect FILE_OR_DIR``: a summary of every file, then the totals."""
+    out = sys.stdout if out is None else out
     paths = find_tfrecords(args.target)
     total = 0
     for path in paths:
@@ -97,27 +125,43 @@ def cmd_inspect(args, out=sys.stdout) -> int:
     return 0
 
 
-def cmd_index(args, out=sys.stdout) -> int:
+def cmd_index(args, out=None) -> int:
+    """``tilespec index FILE_OR_DIR``: build missing or invalid indexes (verifying both
+    checksums of every record while building), validate the others; write nothing
+    when every index is valid."""
+    out = sys.stdout if out is None else out
     paths = find_tfrecords(args.target)
     progress = Progress(len(paths), "indexing")
-    built = 0
-    for i, path in enumerate(paths, 1):
-        before = index_state(path)
-        arr, locs = load_index(path)
-        if before != index_state(path) or args.verbose:
-            built += before != index_state(path)
-            print(f"{path}: {len(arr)} records, index {index_state(path)}"
-                  f"{' (was ' + before + ')' if before != index_state(path) else ''}",
-                  file=out)
-        progress.step(i, path)
-    progress.close()
-    print(f"{len(paths)} files checked, {built} indexes written", file=out)
+    written = 0
+    records = 0
+    try:
+        for i, path in enumerate(paths, 1):
+            before = index_state(path)
+            with warnings.catch_warnings():
+                # the reason is printed below, in `before`
+                warnings.simplefilter("ignore", IndexRebuildWarning)
+                arr, _ = load_index(path)
+            records += len(arr)
+            wrote = not before.startswith("ok")
+            written += wrote
+            if wrote or args.verbose:
+                progress.clear()
+                what = (f"wrote {os.path.basename(index_path(path))} (was {before})" if wrote
+                        else f"index {before}")
+                print(f"{path}: {len(arr)} records, {what}", file=out, flush=True)
+            progress.step(i, path)
+    finally:
+        progress.close()
+    print(f"{len(paths)} files, {records} records: {written} indexes written, "
+          f"{len(paths) - written} valid", file=out)
     return 0
 
 
-def cmd_demo(args, out=sys.stdout) -> int:
+def cmd_demo(args, out=None) -> int:
+    """``tilespec demo [DIR]``: write the synthetic dataset, index it, inspect it."""
     from .synthetic import write_synthetic_dataset
 
+    out = sys.stdout if out is None else out
     root = args.dir
     print(f"tilespec {__version__} demo (CRC32C backend: {BACKEND})", file=out)
     info = write_synthetic_dataset(root, tile_px=args.tile_px)
@@ -129,6 +173,20 @@ def cmd_demo(args, out=sys.stdout) -> int:
     return 0
 
 
+def cmd_adapters(args, out=sys.stdout) -> int:
+    from .plugins import KNOWN_ADAPTERS, adapters
+
+    infos = adapters()
+    for info in infos:
+        print(f"{info['name']:<12} {info['distribution']:<16} {info['version']:<8} "
+              f"{info['framework']}", file=out)
+    have = {i["name"] for i in infos}
+    for name, (dist, where) in sorted(KNOWN_ADAPTERS.items()):
+        if name not in have:
+            print(f"{name:<12} {dist:<16} not installed (pip install -e {where})", file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tilespec", description="TFRecord tile datasets: "
                                 "inspect, index, and a built-in demo dataset.")
@@ -137,10 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="summarize a TFRecord file or a folder of them")
     s.add_argument("target")
     s.set_defaults(func=cmd_inspect)
-    s = sub.add_parser("index", help="build missing or invalid indexes, verify the others")
+    s = sub.add_parser("index", help="build missing or invalid indexes (verifying every "
+                       "record's checksums), validate the others")
     s.add_argument("target")
     s.add_argument("-v", "--verbose", action="store_true", help="a line for every file")
     s.set_defaults(func=cmd_index)
+    s = sub.add_parser("adapters", help="list installed adapters (backends)")
+    s.set_defaults(func=cmd_adapters)
     s = sub.add_parser("demo", help="write, index and inspect the built-in synthetic dataset")
     s.add_argument("dir", nargs="?", default="demo-data")
     s.add_argument("--tile-px", type=int, default=64)
@@ -149,11 +210,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Entry point of the ``tilespec`` command (README.md, "Command line").
+
+    Returns the exit code: 0, 1 for an error (reported as one line,
+    ``tilespec: error: ...``), 2 for bad usage, 130 when interrupted, 141
+    when the output pipe was closed early.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, TFRecordError, OSError) as e:
-        print(f"tilespec: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
+            pass
+        return 141
+    except (CLIError, TFRecordError, OSError, ValueError) as e:
+        message = " ".join(str(e).split())  # always one line
+        print(f"tilespec: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tilespec: interrupted", file=sys.stderr)

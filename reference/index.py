@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import os
 import warnings
+from array import array
 
 import numpy as np
 
-from .errors import IndexFileError, TFRecordError
-from .example import parse_tile
-from .records import FRAMING_BYTES, read_header, read_payload, scan_records
+from .errors import EmptyFileError, IndexFileError, TFRecordError
+from .example import parse_example, parse_tile
+from .records import (FRAMING_BYTES, HEADER_BYTES, _create_temp, is_gzip_file, read_header,
+                      read_payload, scan_records)
 
 INDEX_SUFFIXES = (".index.npz", ".index.npy", ".index")
+
+
+class IndexRebuildWarning(UserWarning):
+    """An existing index file did not match its TFRecord and was rebuilt."""
 
 
 def index_stem(path) -> str:
@@ -36,7 +42,10 @@ def index_path(path) -> str:
 
 
 def existing_index(path) -> str | None:
-    """The index file found for ``path`` (first of .index.npz, .index.npy, .index), or None."""
+    """The index file found for ``path`` (first of .index.npz, .index.npy, .index), or None.
+
+    spec/index.md, "Format".
+    """
     stem = index_stem(path)
     for suffix in INDEX_SUFFIXES:
         if os.path.exists(stem + suffix):
@@ -44,20 +53,53 @@ def existing_index(path) -> str | None:
     return None
 
 
+def _gzip_error(path) -> IndexFileError:
+    return IndexFileError("the file is GZIP-compressed; an index needs random access, which "
+                          "needs an uncompressed TFRecord file (decompress it first, e.g. "
+                          "read_records(..., compression='GZIP') into write_records)", path=path)
+
+
+def _location(payload):
+    """(loc_x, loc_y) of a record, or None when it has no (single int64) loc_x and loc_y."""
+    try:
+        tile = parse_tile(payload)
+    except TFRecordError:  # not a tile: look at the Example's features directly
+        try:
+            features = parse_example(payload)
+        except TFRecordError:
+            return None
+        xy = [features.get(k) for k in ("loc_x", "loc_y")]
+        if all(isinstance(v, np.ndarray) and v.dtype == np.int64 and v.shape == (1,)
+               for v in xy):
+            return int(xy[0][0]), int(xy[1][0])
+        return None
+    if tile.loc_x is None or tile.loc_y is None:
+        return None
+    return tile.loc_x, tile.loc_y
+
+
 def compute_index(path, *, verify: bool = True, locations: bool = True):
     """Scan ``path`` and return ``(offsets_and_lengths, locations or None)``; write nothing.
 
-    spec/index.md, "Building". Reads one record at a time (constant memory).
-    With ``locations=False`` payloads are not read at all (headers only, seeking
-    past payloads; ``verify`` then streams payload checksums in chunks).
-    Locations are None when any record lacks loc_x or loc_y.
+    spec/index.md, "Building". Streams the file one record at a time: memory
+    is one payload plus the result. Header checksums are always checked,
+    payload checksums when ``verify`` (default). With ``locations=False``
+    payloads are not read at all (headers only, seeking past payloads;
+    ``verify`` then streams payload checksums in chunks). Locations are None
+    when any record lacks a single int64 ``loc_x`` or ``loc_y`` (or is not a
+    tf.train.Example). A GZIP-compressed file raises :class:`IndexFileError`;
+    an empty file :class:`EmptyFileError`.
     """
     path = os.fspath(path)
+    if os.path.getsize(path) == 0:
+        raise EmptyFileError("empty file: no records", path=path)
+    if is_gzip_file(path):
+        raise _gzip_error(path)
     if not locations:
         rows = np.array(list(scan_records(path, verify=verify)), dtype=np.int64).reshape(-1, 2)
         return rows, None
-    rows = []
-    locs: list | None = []
+    flat = array("q")
+    locs: array | None = array("q")
     with open(path, "rb", buffering=1 << 20) as f:
         offset = 0
         record = 0
@@ -68,34 +110,37 @@ def compute_index(path, *, verify: bool = True, locations: bool = True):
             payload = read_payload(f, length, path=path, record=record, offset=offset,
                                    verify=verify)
             if locs is not None:
-                try:
-                    tile = parse_tile(payload)
-                except TFRecordError as e:
-                    raise e.located(path=path, record=record, offset=offset) from None
-                if tile.loc_x is None or tile.loc_y is None:
+                xy = _location(payload)
+                if xy is None:
                     locs = None
                 else:
-                    locs.append((tile.loc_x, tile.loc_y))
-            rows.append((offset, FRAMING_BYTES + length))
+                    locs.extend(xy)
+            flat.extend((offset, FRAMING_BYTES + length))
             offset += FRAMING_BYTES + length
             record += 1
-    if not rows:
-        from .errors import EmptyFileError
-        raise EmptyFileError("empty file: no records", path=path)
-    arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
-    loc_arr = None if locs is None else np.array(locs, dtype=np.int64).reshape(-1, 2)
+    arr = np.frombuffer(flat, dtype=np.int64).reshape(-1, 2).copy()
+    loc_arr = None if locs is None else np.frombuffer(locs, dtype=np.int64).reshape(-1, 2).copy()
     return arr, loc_arr
 
 
 def write_index(path, offsets_and_lengths, locations=None) -> str:
-    """Write ``<stem>.index.npz`` for TFRecord ``path`` atomically; return its path."""
+    """Write ``<stem>.index.npz`` for TFRecord ``path`` atomically; return its path.
+
+    spec/index.md, "Format". Written to a temporary file beside it, then
+    renamed: readers see the old index or the new one, never a partial one,
+    and a failed write leaves no temporary file.
+    """
     dest = index_path(path)
-    tmp = f"{dest}.tmp-{os.getpid()}.npz"
-    arrays = {"arr_0": np.asarray(offsets_and_lengths, dtype=np.int64)}
+    arrays = {"arr_0": np.asarray(offsets_and_lengths, dtype=np.int64).reshape(-1, 2)}
     if locations is not None:
-        arrays["locations"] = np.asarray(locations, dtype=np.int64)
+        arrays["locations"] = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+        if arrays["locations"].shape != arrays["arr_0"].shape:
+            raise ValueError(f"{dest}: {len(arrays['locations'])} locations for "
+                             f"{len(arrays['arr_0'])} records")
+    tmp, fd = _create_temp(dest)
     try:
-        np.savez(tmp, **arrays)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
@@ -106,7 +151,11 @@ def write_index(path, offsets_and_lengths, locations=None) -> str:
 
 def build_index(path, *, verify: bool = True):
     """Build and write the index of TFRecord ``path``; return ``(offsets_and_lengths,
-    locations or None)``. spec/index.md, "Building"."""
+    locations or None)``. spec/index.md, "Building".
+
+    Both checksums of every record are verified (``verify=False`` skips the
+    payload checksums), so a built index describes a file that reads cleanly.
+    """
     arr, locs = compute_index(path, verify=verify)
     write_index(path, arr, locs)
     return arr, locs
@@ -115,7 +164,9 @@ def build_index(path, *, verify: bool = True):
 def read_index_file(index_file):
     """Read an index file of any supported format; return ``(arr, locations or None)``.
 
-    Raises :class:`IndexFileError` naming the file when it cannot be read.
+    spec/index.md, "Format" and "Legacy formats". Raises
+    :class:`IndexFileError` naming the file when it cannot be read or its
+    arrays have the wrong shape or type.
     """
     index_file = os.fspath(index_file)
     try:
@@ -137,24 +188,27 @@ def read_index_file(index_file):
             locs = None
     except IndexFileError:
         raise
-    except (OSError, ValueError, UnicodeDecodeError, KeyError, EOFError) as e:
-        raise IndexFileError(f"cannot read index file: {e}", path=index_file) from None
+    except Exception as e:  # any unreadable index is a reason to rebuild it, never to crash
+        raise IndexFileError(f"cannot read index file: {type(e).__name__}: {e}",
+                             path=index_file) from None
+    if arr.ndim == 1 and arr.shape == (2,):  # one record, saved from a 1-D loadtxt result
+        arr = arr.reshape(1, 2)
     if arr.ndim != 2 or arr.shape[1] != 2 or arr.dtype.kind not in "iu":
         raise IndexFileError(f"index array has shape {arr.shape} and dtype {arr.dtype}, "
                              "expected integer [[offset, length], ...]", path=index_file)
     if locs is not None and (locs.ndim != 2 or locs.shape != arr.shape or
                              locs.dtype.kind not in "iu"):
-        raise IndexFileError(f"locations array has shape {locs.shape}, expected {arr.shape}",
-                             path=index_file)
+        raise IndexFileError(f"locations array has shape {locs.shape} and dtype {locs.dtype}, "
+                             f"expected integer {arr.shape}", path=index_file)
     return arr.astype(np.int64), None if locs is None else locs.astype(np.int64)
 
 
 def index_problem(arr, file_size: int) -> str | None:
     """Why ``arr`` cannot be the index of a file of ``file_size`` bytes, or None if it can.
 
-    spec/index.md, "Validation": offsets start at 0, each record starts where
-    the previous one ends, every length is at least 16, the last record ends at
-    the end of the file.
+    spec/index.md, "Validation": offsets start at 0, every length is at least
+    16, no record runs past the end of the file, each record starts where the
+    previous one ends, and the last record ends at the end of the file.
     """
     if len(arr) == 0:
         return "index lists no records" if file_size else None
@@ -164,6 +218,11 @@ def index_problem(arr, file_size: int) -> str | None:
     bad = np.flatnonzero(ln < FRAMING_BYTES)
     if bad.size:
         return f"record {bad[0]} has length {ln[bad[0]]} < {FRAMING_BYTES}"
+    past = np.flatnonzero((off < 0) | (off > file_size) | (ln > file_size - off))
+    if past.size:  # checked before any sum, so no int64 overflow can hide a bad value
+        i = past[0]
+        return (f"record {i} (offset {off[i]}, length {ln[i]}) runs past the end of the "
+                f"file ({file_size} bytes)")
     gaps = np.flatnonzero(off[1:] != off[:-1] + ln[:-1])
     if gaps.size:
         i = gaps[0] + 1
@@ -174,21 +233,51 @@ def index_problem(arr, file_size: int) -> str | None:
     return None
 
 
+def index_mismatch(path, arr) -> str | None:
+    """Why ``arr`` is not the index of TFRecord ``path``, or None when it is.
+
+    spec/index.md, "Validation": :func:`index_problem` against the file size,
+    then the headers of the first and the last record are read (24 bytes):
+    each must pass its checksum and give the length the index says.
+    """
+    path = os.fspath(path)
+    problem = index_problem(arr, os.path.getsize(path))
+    if problem is not None or len(arr) == 0:
+        return problem
+    with open(path, "rb") as f:
+        for i in sorted({0, len(arr) - 1}):
+            offset, length = int(arr[i, 0]), int(arr[i, 1])
+            f.seek(offset)
+            try:
+                n = read_header(f, path=path, record=i, offset=offset, verify=True)
+            except TFRecordError as e:
+                return f"record {i} at byte {offset}: {e.reason}"
+            if n is None or n + FRAMING_BYTES != length:
+                return (f"record {i} at byte {offset} has a header for {n} payload bytes, "
+                        f"but the index gives length {length}")
+    return None
+
+
 def load_index(path, *, build: bool = True):
     """Return ``(offsets_and_lengths, locations or None)`` for TFRecord ``path``.
 
     spec/index.md, "Loading". Uses an existing index when it validates against
-    the file; otherwise builds (and writes) one, warning when an existing index
-    was rejected. With ``build=False`` a missing or invalid index raises
-    :class:`IndexFileError` instead.
+    the file (:func:`index_mismatch`); otherwise builds (and writes) one,
+    warning (:class:`IndexRebuildWarning`, naming both files) when an existing
+    index was rejected. With ``build=False`` a missing or invalid index raises
+    :class:`IndexFileError` instead. An empty TFRecord raises
+    :class:`EmptyFileError`, a GZIP-compressed one :class:`IndexFileError`.
     """
     path = os.fspath(path)
-    size = os.path.getsize(path)
+    if os.path.getsize(path) == 0:
+        raise EmptyFileError("empty file: no records", path=path)
+    if is_gzip_file(path):
+        raise _gzip_error(path)
     found = existing_index(path)
     if found is not None:
         try:
             arr, locs = read_index_file(found)
-            problem = index_problem(arr, size)
+            problem = index_mismatch(path, arr)
         except IndexFileError as e:
             problem = e.reason
         if problem is None:
@@ -196,20 +285,24 @@ def load_index(path, *, build: bool = True):
         if not build:
             raise IndexFileError(f"index {found} does not match its file: {problem}", path=path)
         warnings.warn(f"{found}: index does not match {path} ({problem}); rebuilding it",
-                      stacklevel=2)
+                      IndexRebuildWarning, stacklevel=2)
     elif not build:
-        raise IndexFileError("no index file", path=path)
+        raise IndexFileError(f"no index file ({index_path(path)} or a legacy "
+                             f"{index_stem(path)}.index / .index.npy)", path=path)
     return build_index(path)
 
 
 def index_state(path) -> str:
-    """One word for the CLI: 'missing', 'ok (<format>)' or 'invalid: <why>'."""
+    """The CLI's summary: 'missing', 'ok (<suffix>)' or 'invalid (<suffix>): <why>'.
+
+    spec/index.md, "Validation".
+    """
     found = existing_index(path)
     if found is None:
         return "missing"
     try:
         arr, _ = read_index_file(found)
-        problem = index_problem(arr, os.path.getsize(path))
+        problem = index_mismatch(path, arr)
     except IndexFileError as e:
         problem = e.reason
     suffix = found[len(index_stem(path)):]
@@ -217,4 +310,5 @@ def index_state(path) -> str:
 
 
 __all__ = ["build_index", "load_index", "compute_index", "write_index", "read_index_file",
-           "index_problem", "index_path", "existing_index", "index_state"]
+           "index_problem", "index_mismatch", "index_path", "existing_index", "index_state",
+           "IndexRebuildWarning"]

@@ -21,6 +21,8 @@ import gzip
 import io
 import os
 import struct
+import secrets
+import zlib
 from typing import BinaryIO, Iterable, Iterator
 
 from .crc32c import masked_crc32c
@@ -34,14 +36,31 @@ COMPRESSIONS = (None, "GZIP")
 _GZIP_MAGIC = b"\x1f\x8b"
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
+_READ_CHUNK = 1 << 24  # payloads larger than this are read piece by piece
 
 
 def _check_compression(compression):
-    if compression == "":
-        compression = None
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be None or 'GZIP', got {compression!r}")
-    return compression
+    """None/'' -> None; 'GZIP' in any case -> 'GZIP'; anything else is a ValueError."""
+    if compression is None or compression == "":
+        return None
+    if isinstance(compression, str) and compression.upper() == "GZIP":
+        return "GZIP"
+    raise ValueError(f"compression must be None or 'GZIP', got {compression!r}")
+
+
+def _stream_error(e: BaseException, what: str, path, record, offset):
+    """Turn an exception of the GZIP layer into the TFRecordError it means."""
+    if isinstance(e, EOFError):
+        return TruncatedRecordError(f"file ends inside the GZIP stream while reading the {what} "
+                                    f"({e})", path=path, record=record, offset=offset)
+    if isinstance(e, gzip.BadGzipFile) and str(e).startswith("Not a gzipped file"):
+        return NotATFRecordError(f"not a GZIP file, but compression='GZIP' was given ({e})",
+                                 path=path, record=record, offset=offset)
+    return CorruptDataError(f"GZIP stream is corrupt while reading the {what} ({e})",
+                            path=path, record=record, offset=offset)
+
+
+_STREAM_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
 
 
 def frame_record(payload) -> bytes:
@@ -54,17 +73,22 @@ def frame_record(payload) -> bytes:
 def write_records(path, records: Iterable[bytes], *, compression=None) -> int:
     """Write ``records`` (bytes-like payloads) to ``path``; return how many were written.
 
-    spec/records.md, "Framing". The file is written to a temporary name and
-    renamed into place, so a reader never sees a half-written file.
+    spec/records.md, "Writing". The file is written to a temporary file in the
+    same folder and renamed into place, so a reader never sees a half-written
+    file and a failed write leaves nothing behind (an existing file at ``path``
+    stays as it was). At least one record is required: tilespec reads an empty
+    file as an error (spec/records.md, "Empty files"), so it never writes one.
+    GZIP output carries no file name and a zero timestamp, so equal records
+    give equal bytes.
     """
     compression = _check_compression(compression)
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp, fd = _create_temp(path)
     n = 0
     try:
-        raw = open(tmp, "wb")
-        with raw:
-            out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compression else raw
+        with os.fdopen(fd, "wb") as raw:
+            out = (gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0)
+                   if compression else raw)
             try:
                 for payload in records:
                     if not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -75,12 +99,32 @@ def write_records(path, records: Iterable[bytes], *, compression=None) -> int:
             finally:
                 if out is not raw:
                     out.close()
+        if n == 0:
+            raise ValueError(f"{path}: no records to write (an empty TFRecord file is "
+                             "read as an error, so none is written)")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return n
+
+
+def _create_temp(path):
+    """Create a new, empty temporary file beside ``path``; return ``(name, fd)``.
+
+    A random name opened with O_EXCL (never an existing file); permissions as
+    for any new file (0o666 less the umask), so the renamed file has them too.
+    """
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+    raise FileExistsError(f"cannot create a temporary file beside {path}")  # pragma: no cover
 
 
 def _open(path, compression) -> BinaryIO:
@@ -92,10 +136,20 @@ def _open(path, compression) -> BinaryIO:
 
 def _read_exact(f: BinaryIO, n: int, path, record, offset, what: str) -> bytes:
     try:
-        data = f.read(n)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:  # zlib/gzip problems surface here
-        raise TruncatedRecordError(f"cannot read {what}: {e}", path=path, record=record,
-                                   offset=offset) from e
+        if n <= _READ_CHUNK:
+            data = f.read(n)
+        else:  # a huge (possibly corrupt, unverified) length: allocate only what arrives
+            parts = []
+            left = n
+            while left:
+                part = f.read(min(left, _READ_CHUNK))
+                if not part:
+                    break
+                parts.append(part)
+                left -= len(part)
+            data = b"".join(parts)
+    except _STREAM_ERRORS as e:  # GZIP/zlib problems surface here
+        raise _stream_error(e, what, path, record, offset) from e
     if len(data) != n:
         raise TruncatedRecordError(f"file ends inside the {what} (wanted {n} bytes, "
                                    f"got {len(data)})", path=path, record=record, offset=offset)
@@ -107,9 +161,8 @@ def read_header(f: BinaryIO, *, path=None, record=0, offset=0, verify=True):
     or ``None`` at a clean end of file. spec/records.md, "Reading"."""
     try:
         head = f.read(HEADER_BYTES)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise TruncatedRecordError(f"cannot read record header: {e}", path=path,
-                                   record=record, offset=offset) from e
+    except _STREAM_ERRORS as e:
+        raise _stream_error(e, "record header", path, record, offset) from e
     if not head:
         return None
     if len(head) != HEADER_BYTES:
@@ -145,6 +198,20 @@ def read_payload(f: BinaryIO, length: int, *, path=None, record=0, offset=0, ver
                                    f"0x{stored:08x}, computed 0x{computed:08x})",
                                    path=path, record=record, offset=offset)
     return payload
+
+
+def is_gzip_file(path) -> bool:
+    """True when ``path`` starts with the GZIP magic bytes and is not TFRecord framing.
+
+    spec/records.md, "GZIP". A plain TFRecord file can begin with the bytes
+    1f 8b (a first record of a length ending in 0x8b1f), so the first header's
+    checksum decides.
+    """
+    with open(os.fspath(path), "rb") as f:
+        head = f.read(HEADER_BYTES)
+    if not head.startswith(_GZIP_MAGIC):
+        return False
+    return len(head) < HEADER_BYTES or masked_crc32c(head[:8]) != _HEADER.unpack(head)[1]
 
 
 def read_records(path, *, verify: bool = True, compression=None) -> Iterator[bytes]:
@@ -241,4 +308,5 @@ def scan_records(path, *, verify: bool = False, chunk_size: int = 1 << 20):
 
 
 __all__ = ["read_records", "write_records", "read_record_at", "scan_records", "frame_record",
+           "is_gzip_file",
            "read_header", "read_payload", "TFRecordError", "FRAMING_BYTES", "COMPRESSIONS"]

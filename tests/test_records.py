@@ -1,8 +1,12 @@
 """spec/records.md: TFRecord framing, checksums and reading errors."""
 
 import gzip
+import json
 import os
+import runpy
 import struct
+
+import numpy as np
 
 import pytest
 from hypothesis import given, strategies as st
@@ -191,3 +195,336 @@ def test_gzip_stream_errors_are_tfrecord_errors(tmp_path):
     with pytest.raises(tilespec.TFRecordError):
         list(tilespec.read_records(path, compression="GZIP"))
     assert gzip.decompress(raw)  # the intact file was valid GZIP
+
+
+# ----------------------------------------------------------------- writing
+def test_writer_refuses_zero_records_and_leaves_no_file(tmp_path):
+    path = tmp_path / "none.tfrecords"
+    with pytest.raises(ValueError, match="no records"):
+        tilespec.write_records(path, [])
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "f.tfrecords"
+    tilespec.write_records(path, [b"old"])
+
+    def records():
+        yield b"new"
+        raise RuntimeError("producer failed")
+
+    with pytest.raises(RuntimeError, match="producer failed"):
+        tilespec.write_records(path, records())
+    assert list(tilespec.read_records(path)) == [b"old"]
+    assert os.listdir(tmp_path) == ["f.tfrecords"]
+
+
+def test_written_file_has_normal_permissions(tmp_path):
+    path = tmp_path / "f.tfrecords"
+    tilespec.write_records(path, [b"x"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_gzip_output_is_deterministic_and_names_no_file(tmp_path):
+    a, b = tmp_path / "a.tfrecords", tmp_path / "b.tfrecords"
+    tilespec.write_records(a, [b"x" * 100, b"y"], compression="GZIP")
+    tilespec.write_records(b, [b"x" * 100, b"y"], compression="GZIP")
+    raw = a.read_bytes()
+    assert raw == b.read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and raw[3] & 0x08 == 0  # FLG.FNAME not set
+    assert raw[4:8] == b"\0\0\0\0"  # MTIME 0
+    assert gzip.decompress(raw) == frame_record(b"x" * 100) + frame_record(b"y")
+
+
+def test_compression_names(tmp_path):
+    path = tmp_path / "z.tfrecords"
+    tilespec.write_records(path, [b"abc"], compression="gzip")  # slideflow's spelling
+    assert list(tilespec.read_records(path, compression="GZIP")) == [b"abc"]
+    assert list(tilespec.read_records(path, compression="Gzip")) == [b"abc"]
+    tilespec.write_records(path, [b"abc"], compression="")
+    assert list(tilespec.read_records(path, compression=None)) == [b"abc"]
+    with pytest.raises(ValueError, match="'GZIP'"):
+        tilespec.write_records(path, [b"abc"], compression=1)
+
+
+# ----------------------------------------------------------------- reading edge cases
+def test_huge_unverified_length_is_truncation_not_memory_error(tmp_path):
+    path = tmp_path / "big.tfrecords"
+    raw = bytearray(frame_record(b"abc"))
+    raw[0:8] = struct.pack("<Q", 2**62)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(tilespec.NotATFRecordError):
+        list(tilespec.read_records(path))
+    with pytest.raises(tilespec.TruncatedRecordError, match="wanted 4611686018427387904"):
+        list(tilespec.read_records(path, verify=False))
+
+
+def test_large_payload_read_in_pieces(tmp_path, monkeypatch):
+    from tilespec import records as recmod
+
+    monkeypatch.setattr(recmod, "_READ_CHUNK", 1000)
+    payload = os.urandom(5500)
+    path = tmp_path / "f.tfrecords"
+    tilespec.write_records(path, [payload, b"z"])
+    assert list(tilespec.read_records(path)) == [payload, b"z"]
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(tilespec.TruncatedRecordError, match="got 2988"):
+        list(tilespec.read_records(path))
+
+
+def test_gzip_corruption_classes(tmp_path):
+    path = tmp_path / "z.tfrecords"
+    tilespec.write_records(path, [b"x" * 1000] * 5, compression="GZIP")
+    raw = path.read_bytes()
+    # the stored CRC32 of the GZIP member (second-to-last 4 bytes)
+    bad = bytearray(raw)
+    bad[-6] ^= 0xFF
+    path.write_bytes(bytes(bad))
+    with pytest.raises(tilespec.CorruptDataError, match="GZIP stream is corrupt") as e:
+        list(tilespec.read_records(path, compression="GZIP"))
+    assert e.value.path == str(path)
+    # cut short: truncated
+    path.write_bytes(raw[:-3])
+    with pytest.raises(tilespec.TruncatedRecordError, match="GZIP stream"):
+        list(tilespec.read_records(path, compression="GZIP"))
+    # not GZIP at all
+    tilespec.write_records(path, [b"plain"])
+    with pytest.raises(tilespec.NotATFRecordError, match="not a GZIP file") as e:
+        list(tilespec.read_records(path, compression="GZIP"))
+    assert (e.value.record, e.value.offset) == (0, 0)
+
+
+def test_gzip_deflate_damage_is_a_tfrecord_error(tmp_path):
+    path = tmp_path / "z.tfrecords"
+    tilespec.write_records(path, [os.urandom(3000) for _ in range(4)], compression="GZIP")
+    raw = path.read_bytes()
+    for i in range(12, len(raw) - 8, 97):
+        bad = bytearray(raw)
+        bad[i] ^= 0x55
+        path.write_bytes(bytes(bad))
+        with pytest.raises(tilespec.TFRecordError):
+            list(tilespec.read_records(path, compression="GZIP"))
+
+
+def test_is_gzip_file(tmp_path):
+    from tilespec.records import is_gzip_file
+
+    z, p = tmp_path / "z.tfrecords", tmp_path / "p.tfrecords"
+    tilespec.write_records(z, [b"abc"], compression="GZIP")
+    tilespec.write_records(p, [b"abc"])
+    assert is_gzip_file(z) and not is_gzip_file(p)
+    # a plain file whose first length field starts with the bytes 1f 8b is not GZIP
+    q = tmp_path / "q.tfrecords"
+    tilespec.write_records(q, [b"a" * 0x8B1F])
+    assert q.read_bytes()[:2] == b"\x1f\x8b" and not is_gzip_file(q)
+    assert list(tilespec.read_records(q)) == [b"a" * 0x8B1F]
+
+
+def test_read_record_at_errors(tmp_path):
+    path = tmp_path / "f.tfrecords"
+    tilespec.write_records(path, [b"abc", b"defg"])
+    with pytest.raises(tilespec.TruncatedRecordError, match="past the end"):
+        read_record_at(path, path.stat().st_size)
+    with pytest.raises(tilespec.CorruptLengthError) as e:
+        read_record_at(path, 5, record=7)  # not the start of a record
+    assert (e.value.path, e.value.record, e.value.offset) == (str(path), 7, 5)
+    assert read_record_at(path, 19) == b"defg"
+
+
+# ----------------------------------------------------------------- conformance vectors
+VECTORS = os.path.join(os.path.dirname(__file__), os.pardir, "spec", "vectors", "records")
+
+
+def _manifest():
+    with open(os.path.join(VECTORS, "manifest.json")) as fh:
+        return json.load(fh)
+
+
+def _read_vector(v, verify=True):
+    got = []
+    try:
+        for payload in tilespec.read_records(os.path.join(VECTORS, v["file"]),
+                                             compression=v["compression"], verify=verify):
+            got.append(payload.hex())
+    except tilespec.TFRecordError as e:
+        return got, e
+    return got, None
+
+
+@pytest.mark.parametrize("v", _manifest()["vectors"], ids=lambda v: v["file"])
+def test_conformance_vector(v):
+    got, err = _read_vector(v)
+    if "records" in v:
+        assert err is None and got == v["records"]
+    else:
+        assert type(err).__name__ == v["error"]
+        assert (err.record, err.offset) == (v["record"], v["offset"])
+        assert got == v["records_before"]
+        assert err.path.endswith(v["file"]) and v["file"] in str(err)
+    expect = v.get("verify_false")
+    if expect is not None:
+        got, err = _read_vector(v, verify=False)
+        if "records" in expect:
+            assert err is None and got == expect["records"]
+        else:
+            assert type(err).__name__ == expect["error"]
+            assert (err.record, err.offset) == (expect["record"], expect["offset"])
+
+
+def test_conformance_manifest_facts():
+    m = _manifest()
+    check = m["crc32c_check"]
+    data = bytes.fromhex(check["input_hex"])
+    assert crcmod.crc32c(data) == int(check["crc32c"], 16)
+    assert crcmod.masked_crc32c(data) == int(check["masked"], 16)
+    valid = m["vectors"][0]
+    path = os.path.join(VECTORS, valid["file"])
+    assert [list(r) for r in scan_records(path)] == valid["index"]
+    for payload, sums in zip(valid["records"], valid["checksums"]):
+        p = bytes.fromhex(payload)
+        assert crcmod.masked_crc32c(p) == int(sums["payload_crc"], 16)
+        assert crcmod.masked_crc32c(struct.pack("<Q", len(p))) == int(sums["length_crc"], 16)
+    assert {v["error"] for v in m["vectors"] if "error" in v} == {
+        "CorruptLengthError", "CorruptDataError", "TruncatedRecordError", "EmptyFileError",
+        "NotATFRecordError"}
+
+
+def test_generator_reproduces_the_vectors(tmp_path):
+    gen = runpy.run_path(os.path.join(VECTORS, "make_vectors.py"))
+    gen["main"](str(tmp_path))
+    for name in os.listdir(tmp_path):
+        ours = (tmp_path / name).read_bytes()
+        stored = open(os.path.join(VECTORS, name), "rb").read()
+        if name.endswith("gzip.tfrecords") or name == "gzip-read-as-plain.tfrecords":
+            assert gzip.decompress(ours) == gzip.decompress(stored)  # zlib may differ
+        else:
+            assert ours == stored, name
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        n for n in os.listdir(VECTORS) if n != "make_vectors.py" and not n.startswith("__"))
+
+
+# ----------------------------------------------------------------- TensorFlow interop
+@pytest.fixture(scope="module")
+def tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return pytest.importorskip("tensorflow")
+
+
+def _tf_write(tf, path, records, compression=None):
+    options = tf.io.TFRecordOptions(compression_type=compression or "")
+    with tf.io.TFRecordWriter(str(path), options) as w:
+        for r in records:
+            w.write(r)
+
+
+def _interop_records():
+    rng = np.random.default_rng(7)
+    recs = [b"", b"\x00", bytes(rng.integers(0, 256, 70000, dtype=np.uint8))]
+    recs += [bytes(rng.integers(0, 256, int(n), dtype=np.uint8))
+             for n in rng.integers(0, 3000, 20)]
+    recs.append(tilespec.encode_tile(b"\xff\xd8\xff" + b"j" * 50, "slide-1", 10, -3))
+    return recs
+
+
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_tensorflow_written_files_read_exactly(tf, tmp_path, compression):
+    recs = _interop_records()
+    path = tmp_path / "tf.tfrecords"
+    _tf_write(tf, path, recs, compression)
+    assert list(tilespec.read_records(path, compression=compression)) == recs
+    if compression is None:  # and the index we build reads each record back
+        offsets = [o for o, _ in scan_records(path, verify=True)]
+        with open(path, "rb") as f:
+            assert [read_record_at(f, o) for o in offsets] == recs
+
+
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_our_files_read_by_tensorflow(tf, tmp_path, compression):
+    recs = _interop_records()
+    path = tmp_path / "ours.tfrecords"
+    tilespec.write_records(path, recs, compression=compression)
+    ds = tf.data.TFRecordDataset(str(path), compression_type=compression or "")
+    assert [t.numpy() for t in ds] == recs
+    if compression is None:  # byte-identical to TensorFlow's writer
+        _tf_write(tf, tmp_path / "tf.tfrecords", recs)
+        assert path.read_bytes() == (tmp_path / "tf.tfrecords").read_bytes()
+
+
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_our_tile_examples_parse_in_tensorflow(tf, tmp_path, compression, demo_dataset):
+    path = tmp_path / "tiles.tfrecords"
+    source = list(tilespec.read_records(demo_dataset["paths"][1]))
+    tiles = [tilespec.parse_tile(p) for p in source]
+    tilespec.write_records(path, (tilespec.encode_tile(t.image_raw, t.slide, t.loc_x, t.loc_y)
+                                  for t in tiles), compression=compression)
+    ds = tf.data.TFRecordDataset(str(path), compression_type=compression or "")
+    n = 0
+    for tensor, tile in zip(ds, tiles):
+        ex = tf.train.Example.FromString(tensor.numpy())
+        f = ex.features.feature
+        assert f["image_raw"].bytes_list.value == [tile.image_raw]
+        assert f["slide"].bytes_list.value == [tile.slide.encode()]
+        assert list(f["loc_x"].int64_list.value) == [tile.loc_x]
+        assert list(f["loc_y"].int64_list.value) == [tile.loc_y]
+        n += 1
+    assert n == len(tiles) == 16
+
+
+def test_tensorflow_agrees_on_the_vectors(tf):
+    for v in _manifest()["vectors"]:
+        path = os.path.join(VECTORS, v["file"])
+        ds = tf.data.TFRecordDataset(path, compression_type=v["compression"] or "")
+        if "records" in v:
+            assert [t.numpy().hex() for t in ds] == v["records"], v["file"]
+        elif v["error"] == "EmptyFileError":
+            assert list(ds) == []  # TensorFlow reads an empty file as no records
+        elif v["file"] == "truncated-header.tfrecords":
+            # TensorFlow ends silently at a partial header (spec/records.md, differences)
+            assert [t.numpy().hex() for t in ds] == v["records_before"]
+        else:
+            with pytest.raises(tf.errors.OpError):
+                list(ds)
+
+
+# ----------------------------------------------------------------- the demo dataset
+def test_demo_dataset_layout(demo_dataset):
+    from tilespec.synthetic import DEFAULT_SLIDES
+
+    assert [os.path.basename(p) for p in demo_dataset["paths"]] == [
+        f"{s.slide}.tfrecords" for s in DEFAULT_SLIDES]
+    for spec, path in zip(DEFAULT_SLIDES, demo_dataset["paths"]):
+        tiles = [tilespec.parse_tile(p) for p in tilespec.read_records(path)]
+        assert len(tiles) == spec.tiles
+        assert {t.slide for t in tiles} == {spec.slide}
+        assert [(t.loc_x, t.loc_y) for t in tiles] == [
+            ((i % 8) * 64, (i // 8) * 64) for i in range(spec.tiles)]
+        assert all(t.image_raw[:3] == b"\xff\xd8\xff" for t in tiles)
+    with open(demo_dataset["annotations"]) as fh:
+        rows = [line.rstrip("\n").split(",") for line in fh]
+    assert rows[0] == ["patient", "slide", "category", "site", "age"]
+    assert [r[1] for r in rows[1:]] == [s.slide for s in DEFAULT_SLIDES]
+
+
+def test_demo_dataset_is_deterministic(tmp_path):
+    from tilespec.synthetic import SlideSpec, write_synthetic_dataset
+
+    slides = (SlideSpec("s-1", "p-1", "tumor", "site-1", 3),
+              SlideSpec("s-2", "p-2", "normal", "site-1", 2))
+    a = write_synthetic_dataset(tmp_path / "a", slides=slides, tile_px=16)
+    b = write_synthetic_dataset(tmp_path / "b", slides=slides, tile_px=16)
+    c = write_synthetic_dataset(tmp_path / "c", slides=slides, tile_px=16, seed=1)
+    for pa, pb, pc in zip(a["paths"], b["paths"], c["paths"]):
+        assert open(pa, "rb").read() == open(pb, "rb").read() != open(pc, "rb").read()
+
+
+def test_demo_tumor_tiles_have_more_nuclei():
+    from tilespec.synthetic import tissue_tile
+
+    def dark_fraction(tumor):
+        rng = np.random.default_rng(5)
+        tiles = [tissue_tile(rng, 64, tumor) for _ in range(20)]
+        return np.mean([(t.astype(int).sum(axis=2) < 330).mean() for t in tiles])
+
+    assert dark_fraction(True) > 2 * dark_fraction(False)

@@ -1,0 +1,237 @@
+"""The `tilespec` command line (README.md, "Command line"; spec/records.md, spec/index.md)."""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import tilespec
+from tilespec import cli
+from tilespec import index as idx
+from tilespec.cli import Progress, main
+
+
+@pytest.fixture
+def folder(tmp_path, demo_dataset):
+    """A private copy of the demo tfrecords folder (no index files)."""
+    dst = tmp_path / "tfrecords"
+    dst.mkdir()
+    for p in demo_dataset["paths"]:
+        shutil.copyfile(p, dst / os.path.basename(p))
+    return dst
+
+
+def _one_error_line(capsys, rc):
+    out, err = capsys.readouterr()
+    assert rc == 1
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tilespec: error: "), err
+    return lines[0]
+
+
+def test_demo(tmp_path, capsys):
+    root = tmp_path / "demo"
+    assert main(["demo", str(root), "--tile-px", "32"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "wrote 6 tfrecords" in out and "CRC32C backend" in out
+    assert "6 files, 144 records: 6 indexes written, 0 valid" in out
+    assert out.count("index: ok (.index.npz)") == 6 and "image: jpeg 32x32" in out
+    assert sorted(os.listdir(root)) == ["annotations.csv", "tfrecords"]
+    assert len(os.listdir(root / "tfrecords")) == 12  # 6 tfrecords + 6 indexes
+    # a second demo rewrites identical files: the indexes stay valid
+    assert main(["demo", str(root), "--tile-px", "32"]) == 0
+    assert "0 indexes written, 6 valid" in capsys.readouterr().out
+
+
+def test_inspect_file(folder, capsys):
+    path = folder / "slide-c1.tfrecords"
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        str(path), "  records: 12",
+        "  features: image_raw:bytes, slide:bytes, loc_x:int64, loc_y:int64",
+        "  image: jpeg 64x64", "  slides: slide-c1 (12)", "  index: missing"]
+
+
+def test_inspect_dir(folder, capsys):
+    tilespec.build_index(folder / "slide-a1.tfrecords")
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("  records: ") == 6 and out.rstrip().endswith("6 files, 144 records")
+    assert out.count("index: missing") == 5 and out.count("index: ok (.index.npz)") == 1
+    # files are listed in sorted order
+    names = [line for line in out.splitlines() if line.endswith(".tfrecords")]
+    assert names == sorted(names) and len(names) == 6
+
+
+def test_index_builds_then_writes_nothing(folder, capsys, monkeypatch):
+    assert main(["index", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("wrote ") == 6 and "(was missing)" in out
+    assert "6 files, 144 records: 6 indexes written, 0 valid" in out
+    mtimes = {n: os.stat(folder / n).st_mtime_ns for n in os.listdir(folder)}
+
+    def no_writes(*a, **k):
+        raise AssertionError("an index was written on the second run")
+
+    monkeypatch.setattr(idx, "write_index", no_writes)
+    assert main(["index", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == "6 files, 144 records: 0 indexes written, 6 valid"
+    assert {n: os.stat(folder / n).st_mtime_ns for n in os.listdir(folder)} == mtimes
+    assert main(["index", "-v", str(folder)]) == 0
+    assert capsys.readouterr().out.count("index ok (.index.npz)") == 6
+
+
+def test_index_rebuilds_an_invalid_index(folder, capsys):
+    path = folder / "slide-b1.tfrecords"
+    tilespec.build_index(path)
+    with open(idx.index_path(path), "wb") as fh:
+        fh.write(b"not an index")
+    assert main(["index", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "wrote slide-b1.index.npz (was invalid (.index.npz): cannot read index file" in out
+    assert err == ""  # the reason is in the output, not a Python warning
+
+
+def test_index_verifies_checksums_while_building(folder, capsys):
+    path = folder / "slide-d2.tfrecords"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    line = _one_error_line(capsys, main(["index", str(folder)]))
+    assert str(path) in line and "fails its checksum" in line and "record " in line
+    assert not os.path.exists(idx.index_path(path))
+
+
+def test_errors_are_one_line(tmp_path, folder, capsys):
+    corrupt = tmp_path / "corrupt.tfrecords"
+    raw = bytearray((folder / "slide-a2.tfrecords").read_bytes())
+    raw[20] ^= 1
+    corrupt.write_bytes(bytes(raw))
+    line = _one_error_line(capsys, main(["inspect", str(corrupt)]))
+    assert line.startswith(f"tilespec: error: {corrupt}, record 0, byte offset 0: ")
+
+    line = _one_error_line(capsys, main(["inspect", str(tmp_path / "missing")]))
+    assert line == f"tilespec: error: {tmp_path / 'missing'}: no such file or folder"
+
+    empty_dir = tmp_path / "nothing"
+    empty_dir.mkdir()
+    (empty_dir / "notes.txt").write_text("hi")
+    line = _one_error_line(capsys, main(["index", str(empty_dir)]))
+    assert line == f"tilespec: error: {empty_dir}: no .tfrecords files in this folder"
+
+    empty = tmp_path / "empty.tfrecords"
+    empty.write_bytes(b"")
+    line = _one_error_line(capsys, main(["index", str(empty)]))
+    assert "empty file" in line and str(empty) in line
+
+    gz = tmp_path / "z.tfrecords"
+    tilespec.write_records(gz, [b"x"], compression="GZIP")
+    line = _one_error_line(capsys, main(["index", str(gz)]))
+    assert "GZIP" in line and "random access" in line
+
+    text = tmp_path / "notes.tfrecords"
+    text.write_text("line one\nline two\n")
+    line = _one_error_line(capsys, main(["inspect", str(text)]))
+    assert "not a TFRecord file" in line
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+
+
+def test_real_subprocess(tmp_path, demo_dataset):
+    exe = os.path.join(os.path.dirname(sys.executable), "tilespec")
+    if not os.path.exists(exe):
+        pytest.skip("the tilespec console script is not installed in this environment")
+    ok = subprocess.run([exe, "inspect", demo_dataset["paths"][0]], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0 and "records: 40" in ok.stdout and ok.stderr == ""
+    bad = tmp_path / "bad.tfrecords"
+    bad.write_bytes(b"\x00" * 30)
+    run = subprocess.run([exe, "index", str(bad)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"tilespec: error: {bad}, record 0, byte offset 0: not a TFRecord file: the first "
+        "record header fails its checksum"]
+    mod = subprocess.run([sys.executable, "-m", "tilespec", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert mod.returncode == 0 and mod.stdout.strip() == f"tilespec {tilespec.__version__}"
+
+
+# ----------------------------------------------------------------- progress display
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _frames(text):
+    return [f for f in text.split("\r") if f.strip()]
+
+
+def test_progress_on_a_tty():
+    stream = FakeTTY()
+    p = Progress(3, "indexing", stream=stream, interval=0)
+    for i, name in enumerate(["/d/a.tfrecords", "/d/bb.tfrecords", "/d/c.tfrecords"], 1):
+        p.step(i, name)
+    frames = _frames(stream.getvalue())
+    assert [f.split(" (")[0] for f in frames] == [
+        "indexing 1/3 files", "indexing 2/3 files", "indexing 3/3 files"]
+    assert frames[1].rstrip().endswith("bb.tfrecords") and "/s)" in frames[1]
+    # a shorter frame blanks out the rest of a longer one
+    assert all(len(f) >= len(frames[1].rstrip()) for f in frames[1:])
+    p.close()
+    assert stream.getvalue().endswith("\r")
+    assert stream.getvalue().split("\r")[-2].strip() == ""  # line erased
+
+
+def test_progress_for_many_files_is_throttled_and_ends_complete():
+    stream = FakeTTY()
+    p = Progress(5000, "indexing", stream=stream, interval=3600)
+    for i in range(1, 5001):
+        p.step(i, f"slide-{i}.tfrecords")
+    frames = _frames(stream.getvalue())
+    assert frames[0].startswith("indexing 1/5000 files")
+    assert frames[-1].startswith("indexing 5000/5000 files")
+    assert len(frames) == 2  # first and last only, within the interval
+
+
+def test_progress_hidden_off_a_tty_or_for_one_file():
+    for stream, total in ((io.StringIO(), 10), (FakeTTY(), 1)):
+        p = Progress(total, "indexing", stream=stream, interval=0)
+        for i in range(1, total + 1):
+            p.step(i, "x.tfrecords")
+        p.close()
+        assert stream.getvalue() == ""
+
+
+def test_progress_default_stream_is_current_stderr(capsys):
+    p = Progress(2, "indexing")
+    assert p.stream is sys.stderr  # the captured one, looked up when created
+
+
+def test_index_command_with_progress_on_many_files(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(120):
+        tilespec.write_records(folder / f"s{i:03d}.tfrecords",
+                               [tilespec.encode_tile(b"\xff\xd8\xff", f"s{i}", i, 0)])
+    stream = FakeTTY()
+    monkeypatch.setattr(cli.sys, "stderr", stream)
+    assert main(["index", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "120 files, 120 records: 120 indexes written, 0 valid" in out
+    text = stream.getvalue()
+    assert "indexing 120/120 files" in text
+    assert text.endswith("\r") and text.split("\r")[-2].strip() == ""  # erased at the end
