@@ -1,0 +1,329 @@
+"""Conformance testing tools, importable by anyone (spec/adapters.md, "Conformance").
+
+- :func:`assert_conforms` compares a loader's stream with the reference's item by
+  item, with the tolerances of spec/images.md, and reports the first difference
+  (which item, which field, by how much).
+- :func:`image_tolerance` states those tolerances for a set of loader options.
+- Hypothesis strategies for images, augmentation strings, tile dataset layouts and
+  sampling configurations, and :func:`write_tile_dataset` to put a layout on disk.
+
+hypothesis is only needed for the strategies (imported lazily).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .augment import parse_augment
+
+FIELDS_ALL = ("image", "label", "slide", "loc_x", "loc_y")
+
+#: Bound, in grey levels, of each operation that is not exact across backends
+#: (spec/images.md and spec/stain.md, "Conformance").
+LEVELS = {"resize": 1, "blur": 1, "reinhard": 1, "reinhard_fast": 1, "macenko": 2}
+#: Bounds when a JPEG round trip follows an inexact operation: a one-level change can
+#: move a DCT coefficient across a quantization step.
+JPEG_AFTER_INEXACT = (32, 0.5)  # (max |diff|, mean |diff|) in grey levels
+
+
+class ConformanceError(AssertionError):
+    """A loader's stream differs from the reference's."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed image difference in grey levels: max and mean absolute difference."""
+
+    max_abs: float = 0.0
+    mean_abs: float = 0.0
+
+    @property
+    def exact(self) -> bool:
+        return self.max_abs == 0
+
+
+def image_tolerance(options: Mapping | None = None) -> Tolerance:
+    """The image tolerance of a loader built with ``options`` (spec/images.md, "Conformance").
+
+    Exact (0) unless the pipeline has inexact steps: resize (other than
+    'nearest'), blur ('b'), stain normalization. Their bounds add up; a JPEG
+    round trip ('j') after an inexact step widens the bound to
+    :data:`JPEG_AFTER_INEXACT`.
+    """
+    options = dict(options or {})
+    augment = parse_augment(options.get("augment", False))
+    inexact = 0
+    norm = options.get("normalizer")
+    if options.get("resize_target") is not None and \
+            options.get("resize_method", "lanczos3") != "nearest":
+        inexact += LEVELS["resize"]
+    if norm is not None:
+        method = norm if isinstance(norm, str) else getattr(norm, "method", "macenko")
+        inexact += LEVELS.get(method, 2)
+    levels = float(inexact)
+    for c in augment:
+        if c == "b":
+            levels += LEVELS["blur"]
+        elif c == "j" and levels > 0:
+            return Tolerance(*JPEG_AFTER_INEXACT)
+    return Tolerance(levels, levels)
+
+
+def to_numpy(x):
+    """NumPy view of a torch tensor, TF tensor, array, scalar; str for bytes; None stays."""
+    if x is None:
+        return None
+    if hasattr(x, "detach"):              # torch
+        x = x.detach().cpu().numpy()
+    elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):   # tf
+        x = x.numpy()
+    if isinstance(x, bytes):
+        return x.decode("utf-8")
+    if isinstance(x, (list, tuple)):
+        return np.array([to_numpy(v) for v in x])
+    arr = np.asarray(x)
+    if arr.dtype.kind in "SO":
+        flat = [v.decode("utf-8") if isinstance(v, bytes) else v for v in arr.ravel().tolist()]
+        arr = np.array(flat, dtype=str).reshape(arr.shape) if flat else arr.astype(str)
+    return arr
+
+
+def _field_names(n: int, options: Mapping | None):
+    if options is not None:
+        names = ["image", "label"]
+        if options.get("incl_slidenames"):
+            names.append("slide")
+        if options.get("incl_loc"):
+            names += ["loc_x", "loc_y"]
+        return names
+    return {2: ["image", "label"], 3: ["image", "label", "slide"],
+            4: ["image", "label", "loc_x", "loc_y"], 5: list(FIELDS_ALL)}.get(
+                n, [f"field {k}" for k in range(n)])
+
+
+def _levels_per_unit(ref: np.ndarray, mode: str) -> float:
+    """Grey levels per unit of a standardized image (1/scale)."""
+    if mode == "unit":
+        return 127.5
+    u = np.unique(ref.astype(np.float64))
+    gaps = np.diff(u)
+    gaps = gaps[gaps > 1e-7]
+    return 1.0 / gaps.min() if len(gaps) else 1.0
+
+
+def _compare_image(got, ref, tol: Tolerance, layout: str, where: str, batched: bool):
+    if layout == "CHW":
+        got = np.moveaxis(got, -3, -1)
+    if got.shape != ref.shape:
+        raise ConformanceError(f"{where}, field 'image': shape {got.shape} (as HWC), "
+                               f"reference {ref.shape}")
+    if (got.dtype == np.uint8) != (ref.dtype == np.uint8):
+        raise ConformanceError(f"{where}, field 'image': dtype {got.dtype}, reference "
+                               f"{ref.dtype}")
+    rows = range(len(ref)) if batched else [None]
+    for r in rows:
+        g = got if r is None else got[r]
+        f = ref if r is None else ref[r]
+        at = where if r is None else f"{where}, row {r}"
+        if f.dtype == np.uint8:
+            diff = np.abs(g.astype(np.int16) - f.astype(np.int16)).astype(np.float64)
+            slack = 0.0
+        else:
+            mode = "unit" if f.min() >= -1 - 1e-6 and f.max() <= 1 + 1e-6 and \
+                np.allclose(np.round((f + 1) * 127.5), (f + 1) * 127.5, atol=1e-3) \
+                else "per_image"
+            scale = _levels_per_unit(f, mode)
+            diff = np.abs(g.astype(np.float64) - f.astype(np.float64)) * scale
+            slack = 1e-3  # float32 rounding, in grey levels
+        worst = float(diff.max()) if diff.size else 0.0
+        mean = float(diff.mean()) if diff.size else 0.0
+        if worst > tol.max_abs + slack or mean > tol.mean_abs + slack:
+            idx = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape))
+            raise ConformanceError(
+                f"{at}, field 'image': max |diff| {worst:.4g} grey levels at (h, w, c) "
+                f"{idx} (got {g[idx]!r}, reference {f[idx]!r}), mean {mean:.4g}; allowed "
+                f"max {tol.max_abs:g}, mean {tol.mean_abs:g}")
+
+
+def _compare_field(name, got, ref, where):
+    if ref is None or got is None:
+        if not (ref is None and got is None):
+            raise ConformanceError(f"{where}, field {name!r}: {got!r}, reference {ref!r}")
+        return
+    g, f = to_numpy(got), to_numpy(ref)
+    if g.shape != f.shape:
+        raise ConformanceError(f"{where}, field {name!r}: shape {g.shape}, reference {f.shape}")
+    if f.dtype.kind == "f" or g.dtype.kind == "f":
+        ok = np.allclose(g.astype(np.float64), f.astype(np.float64), rtol=1e-6, atol=1e-6)
+    else:
+        ok = np.array_equal(g, f)
+    if not ok:
+        bad = np.flatnonzero((g != f).ravel()) if g.shape else [0]
+        k = int(bad[0]) if len(bad) else 0
+        gv = (g.ravel()[k] if g.shape else g).item()
+        fv = (f.ravel()[k] if f.shape else f).item()
+        raise ConformanceError(f"{where}, field {name!r}: {gv!r}, reference {fv!r}"
+                               + (f" (row {k})" if g.shape else ""))
+
+
+def assert_conforms(loader: Iterable, reference: Iterable, *, n: int | None = None,
+                    layout: str = "HWC", options: Mapping | None = None,
+                    tolerance: Tolerance | None = None) -> int:
+    """Check ``loader`` yields the reference's stream; return the items compared.
+
+    ``n`` items (or batches) are compared (required for infinite loaders;
+    default: until both end, which must happen together). ``layout`` is the
+    loader's image layout ('HWC' or 'CHW'). ``options`` are the loader's
+    keyword arguments (field names, batching and the image tolerance via
+    :func:`image_tolerance`; override with ``tolerance``). Raises
+    :class:`ConformanceError` naming the first differing item, field and amount.
+    """
+    if layout not in ("HWC", "CHW"):
+        raise ValueError(f"layout must be 'HWC' or 'CHW', got {layout!r}")
+    tol = tolerance or image_tolerance(options)
+    batched = bool(options and options.get("batch_size"))
+    a, b = iter(loader), iter(reference)
+    count = 0
+    sentinel = object()
+    while n is None or count < n:
+        got = next(a, sentinel)
+        ref = next(b, sentinel)
+        if got is sentinel or ref is sentinel:
+            if got is sentinel and ref is sentinel:
+                break
+            who = "loader" if got is sentinel else "reference"
+            raise ConformanceError(f"the {who} ended after {count} "
+                                   f"{'batches' if batched else 'items'}; the other goes on")
+        where = f"{'batch' if batched else 'item'} {count}"
+        got, ref = tuple(got), tuple(ref)
+        if len(got) != len(ref):
+            raise ConformanceError(f"{where}: {len(got)} fields, reference {len(ref)}")
+        names = _field_names(len(ref), options)
+        for name, g, f in zip(names, got, ref):
+            if name == "image":
+                _compare_image(to_numpy(g), to_numpy(f), tol, layout, where, batched)
+            else:
+                _compare_field(name, g, f, where)
+        count += 1
+    return count
+
+
+# ------------------------------------------------------------------------ datasets on disk
+@dataclass(frozen=True)
+class TileDatasetLayout:
+    """A small tile dataset to write: per slide (name, patient, category, tiles)."""
+
+    slides: tuple
+    tile_px: int = 16
+    seed: int = 0
+    with_loc: bool = True
+    image_format: str = "jpeg"
+
+
+def write_tile_dataset(layout: TileDatasetLayout, root) -> dict:
+    """Write ``layout`` under ``root``: one tfrecord per slide plus annotations.csv.
+
+    Tiles are random-noise-plus-gradient images (deterministic in the layout's
+    seed); loc_x = tile index, loc_y = slide index, so (slide, loc_x) names a record.
+    Returns ``{"tfrecords": folder, "annotations": csv, "paths": [...]}``.
+    """
+    from PIL import Image
+
+    from .example import encode_tile
+    from .records import write_records
+
+    root = os.fspath(root)
+    folder = os.path.join(root, "tfrecords")
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for s, (slide, patient, category, tiles) in enumerate(layout.slides):
+        rng = np.random.default_rng([layout.seed, s])
+        recs = []
+        for i in range(tiles):
+            px = layout.tile_px
+            grad = np.linspace(0, 160, px)[None, :, None] + np.linspace(0, 60, px)[:, None, None]
+            img = np.clip(grad + rng.normal(0, 30, (px, px, 3)), 0, 255).astype(np.uint8)
+            buf = io.BytesIO()
+            if layout.image_format == "png":
+                Image.fromarray(img).save(buf, format="PNG")
+            else:
+                Image.fromarray(img).save(buf, format="JPEG", quality=90)
+            loc = (i, s) if layout.with_loc else (None, None)
+            recs.append(encode_tile(buf.getvalue(), slide, *loc))
+        path = os.path.join(folder, f"{slide}.tfrecords")
+        write_records(path, recs)
+        paths.append(path)
+    ann = os.path.join(root, "annotations.csv")
+    with open(ann, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["patient", "slide", "category"])
+        for slide, patient, category, _ in layout.slides:
+            w.writerow([patient, slide, category])
+    return {"tfrecords": folder, "annotations": ann, "paths": paths}
+
+
+# ------------------------------------------------------------------------ strategies
+def images(min_side: int = 1, max_side: int = 32, batch: bool = False):
+    """Hypothesis strategy: HWC (or NHWC with ``batch``) uint8 RGB images."""
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+
+    def shape(draw_h, draw_w, draw_n):
+        return (draw_n, draw_h, draw_w, 3) if batch else (draw_h, draw_w, 3)
+
+    side = st.integers(min_side, max_side)
+    n = st.integers(1, 4) if batch else st.just(None)
+    return st.tuples(side, side, n).flatmap(
+        lambda t: hnp.arrays(np.uint8, shape(*t), elements=st.integers(0, 255)))
+
+
+def augment_strings(chars: str = "xyrjb", max_size: int = 6):
+    """Hypothesis strategy: augmentation arguments (strings over ``chars``, True, False, None)."""
+    from hypothesis import strategies as st
+
+    return st.one_of(st.text(alphabet=chars, max_size=max_size),
+                     st.sampled_from([True, False, None]))
+
+
+def tile_dataset_layouts(max_slides: int = 4, max_tiles: int = 6, tile_px: int = 16):
+    """Hypothesis strategy: :class:`TileDatasetLayout` with 1..max_slides slides of
+    1..max_tiles tiles, 1..3 patients and two categories."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def layouts(draw):
+        n = draw(st.integers(1, max_slides))
+        slides = tuple((f"slide{s}", f"patient{draw(st.integers(0, 2))}",
+                        draw(st.sampled_from(["a", "b"])), draw(st.integers(1, max_tiles)))
+                       for s in range(n))
+        return TileDatasetLayout(slides, tile_px=tile_px, seed=draw(st.integers(0, 2**16)))
+
+    return layouts()
+
+
+def sampling_configs(max_replicas: int = 3, max_batch: int = 5):
+    """Hypothesis strategy: loader keyword arguments of the sampling chapter
+    (seed, infinite, shuffle, rank/num_replicas, batch_size, drop_last)."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def configs(draw):
+        R = draw(st.integers(1, max_replicas))
+        return {"seed": draw(st.integers(0, 2**63 - 1)), "infinite": draw(st.booleans()),
+                "shuffle": draw(st.booleans()), "rank": draw(st.integers(0, R - 1)),
+                "num_replicas": R, "batch_size": draw(st.one_of(st.none(),
+                                                                st.integers(1, max_batch))),
+                "drop_last": draw(st.booleans())}
+
+    return configs()
+
+
+__all__ = ["assert_conforms", "image_tolerance", "Tolerance", "ConformanceError", "to_numpy",
+           "TileDatasetLayout", "write_tile_dataset", "images", "augment_strings",
+           "tile_dataset_layouts", "sampling_configs", "LEVELS", "JPEG_AFTER_INEXACT"]
