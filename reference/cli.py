@@ -29,7 +29,10 @@ class CLIError(Exception):
 
 
 def find_tfrecords(target) -> list[str]:
-    """A file, or every ``*.tfrecords`` / ``*.tfrecord`` directly in a folder, sorted."""
+    """A file, or every ``*.tfrecords`` / ``*.tfrecord`` directly in a folder, sorted.
+
+    README.md, "Command line"; spec/index.md, "Loading".
+    """
     target = os.fspath(target)
     if os.path.isdir(target):
         found = sorted(os.path.join(target, n) for n in os.listdir(target)
@@ -43,7 +46,7 @@ def find_tfrecords(target) -> list[str]:
 
 
 class Progress:
-    """A one-line progress display on a terminal (stderr by default).
+    """A one-line progress display on a terminal (stderr by default); spec/index.md, "Loading".
 
     Shown only when the stream is a tty and there are several files; redrawn
     at most every ``interval`` seconds (always for the first and last step),
@@ -88,7 +91,10 @@ class Progress:
 
 
 def inspect_file(path) -> dict:
-    """Summary of one TFRecord: records, features, image format/size, slides, index state."""
+    """Summary of one TFRecord: records, features, image format/size, slides, index state.
+
+    README.md, "Command line". Reads (and verifies) every record.
+    """
     n = 0
     slides: Counter = Counter()
     features = None
@@ -188,6 +194,7 @@ def cmd_adapters(args, out=sys.stdout) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tilespec`` command (README.md, "Command line")."""
     p = argparse.ArgumentParser(prog="tilespec", description="TFRecord tile datasets: "
                                 "inspect, index, and a built-in demo dataset.")
     p.add_argument("--version", action="version", version=f"tilespec {__version__}")

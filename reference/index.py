@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import EmptyFileError, IndexFileError, TFRecordError
 from .example import parse_example, parse_tile
-from .records import (FRAMING_BYTES, HEADER_BYTES, _create_temp, is_gzip_file, read_header,
+from .records import (FRAMING_BYTES, _create_temp, is_gzip_file, read_header,
                       read_payload, scan_records)
 
 INDEX_SUFFIXES = (".index.npz", ".index.npy", ".index")
@@ -30,14 +30,17 @@ class IndexRebuildWarning(UserWarning):
 
 
 def index_stem(path) -> str:
-    """``folder/name.tfrecords`` -> ``folder/name`` (the prefix of its index files)."""
+    """``folder/name.tfrecords`` -> ``folder/name`` (the prefix of its index files).
+
+    spec/index.md, "Format".
+    """
     path = os.fspath(path)
     root, ext = os.path.splitext(path)
     return root if ext in (".tfrecords", ".tfrecord") else path
 
 
 def index_path(path) -> str:
-    """Where :func:`build_index` writes the index of TFRecord ``path``."""
+    """Where :func:`build_index` writes the index of TFRecord ``path`` (spec/index.md, "Format")."""
     return index_stem(path) + ".index.npz"
 
 

@@ -187,7 +187,10 @@ def read_header(f: BinaryIO, *, path=None, record=0, offset=0, verify=True):
 
 
 def read_payload(f: BinaryIO, length: int, *, path=None, record=0, offset=0, verify=True) -> bytes:
-    """Read a payload of ``length`` bytes and its footer; verify the payload checksum."""
+    """Read a payload of ``length`` bytes and its footer; verify the payload checksum.
+
+    spec/records.md, "Reading".
+    """
     payload = _read_exact(f, length, path, record, offset, "record payload")
     (stored,) = _FOOTER.unpack(_read_exact(f, FOOTER_BYTES, path, record, offset,
                                            "payload checksum"))

@@ -46,7 +46,10 @@ DEFAULT_SLIDES = (
 
 
 def tissue_tile(rng: np.random.Generator, tile_px: int, tumor: bool) -> np.ndarray:
-    """One H&E-like RGB tile (HWC uint8) drawn from ``rng``."""
+    """One H&E-like RGB tile (HWC uint8) drawn from ``rng``.
+
+    spec/records.md, "The demo dataset".
+    """
     h = w = tile_px
     # low-frequency tissue density and mid-frequency stroma fibres
     density = ndimage.gaussian_filter(rng.standard_normal((h, w)), sigma=tile_px / 8)
@@ -78,14 +81,20 @@ def tissue_tile(rng: np.random.Generator, tile_px: int, tumor: bool) -> np.ndarr
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 90) -> bytes:
-    """Baseline JPEG, 4:2:0 chroma, standard tables (as the 'j' augmentation)."""
+    """Baseline JPEG, 4:2:0 chroma, standard tables (as the 'j' augmentation).
+
+    spec/records.md, "The demo dataset"; spec/images.md, "JPEG".
+    """
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
     return buf.getvalue()
 
 
 def slide_records(spec: SlideSpec, *, tile_px: int, seed: int, quality: int = 90):
-    """Yield the serialized tile records of one synthetic slide, in file order."""
+    """Yield the serialized tile records of one synthetic slide, in file order.
+
+    spec/records.md, "The demo dataset".
+    """
     stride = tile_px
     cols = 8
     for i in range(spec.tiles):
@@ -99,6 +108,8 @@ def slide_records(spec: SlideSpec, *, tile_px: int, seed: int, quality: int = 90
 def write_synthetic_dataset(root, *, slides=DEFAULT_SLIDES, tile_px: int = 64, seed: int = 0,
                             quality: int = 90) -> dict:
     """Write the demo dataset under ``root``; return its paths.
+
+    spec/records.md, "The demo dataset".
 
     Layout: ``root/tfrecords/<slide>.tfrecords`` (one per slide) and
     ``root/annotations.csv`` with columns patient, slide, category, site, age.
