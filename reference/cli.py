@@ -176,11 +176,18 @@ def cmd_demo(args, out=None) -> int:
     ns = argparse.Namespace(target=info["tfrecords"], verbose=True)
     cmd_index(ns, out)
     cmd_inspect(ns, out)
+    from .demo import sampling_demo
+
+    sampling_demo(info, out)
     return 0
 
 
-def cmd_adapters(args, out=sys.stdout) -> int:
+def cmd_adapters(args, out=None) -> int:
+    """``tilespec adapters``: the installed adapters, then the known ones missing
+    (spec/adapters.md, 'Discovery')."""
     from .plugins import KNOWN_ADAPTERS, adapters
+
+    out = sys.stdout if out is None else out
 
     infos = adapters()
     for info in infos:

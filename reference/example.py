@@ -13,8 +13,9 @@ Messages involved (field numbers in brackets)::
 Parsed values: ``list[bytes]`` for bytes_list, ``np.ndarray`` int64 for
 int64_list, ``np.ndarray`` float32 for float_list, and ``[]`` for a Feature
 with no list set. Protobuf merge rules apply: repeated chunks concatenate, a
-later map entry with the same key replaces the earlier one, a later oneof
-member of another kind replaces the earlier one, unknown fields are skipped.
+message field given twice is merged, a later map entry with the same key
+replaces the earlier one, a later oneof member of another kind replaces the
+earlier one, unknown fields are skipped.
 """
 
 from __future__ import annotations
@@ -26,65 +27,83 @@ import numpy as np
 from .errors import ExampleParseError, TileSchemaError
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_WIRE_NAMES = {_VARINT: "varint", _I64: "64-bit", _LEN: "length-delimited", _I32: "32-bit"}
 _BYTES, _FLOAT, _INT64 = 1, 2, 3  # Feature oneof field numbers
 KINDS = {_BYTES: "bytes_list", _FLOAT: "float_list", _INT64: "int64_list"}
+MAX_FIELD = (1 << 29) - 1  # the largest field number protobuf allows
 
 
 # ----------------------------------------------------------------- wire reading
 def _varint(buf, pos: int, end: int):
-    """Decode a base-128 varint at ``pos``; return (value, new position)."""
+    """Decode a base-128 varint at ``pos``; return (value, new position).
+
+    At most 10 bytes, and the value must fit in 64 bits (spec/example.md,
+    "Wire format").
+    """
+    start = pos
     result = 0
     shift = 0
     while True:
         if pos >= end:
-            raise ExampleParseError("truncated varint")
+            raise ExampleParseError(f"truncated varint at byte {start}")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
-            if shift >= 63 and result >> 64:
-                raise ExampleParseError("varint does not fit in 64 bits")
+            if result >> 64:
+                raise ExampleParseError(f"varint at byte {start} does not fit in 64 bits")
             return result, pos
         shift += 7
         if shift > 63:
-            raise ExampleParseError("varint longer than 10 bytes")
+            raise ExampleParseError(f"varint at byte {start} is longer than 10 bytes")
 
 
 def _fields(buf, pos: int, end: int):
-    """Yield (field number, wire type, value) for each field in buf[pos:end].
+    """Yield (field number, wire type, value, tag position) for each field in buf[pos:end].
 
-    value is an int for varint/fixed fields and a (start, stop) pair for
-    length-delimited fields.
+    value is an int for varint fields, a (start, stop) pair for
+    length-delimited fields, and the raw bytes for fixed 32/64-bit fields.
     """
     while pos < end:
+        at = pos
         key, pos = _varint(buf, pos, end)
+        if pos - at > 5 or key >> 32:
+            raise ExampleParseError(f"field tag at byte {at} is longer than 32 bits")
         field, wire = key >> 3, key & 7
         if field == 0:
-            raise ExampleParseError("field number 0 is invalid")
+            raise ExampleParseError(f"field number 0 at byte {at}")
+        if field > MAX_FIELD:
+            raise ExampleParseError(f"field number {field} at byte {at} is above {MAX_FIELD}")
         if wire == _VARINT:
             value, pos = _varint(buf, pos, end)
         elif wire == _LEN:
             n, pos = _varint(buf, pos, end)
             if n > end - pos:
-                raise ExampleParseError(f"length-delimited field {field} of {n} bytes runs "
-                                        f"past its message ({end - pos} bytes left)")
+                raise ExampleParseError(f"length-delimited field {field} at byte {at} is "
+                                        f"{n} bytes long but its message has {end - pos} "
+                                        "bytes left")
             value = (pos, pos + n)
             pos += n
         elif wire == _I64:
             if pos + 8 > end:
-                raise ExampleParseError("truncated fixed64 field")
+                raise ExampleParseError(f"truncated 64-bit field {field} at byte {at}")
             value = buf[pos:pos + 8]
             pos += 8
         elif wire == _I32:
             if pos + 4 > end:
-                raise ExampleParseError("truncated fixed32 field")
+                raise ExampleParseError(f"truncated 32-bit field {field} at byte {at}")
             value = buf[pos:pos + 4]
             pos += 4
         else:
-            raise ExampleParseError(f"unsupported wire type {wire} for field {field}")
-        yield field, wire, value
-    if pos != end:  # pragma: no cover - _fields consumes exactly
-        raise ExampleParseError("message overruns its length")
+            what = "group" if wire in (3, 4) else "unknown"
+            raise ExampleParseError(f"field {field} at byte {at} has wire type {wire} "
+                                    f"({what}; not allowed in a tf.train.Example)")
+        yield field, wire, value, at
+
+
+def _wrong_wire(what: str, wire: int, at: int, expected: str) -> ExampleParseError:
+    return ExampleParseError(f"{what} at byte {at} has wire type {wire} "
+                             f"({_WIRE_NAMES.get(wire, wire)}), expected {expected}")
 
 
 def _to_int64(u: int) -> int:
@@ -93,36 +112,43 @@ def _to_int64(u: int) -> int:
 
 def _parse_list(buf, start: int, end: int, kind: int, chunks: list):
     """Append the values of a BytesList/FloatList/Int64List message to ``chunks``."""
-    for field, wire, value in _fields(buf, start, end):
+    for field, wire, value, at in _fields(buf, start, end):
         if field != 1:
             continue  # unknown field
         if kind == _BYTES:
             if wire != _LEN:
-                raise ExampleParseError(f"bytes_list value has wire type {wire}")
+                raise _wrong_wire("bytes_list value", wire, at,
+                                  "2 (length-delimited)")
             chunks.append(bytes(buf[value[0]:value[1]]))
         elif kind == _FLOAT:
             if wire == _LEN:
                 s, e = value
                 if (e - s) % 4:
-                    raise ExampleParseError(f"packed float_list of {e - s} bytes is not a "
-                                            "multiple of 4")
+                    raise ExampleParseError(f"packed float_list at byte {at} has {e - s} "
+                                            "bytes, not a multiple of 4")
                 chunks.append(np.frombuffer(buf, dtype="<f4", count=(e - s) // 4, offset=s))
             elif wire == _I32:
                 chunks.append(np.frombuffer(value, dtype="<f4"))
             else:
-                raise ExampleParseError(f"float_list value has wire type {wire}")
+                raise _wrong_wire("float_list value", wire, at,
+                                  "2 (packed) or 5 (32-bit)")
         else:
             if wire == _LEN:
                 s, e = value
                 vals = []
-                while s < e:
-                    v, s = _varint(buf, s, e)
-                    vals.append(_to_int64(v))
+                try:
+                    while s < e:
+                        v, s = _varint(buf, s, e)
+                        vals.append(_to_int64(v))
+                except ExampleParseError as err:
+                    raise ExampleParseError(f"packed int64_list at byte {at}: "
+                                            f"{err.reason}") from None
                 chunks.append(np.array(vals, dtype=np.int64))
             elif wire == _VARINT:
                 chunks.append(np.array([_to_int64(value)], dtype=np.int64))
             else:
-                raise ExampleParseError(f"int64_list value has wire type {wire}")
+                raise _wrong_wire("int64_list value", wire, at,
+                                  "2 (packed) or 0 (varint)")
 
 
 def _finish(kind, chunks):
@@ -136,55 +162,76 @@ def _finish(kind, chunks):
     return np.concatenate(chunks).astype(dtype, copy=True)
 
 
-def _parse_feature(buf, start, end):
+def _parse_feature(buf, ranges):
+    """Parse the Feature message made of the byte ranges ``ranges`` (one per
+    occurrence of the map entry's value field; protobuf merges them)."""
     kind = None
     chunks: list = []
-    for field, wire, value in _fields(buf, start, end):
-        if field not in KINDS:
-            continue
-        if wire != _LEN:
-            raise ExampleParseError(f"Feature.{KINDS[field]} has wire type {wire}")
-        if field != kind:  # a different oneof member replaces the previous one
-            kind, chunks = field, []
-        _parse_list(buf, value[0], value[1], kind, chunks)
+    for start, end in ranges:
+        for field, wire, value, at in _fields(buf, start, end):
+            if field not in KINDS:
+                continue
+            if wire != _LEN:
+                raise _wrong_wire(f"Feature.{KINDS[field]}", wire, at,
+                                  "2 (length-delimited)")
+            if field != kind:  # a different oneof member replaces the previous one
+                kind, chunks = field, []
+            _parse_list(buf, value[0], value[1], kind, chunks)
     return _finish(kind, chunks)
 
 
-def parse_example(data) -> dict:
-    """Parse a serialized tf.train.Example into ``{name: value}`` (spec/example.md).
+def _as_buffer(data):
+    if isinstance(data, bytes):
+        return data
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError(f"expected a bytes-like object, got {type(data).__name__}") from None
 
-    Raises :class:`ExampleParseError` (a :class:`TFRecordError`) on malformed
-    input; no other exception escapes for any byte string.
+
+def parse_example(data) -> dict:
+    """Parse a serialized tf.train.Example into ``{name: value}`` (spec/example.md,
+    "Parsing").
+
+    Values are ``list[bytes]`` (bytes_list, or a Feature with no list set),
+    int64 arrays (int64_list) and float32 arrays (float_list). Raises
+    :class:`ExampleParseError` (a :class:`TFRecordError`) on malformed input;
+    no other exception escapes for any bytes-like input.
     """
-    buf = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    buf = _as_buffer(data)
     out: dict = {}
     try:
-        for field, wire, value in _fields(buf, 0, len(buf)):
+        for field, wire, value, at in _fields(buf, 0, len(buf)):
             if field != 1:
                 continue
             if wire != _LEN:
-                raise ExampleParseError(f"Example.features has wire type {wire}")
-            for f2, w2, v2 in _fields(buf, value[0], value[1]):
+                raise _wrong_wire("Example.features", wire, at, "2 (length-delimited)")
+            for f2, w2, v2, at2 in _fields(buf, value[0], value[1]):
                 if f2 != 1:
                     continue
                 if w2 != _LEN:
-                    raise ExampleParseError(f"Features.feature has wire type {w2}")
-                name = None
-                fstart = fend = None
-                for f3, w3, v3 in _fields(buf, v2[0], v2[1]):
+                    raise _wrong_wire("Features.feature map entry", w2, at2,
+                                      "2 (length-delimited)")
+                name = ""
+                ranges = []
+                for f3, w3, v3, at3 in _fields(buf, v2[0], v2[1]):
                     if f3 == 1:
                         if w3 != _LEN:
-                            raise ExampleParseError(f"feature key has wire type {w3}")
+                            raise _wrong_wire("feature key", w3, at3, "2 (length-delimited)")
+                        raw = bytes(buf[v3[0]:v3[1]])
                         try:
-                            name = bytes(buf[v3[0]:v3[1]]).decode("utf-8")
-                        except UnicodeDecodeError as e:
-                            raise ExampleParseError(f"feature key is not UTF-8: {e}") from None
+                            name = raw.decode("utf-8")  # a repeated key field: the last wins
+                        except UnicodeDecodeError:
+                            raise ExampleParseError(f"feature key at byte {at3} is not "
+                                                    f"UTF-8: {raw[:40]!r}") from None
                     elif f3 == 2:
                         if w3 != _LEN:
-                            raise ExampleParseError(f"feature value has wire type {w3}")
-                        fstart, fend = v3  # a repeated value field: the last one wins
-                name = "" if name is None else name
-                out[name] = [] if fstart is None else _parse_feature(buf, fstart, fend)
+                            raise _wrong_wire("feature value", w3, at3, "2 (length-delimited)")
+                        ranges.append(v3)
+                try:
+                    out[name] = _parse_feature(buf, ranges)
+                except ExampleParseError as e:
+                    raise ExampleParseError(f"feature {name!r}: {e.reason}") from None
     except ExampleParseError as e:
         raise ExampleParseError(f"not a valid tf.train.Example: {e.reason}") from None
     return out
@@ -205,45 +252,69 @@ def _put_len(out: bytearray, field: int, payload) -> None:
     out += payload
 
 
+_BYTES_LIKE = (bytes, bytearray, memoryview, str)
+
+
+def _utf8(name, s: str, what: str) -> bytes:
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"feature {name!r}: {what} {s[:40]!r} cannot be encoded as UTF-8 "
+                         f"({e.reason})") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v) -> bool:
+    return _is_int(v) or isinstance(v, (float, np.floating))
+
+
 def _classify(name, value):
-    """Return (kind, normalized values) for one feature value given to the encoder."""
-    if isinstance(value, (bytes, bytearray, memoryview, str)):
+    """Return (kind, normalized values) for one feature value given to the encoder
+    (spec/example.md, "Encoding")."""
+    if isinstance(value, _BYTES_LIKE):
         value = [value]
     elif isinstance(value, (bool, np.bool_)):
         raise TypeError(f"feature {name!r}: booleans are not a tf.train.Example type")
-    elif isinstance(value, (int, np.integer)):
-        value = np.array([value], dtype=np.int64)
-    elif isinstance(value, (float, np.floating)):
-        value = np.array([value], dtype=np.float32)
+    elif _is_number(value):
+        value = [value]
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "iu":
             if value.dtype.kind == "u" and value.size and value.max() >= 1 << 63:
-                raise ValueError(f"feature {name!r}: value above int64 range")
+                raise ValueError(f"feature {name!r}: {value.max()} is outside the int64 range")
             return _INT64, value.astype(np.int64).ravel()
         if value.dtype.kind == "f":
-            return _FLOAT, value.astype(np.float32).ravel()
-        if value.dtype.kind in "SO":
+            with np.errstate(over="ignore"):  # beyond float32's range: +-inf
+                return _FLOAT, value.astype(np.float32).ravel()
+        if value.dtype.kind in "SUO":
             value = list(value.ravel())
         else:
             raise TypeError(f"feature {name!r}: arrays of dtype {value.dtype} are not supported")
     if isinstance(value, (list, tuple)):
-        if all(isinstance(v, (bytes, bytearray, memoryview, str)) for v in value):
-            return _BYTES, [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in value]
-        if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-               for v in value):
+        if all(isinstance(v, _BYTES_LIKE) for v in value):
+            return _BYTES, [_utf8(name, v, "value") if isinstance(v, str) else bytes(v)
+                            for v in value]
+        if all(_is_int(v) for v in value):
             for v in value:
                 if not -(1 << 63) <= int(v) < 1 << 63:
                     raise ValueError(f"feature {name!r}: {v} is outside the int64 range")
-            return _INT64, np.array(value, dtype=np.int64)
-        if all(isinstance(v, (int, float, np.integer, np.floating))
-               and not isinstance(v, (bool, np.bool_)) for v in value):
-            return _FLOAT, np.array(value, dtype=np.float32)
+            return _INT64, np.array([int(v) for v in value], dtype=np.int64)
+        if all(_is_number(v) for v in value):
+            try:
+                with np.errstate(over="ignore"):
+                    return _FLOAT, np.array(value, dtype=np.float32).reshape(-1)
+            except OverflowError:  # an int too large for a float64
+                raise ValueError(f"feature {name!r}: an integer in the float list is too "
+                                 "large for a float") from None
     raise TypeError(f"feature {name!r}: cannot encode value of type {type(value).__name__} "
                     "(expected bytes/str, int or float, a list of them, or a numeric array)")
 
 
 def encode_feature(name, value) -> bytes:
-    """Serialize one Feature message (spec/example.md, "Encoding")."""
+    """Serialize one Feature message (spec/example.md, "Encoding"); ``name`` is
+    used in error messages only."""
     kind, vals = _classify(name, value)
     lst = bytearray()
     if kind == _BYTES:
@@ -267,17 +338,19 @@ def encode_example(features: Mapping) -> bytes:
     """Serialize ``{name: value}`` as a tf.train.Example (spec/example.md, "Encoding").
 
     Values: bytes/str or a list of them -> bytes_list; int, a list of ints or an
-    integer array -> int64_list; float, a list of floats or a float array ->
-    float_list. An empty list encodes as an empty bytes_list, an empty numeric
-    array as an empty list of its kind. Numbers are written packed, as
-    TensorFlow does; features in the mapping's order.
+    integer array -> int64_list; float, a list of numbers with a float among
+    them or a float array -> float_list (rounded to float32). An empty list
+    encodes as an empty bytes_list, an empty numeric array as an empty list of
+    its kind. Numbers are written packed, as TensorFlow does; features in the
+    mapping's order. Raises TypeError or ValueError, naming the feature, for a
+    value it cannot encode.
     """
     feats = bytearray()
     for name, value in features.items():
         if not isinstance(name, str):
             raise TypeError(f"feature names must be str, got {name!r}")
         entry = bytearray()
-        _put_len(entry, 1, name.encode("utf-8"))
+        _put_len(entry, 1, _utf8(name, name, "the name"))
         _put_len(entry, 2, encode_feature(name, value))
         _put_len(feats, 1, entry)
     out = bytearray()
@@ -299,8 +372,16 @@ TILE_FEATURES = {"image_raw": "bytes_list", "slide": "bytes_list",
                  "loc_x": "int64_list", "loc_y": "int64_list"}
 
 
+def _kind_of(v) -> str:
+    if isinstance(v, list):
+        return "bytes_list" if v else "empty Feature"
+    return "int64_list" if v.dtype == np.int64 else "float_list"
+
+
 def tile_from_features(features: Mapping) -> Tile:
-    """Check a parsed Example against the tile schema and return it as a :class:`Tile`."""
+    """Check a parsed Example against the tile schema and return it as a :class:`Tile`
+    (spec/example.md, "Tile schema"). Raises :class:`TileSchemaError` naming the
+    feature when one is missing, of the wrong kind, or not exactly one value."""
     def one(name, kind, required):
         v = features.get(name)
         if v is None:
@@ -308,12 +389,11 @@ def tile_from_features(features: Mapping) -> Tile:
                 raise TileSchemaError(f"tile record has no {name!r} feature "
                                       f"(features present: {sorted(features)})")
             return None
-        got = ("bytes_list" if isinstance(v, list) else
-               "int64_list" if v.dtype == np.int64 else "float_list")
-        if isinstance(v, list) and not v and kind != "bytes_list":
-            got = "empty"
-        if got != kind:
-            raise TileSchemaError(f"tile feature {name!r} is a {got}, expected {kind}")
+        got = _kind_of(v)
+        if got != kind and not (got == "empty Feature" and kind == "bytes_list"):
+            article = "an" if got[0] in "aeiou" else "a"
+            raise TileSchemaError(f"tile feature {name!r} is {article} {got}, expected "
+                                  f"{kind} with one value")
         if len(v) != 1:
             raise TileSchemaError(f"tile feature {name!r} has {len(v)} values, expected 1")
         return v[0]
@@ -330,9 +410,11 @@ def tile_from_features(features: Mapping) -> Tile:
 
 
 def parse_tile(data) -> Tile:
-    """Parse a tile record without building the generic structures (spec/example.md,
-    "Tile schema"). Falls back to :func:`parse_example` for any layout other than
-    the plain one TensorFlow and slideflow write, so the result always equals
+    """Parse a tile record (spec/example.md, "Tile schema" and "The fast path").
+
+    A direct scan handles the plain layout TensorFlow and slideflow write
+    without building the generic structures; any other layout falls back to
+    :func:`parse_example`, so the result (or the error) always equals that of
     ``tile_from_features(parse_example(data))``.
     """
     try:
@@ -345,58 +427,87 @@ class _NotPlain(Exception):
     pass
 
 
-_SMALL = {b"slide": 1, b"image_raw": 0, b"loc_x": 2, b"loc_y": 3}
+_SLOTS = {b"image_raw": 0, b"slide": 1, b"loc_x": 2, b"loc_y": 3}
 
 
 def _parse_tile_fast(buf) -> Tile:
-    # Plain layout: 0x0a L (0x0a L (0x0a L key) (0x12 L (tag L (0x0a/packed ...))))*
     if not isinstance(buf, bytes):
-        buf = bytes(buf)
+        buf = bytes(_as_buffer(buf))
+    try:
+        return _scan_plain_tile(buf)
+    except IndexError:  # ran off the end: not plain (the generic path says why)
+        raise _NotPlain from None
+
+
+def _scan_plain_tile(buf: bytes) -> Tile:
+    # Plain layout, every length exact:
+    #   0a L { 0a L { 0a L key  12 L { tag L { 0a L value } } } }*
+    # with tag 0a (bytes_list, one value) for image_raw/slide and 1a (int64_list,
+    # one packed value) for loc_x/loc_y; each key at most once, in any order.
+    # Reads only move forward and every length is checked to end exactly at the
+    # entry's end, so nothing past an entry's end can be accepted.
     n = len(buf)
-    if n < 2 or buf[0] != 0x0A:
+    if buf[0] != 0x0A:
         raise _NotPlain
-    pos = 1
-    ln, pos = _fast_varint(buf, pos, n)
-    if pos + ln != n:
+    size = buf[1]
+    if size < 0x80:
+        pos = 2
+    else:
+        size, pos = _fast_varint(buf, 1, n)
+    if pos + size != n:
         raise _NotPlain
     vals: list = [None, None, None, None]
     while pos < n:
         if buf[pos] != 0x0A:
             raise _NotPlain
-        elen, pos = _fast_varint(buf, pos + 1, n)
-        eend = pos + elen
-        if eend > n or buf[pos] != 0x0A:
+        size = buf[pos + 1]
+        if size < 0x80:
+            p = pos + 2
+        else:
+            size, p = _fast_varint(buf, pos + 1, n)
+        eend = p + size
+        if eend > n or buf[p] != 0x0A:
             raise _NotPlain
-        klen, p = _fast_varint(buf, pos + 1, eend)
-        key = buf[p:p + klen]
-        p += klen
-        slot = _SMALL.get(key)
-        if slot is None or vals[slot] is not None or p >= eend or buf[p] != 0x12:
+        size = buf[p + 1]
+        if size < 0x80:
+            p += 2
+        else:
+            size, p = _fast_varint(buf, p + 1, n)
+        slot = _SLOTS.get(buf[p:p + size])
+        p += size
+        if slot is None or vals[slot] is not None or buf[p] != 0x12:
             raise _NotPlain
-        flen, p = _fast_varint(buf, p + 1, eend)
-        if p + flen != eend or p >= eend:
+        size = buf[p + 1]  # the Feature: the rest of the entry
+        if size < 0x80:
+            p += 2
+        else:
+            size, p = _fast_varint(buf, p + 1, n)
+        if p + size != eend:
             raise _NotPlain
         kind = buf[p]
-        llen, p = _fast_varint(buf, p + 1, eend)
-        if p + llen != eend:
+        size = buf[p + 1]  # the list: the rest of the Feature
+        if size < 0x80:
+            p += 2
+        else:
+            size, p = _fast_varint(buf, p + 1, n)
+        if p + size != eend or buf[p] != 0x0A:
+            raise _NotPlain
+        size = buf[p + 1]
+        if size < 0x80:
+            p += 2
+        else:
+            size, p = _fast_varint(buf, p + 1, n)
+        if p + size != eend:  # the value (or the packed chunk): the rest of the list
             raise _NotPlain
         if slot <= 1:
-            if kind != 0x0A or p >= eend or buf[p] != 0x0A:
+            if kind != 0x0A:
                 raise _NotPlain
-            vlen, q = _fast_varint(buf, p + 1, eend)
-            if q + vlen != eend:
-                raise _NotPlain
-            vals[slot] = buf[q:eend]
+            vals[slot] = buf[p:eend]
         else:
-            if kind != 0x1A or p >= eend or buf[p] != 0x0A:
+            v, p = _fast_varint(buf, p, n)
+            if kind != 0x1A or p != eend or v >> 64:
                 raise _NotPlain
-            vlen, q = _fast_varint(buf, p + 1, eend)
-            if q + vlen != eend:
-                raise _NotPlain
-            v, q = _fast_varint(buf, q, eend)
-            if q != eend:
-                raise _NotPlain
-            vals[slot] = _to_int64(v)
+            vals[slot] = v - (1 << 64) if v >> 63 else v
         pos = eend
     image, slide, x, y = vals
     if image is None or slide is None:
@@ -409,6 +520,7 @@ def _parse_tile_fast(buf) -> Tile:
 
 
 def _fast_varint(buf: bytes, pos: int, end: int):
+    """A varint of at most 10 bytes ending before ``end``; anything else is not plain."""
     result = 0
     shift = 0
     while pos < end and shift < 70:
@@ -423,8 +535,11 @@ def _fast_varint(buf: bytes, pos: int, end: int):
 
 def encode_tile(image_raw: bytes, slide: str, loc_x: int | None = None,
                 loc_y: int | None = None) -> bytes:
-    """Serialize a tile record (spec/example.md, "Tile schema")."""
-    feats = {"image_raw": [bytes(image_raw)], "slide": [slide.encode("utf-8")]}
+    """Serialize a tile record (spec/example.md, "Tile schema"): image_raw, slide,
+    then loc_x and loc_y when given."""
+    if not isinstance(slide, str):
+        raise TypeError(f"tile feature 'slide' must be a str, got {type(slide).__name__}")
+    feats = {"image_raw": [bytes(image_raw)], "slide": [slide]}
     if loc_x is not None:
         feats["loc_x"] = [int(loc_x)]
     if loc_y is not None:
