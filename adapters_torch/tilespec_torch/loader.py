@@ -1,0 +1,321 @@
+"""The PyTorch loader and indexed dataset (spec/adapter_torch.md).
+
+Everything that decides *which* record sits at a stream position and *how* it
+is augmented comes from the reference unchanged: :class:`tilespec.NumpyLoader`
+validates the options and holds the plan (:class:`tilespec.sampling.StreamPlan`),
+the pipeline and its draws; :func:`tilespec.sampling.worker_batches` says which
+batches a worker makes; the reference's item maker reads, decodes, looks up
+labels and handles ``on_error``. This module only swaps the image pipeline for
+its torch form (:class:`TorchPipeline`, using :mod:`tilespec_torch.ops`) and
+wires the stream into ``torch.utils.data``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+import tilespec
+from tilespec.loader import NumpyLoader, _ItemMaker
+from tilespec.sampling import StreamPlan, worker_batches
+
+from . import ops
+
+#: Options of ``Dataset.torch()`` that go to ``torch.utils.data.DataLoader``; the rest
+#: are the reference loader's (spec/sampling.md, "Loaders").
+TORCH_OPTIONS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor",
+                 "timeout", "multiprocessing_context")
+
+
+class TorchPipeline:
+    """The reference :class:`tilespec.pipeline.Pipeline` applied with torch ops.
+
+    ``apply(hwc_uint8_numpy, steps, stain_z)`` takes the decoded image and the
+    reference's drawn steps and returns a CHW tensor: uint8, or float32 when
+    standardized. Order (spec/images.md, "Pipeline order"): crop, resize, stain
+    normalization (+ augmentation), steps in string order, transform (given the
+    CHW uint8 tensor), standardize.
+    """
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def __getattr__(self, name):  # the reference pipeline's options (transform, augment, ...)
+        if name == "pipeline":
+            raise AttributeError(name)
+        return getattr(self.pipeline, name)
+
+    def apply(self, img, steps, stain_z=None) -> torch.Tensor:
+        p = self.pipeline
+        if img.flags.writeable:
+            x = torch.from_numpy(img)
+        else:  # a read-only decoder view: no op here writes into it; the result is a copy
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.from_numpy(img)
+        x = x.permute(2, 0, 1)
+        if p.crop_width is not None:
+            x = ops.crop(x, p.crop_left, p.crop_width)
+        if p.resize_target is not None:
+            x = ops.resize(x, p.resize_target, p.resize_method, p.resize_aa)
+        if p.normalizer is not None:
+            delta = None
+            if "n" in p.augment:
+                from tilespec.stain import draw_stain_perturbation
+                delta = draw_stain_perturbation(p.normalizer, stain_z)
+            x = ops.stain_normalize(p.normalizer, x.contiguous(), perturbation=delta)
+        for step in steps:
+            x = getattr(ops, step.op)(x, *step.args)
+        if p.transform is not None:
+            x = p.transform(x)
+        if p.standardize is not None:
+            x = ops.standardize(x, p.standardize)
+        if isinstance(x, torch.Tensor):
+            x = x.contiguous()
+            if x.data_ptr() == _data_ptr(img):
+                x = x.clone()
+        return x
+
+
+def _data_ptr(img) -> int:
+    return img.__array_interface__["data"][0]
+
+
+def _torch_items(ref_items: _ItemMaker, pipeline) -> _ItemMaker:
+    """A fresh reference item maker (own open files) with the torch pipeline."""
+    return _ItemMaker(ref_items.source.paths, labels=ref_items.labels,
+                      pipeline=TorchPipeline(pipeline),
+                      incl_slidenames=ref_items.incl_slidenames, incl_loc=ref_items.incl_loc,
+                      on_error=ref_items.on_error)
+
+
+def _labels(col):
+    arr = np.asarray(col)
+    if arr.dtype.kind in "biuf":
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    return list(col)
+
+
+def collate(items):
+    """Stack items into a batch (spec/adapter_torch.md, "Items and batches"): images
+    (N, 3, H, W); labels a tensor (N,) or (N, k) for multi-outcome labels, None
+    without labels, a list when labels are not numbers; slide names a list of str;
+    loc_x, loc_y int64 tensors."""
+    cols = list(zip(*items))
+    out = [torch.stack(cols[0])]
+    out.append(None if cols[1][0] is None else _labels(cols[1]))
+    for col in cols[2:]:
+        if isinstance(col[0], (int, np.integer)):
+            out.append(torch.tensor(col, dtype=torch.int64))
+        else:
+            out.append(list(col))
+    return tuple(out)
+
+
+def _identity(x):
+    return x
+
+
+class TileStream(IterableDataset):
+    """One rank's stream as a torch IterableDataset (spec/adapter_torch.md, "Workers").
+
+    Yields ``(b, payload, skipped)``: the batch index b, the batch (or item when
+    unbatched; None when every record of it was skipped) and the records skipped
+    in it. Inside DataLoader worker w of W it makes the batches b with
+    ``b mod W == w`` (:func:`tilespec.sampling.worker_batches`), so the
+    DataLoader's round-robin over workers yields batch 0, 1, 2, ... in order.
+    :class:`TorchLoader` unwraps the triples.
+    """
+
+    def __init__(self, reference: NumpyLoader, shared_state: bool = False):
+        self.reference = reference
+        # (seed, epoch, start batch); shared memory when workers persist across epochs
+        self._state = torch.zeros(3, dtype=torch.int64)
+        if shared_state:
+            self._state.share_memory_()
+
+    def set_state(self, seed: int, epoch: int, start_batch: int) -> None:
+        self._state[0], self._state[1], self._state[2] = int(seed), int(epoch), int(start_batch)
+
+    def __iter__(self):
+        ref = self.reference
+        info = get_worker_info()
+        w, W = (0, 1) if info is None else (info.id, info.num_workers)
+        seed, epoch, start_batch = (int(v) for v in self._state.tolist())
+        plan = StreamPlan(ref.clip, ref.weights, seed, rank=ref.rank,
+                          num_replicas=ref.num_replicas, epoch=epoch, infinite=ref.infinite,
+                          shuffle=ref.shuffle)
+        total = None if ref.infinite else len(plan)
+        maker = _torch_items(ref._items, ref.pipeline)
+        view = copy.copy(ref)       # the reference's items() over the torch item maker
+        view._items = maker
+        batched = ref.batch_size is not None
+        try:
+            for b, start, stop in worker_batches(w, W, ref.batch_size, total, ref.drop_last,
+                                                 start_batch):
+                n_skipped = len(maker.skipped)
+                if info is None:
+                    items = view.items(start, stop, plan)
+                else:  # skips are reported (and warned about) by the main process
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        items = view.items(start, stop, plan)
+                payload = None
+                if items:
+                    payload = collate(items) if batched else items[0]
+                yield b, payload, maker.skipped[n_skipped:]
+        finally:
+            maker.close()
+
+
+class TorchLoader(DataLoader):
+    """``Dataset.torch()``: a DataLoader over one rank's stream (spec/adapter_torch.md).
+
+    Yields ``(image, label[, slide][, loc_x, loc_y])`` items or batches, images CHW
+    (N, 3, H, W when batched) uint8, or float32 when standardized. The stream is the
+    reference's for any ``num_workers``. Also exposes ``seed``, ``state_dict()``,
+    ``load_state_dict()``, ``len()`` (positions or batches per epoch, as the
+    reference), ``skipped`` (records skipped with on_error='skip', from every worker)
+    and ``reference`` (the :class:`tilespec.NumpyLoader` with the same options).
+    """
+
+    def __init__(self, reference: NumpyLoader, *, num_workers: int = 0, pin_memory=None,
+                 persistent_workers: bool = False, prefetch_factor=None, timeout: float = 0,
+                 multiprocessing_context=None):
+        if pin_memory is None:
+            pin_memory = torch.cuda.is_available()
+        stream = TileStream(reference, shared_state=bool(persistent_workers))
+        super().__init__(stream, batch_size=None, num_workers=num_workers,
+                         collate_fn=_identity, pin_memory=bool(pin_memory),
+                         persistent_workers=persistent_workers,
+                         prefetch_factor=prefetch_factor, timeout=timeout,
+                         multiprocessing_context=multiprocessing_context)
+        self.reference = reference
+        self.tile_batch_size = reference.batch_size
+        self._skipped: list = []
+
+    # -- state (the reference's) ---------------------------------------------------------------
+    @property
+    def seed(self) -> int:
+        return self.reference.seed
+
+    @property
+    def epoch(self) -> int:
+        return self.reference.epoch
+
+    @property
+    def position(self) -> int:
+        return self.reference.position
+
+    @property
+    def skipped(self) -> list:
+        """Records skipped with on_error='skip': dicts of position, path, record, error."""
+        return self._skipped
+
+    def state_dict(self) -> dict:
+        return self.reference.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.reference.load_state_dict(state)
+
+    def __len__(self) -> int:
+        return len(self.reference)
+
+    def __iter__(self):
+        ref = self.reference
+        B = ref.batch_size or 1
+        total = None if ref.infinite else len(ref.plan(ref.epoch))
+        self.dataset.set_state(ref.seed, ref.epoch, ref.position // B)
+        it = super().__iter__()
+        in_worker = self.num_workers > 0
+        try:
+            for b, payload, skipped in it:
+                for s in skipped:
+                    self._skipped.append(s)
+                    if in_worker:
+                        warnings.warn(f"skipped {s['path']} record {s['record']} (stream "
+                                      f"position {s['position']}): {s['error']}", stacklevel=2)
+                stop = (b + 1) * B
+                ref.position = stop if total is None else min(stop, total)
+                if payload is not None:
+                    yield payload
+            ref.epoch += 1
+            ref.position = 0
+        finally:
+            if not self.persistent_workers and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+            del it
+
+
+class IndexedInterleaver(Dataset):
+    """Map-style torch dataset equal item by item to :class:`tilespec.IndexedInterleaver`
+    (spec/sampling.md, "Indexed dataset"; spec/adapter_torch.md). Same arguments; images
+    CHW tensors. Usable with a plain ``torch.utils.data.DataLoader`` (each worker process
+    opens its own files)."""
+
+    def __init__(self, tfrecords, **options):
+        self.reference = tilespec.IndexedInterleaver(tfrecords, **options)
+        self._maker = None
+        self._pid = None
+
+    def _items(self) -> _ItemMaker:
+        if self._maker is None or self._pid != os.getpid():
+            self._maker = _torch_items(self.reference._items, self.reference.pipeline)
+            self._pid = os.getpid()
+        return self._maker
+
+    @property
+    def seed(self) -> int:
+        return self.reference.seed
+
+    @property
+    def epoch(self) -> int:
+        return self.reference.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.reference.set_epoch(epoch)
+
+    def record(self, i: int):
+        return self.reference.record(i)
+
+    def __len__(self) -> int:
+        return len(self.reference)
+
+    def __getitem__(self, i):
+        view = copy.copy(self.reference)
+        view._items = self._items()
+        return view[i]
+
+    def close(self) -> None:
+        if self._maker is not None:
+            self._maker.close()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_maker"] = state["_pid"] = None
+        return state
+
+
+def make_loader(dataset, options: dict) -> TorchLoader:
+    """Build ``Dataset.torch(**options)`` (spec/adapter_torch.md, "Options")."""
+    options = dict(options)
+    torch_opts = {k: options.pop(k) for k in TORCH_OPTIONS if k in options}
+    rank, replicas = options.get("rank"), options.get("num_replicas")
+    if rank is None or replicas is None:
+        dist = torch.distributed
+        on = dist.is_available() and dist.is_initialized()
+        if rank is None:
+            options["rank"] = dist.get_rank() if on else 0
+        if replicas is None:
+            options["num_replicas"] = dist.get_world_size() if on else 1
+    reference = dataset.numpy(**options)
+    return TorchLoader(reference, **torch_opts)
+
+
+__all__ = ["TorchLoader", "TileStream", "TorchPipeline", "IndexedInterleaver", "collate",
+           "make_loader", "TORCH_OPTIONS"]

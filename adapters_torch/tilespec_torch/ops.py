@@ -1,0 +1,242 @@
+"""Image operations on torch tensors (spec/adapter_torch.md, "Ops"; spec/images.md).
+
+The PyTorch adapter's native image is a ``torch.uint8`` tensor in CHW layout,
+``(3, H, W)``, or a batch ``(N, 3, H, W)``. Each op here is the torch form of
+the op of the same name in :mod:`tilespec.ops`, with the same parameters and
+the same results (exact for flips, rot90, crop, JPEG and 'nearest' resize;
+within one grey level for blur and the other resize kernels, which are float
+products summed in a different order; standardization within float32
+rounding). Weight matrices and kernels are taken from the reference
+(:mod:`tilespec.resize`, :func:`tilespec.ops.gaussian_kernel`), never
+recomputed. JPEG goes through Pillow via the reference.
+
+``from_numpy`` and ``to_numpy`` convert at the boundary (HWC NumPy <-> CHW torch).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tilespec import ops as _ref
+from tilespec.resize import check_method, nearest_index, weights_readonly
+
+layout = "CHW"
+STANDARDIZE_MODES = _ref.STANDARDIZE_MODES
+
+
+# --------------------------------------------------------------------------- boundary
+
+def from_numpy(img) -> torch.Tensor:
+    """HWC (or NHWC) NumPy image -> CHW (or NCHW) torch tensor (a new, contiguous tensor)."""
+    arr = np.asarray(img)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"from_numpy takes an HWC or NHWC image, got shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(arr, -1, -3)))
+
+
+def to_numpy(img) -> np.ndarray:
+    """CHW (or NCHW) torch tensor -> HWC (or NHWC) NumPy array."""
+    if isinstance(img, torch.Tensor):
+        img = img.detach().cpu().numpy()
+    arr = np.asarray(img)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"to_numpy takes a CHW or NCHW image, got shape {arr.shape}")
+    return np.ascontiguousarray(np.moveaxis(arr, -3, -1))
+
+
+# --------------------------------------------------------------------------- checks
+
+def _check_image(img, what="image"):
+    """Raise ValueError unless ``img`` is a CHW or NCHW uint8 RGB tensor."""
+    if not isinstance(img, torch.Tensor):
+        raise ValueError(f"{what} must be a torch tensor, got {type(img).__name__}")
+    if img.dim() not in (3, 4) or img.shape[-3] != 3:
+        raise ValueError(f"{what} must be CHW or NCHW RGB (channel axis 3), got shape "
+                         f"{tuple(img.shape)}")
+    if img.dtype != torch.uint8:
+        raise ValueError(f"{what} must have dtype torch.uint8, got {img.dtype} "
+                         f"(shape {tuple(img.shape)})")
+    if img.shape[-2] == 0 or img.shape[-1] == 0:
+        raise ValueError(f"{what} is empty: shape {tuple(img.shape)}")
+    return img
+
+
+def _check_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Round to nearest, ties to even (torch.round), clip to [0, 255], as uint8
+    (spec/images.md, "uint8 conversion"). NaN is rejected."""
+    if x.dtype == torch.uint8:
+        return x.clone()
+    if not x.is_floating_point():
+        return x.clamp(0, 255).to(torch.uint8)
+    if torch.isnan(x).any():
+        raise ValueError(f"to_uint8: {int(torch.isnan(x).sum())} NaN value(s) in a tensor of "
+                         f"shape {tuple(x.shape)}")
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------- geometry
+
+def flip_left_right(img) -> torch.Tensor:
+    """Mirror the columns (spec/images.md, "Flips")."""
+    return torch.flip(_check_image(img), dims=(-1,))
+
+
+def flip_up_down(img) -> torch.Tensor:
+    """Mirror the rows (spec/images.md, "Flips")."""
+    return torch.flip(_check_image(img), dims=(-2,))
+
+
+def rot90(img, k) -> torch.Tensor:
+    """Rotate by k * 90 degrees counter-clockwise, as np.rot90 on HWC (spec/images.md,
+    "Rotation"). torch.rot90 over (H, W) turns from the first axis towards the second,
+    the same direction."""
+    _check_image(img)
+    k = _check_int(k, "k") % 4
+    return torch.rot90(img, k, dims=(-2, -1)).contiguous() if k else img.clone()
+
+
+def crop(img, left, width) -> torch.Tensor:
+    """The square box rows and columns [left, left+width) (spec/images.md, "Crop")."""
+    _check_image(img)
+    left = _check_int(left, "crop left")
+    width = _check_int(width, "crop width")
+    h, w = img.shape[-2], img.shape[-1]
+    if width <= 0:
+        raise ValueError(f"crop width must be positive, got {width}")
+    if left < 0 or left + width > h or left + width > w:
+        raise ValueError(f"crop box rows and columns [{left}, {left + width}) is outside the "
+                         f"image of height {h}, width {w}")
+    return img[..., left:left + width, left:left + width].contiguous()
+
+
+# --------------------------------------------------------------------------- resize
+
+@functools.lru_cache(maxsize=256)
+def _weights(in_size, out_size, method, antialias, dtype):
+    return torch.from_numpy(np.array(weights_readonly(in_size, out_size, method, antialias),
+                                     dtype=np.float64)).to(dtype)
+
+
+def _separable(img, wh, ww):
+    """wh (h x H) over the rows and ww (w x W) over the columns of a uint8 image, float64."""
+    x = img.to(torch.float64)
+    return torch.matmul(torch.matmul(wh, x), ww.transpose(0, 1))
+
+
+def resize(img, size, method="lanczos3", antialias=True) -> torch.Tensor:
+    """Resize like tf.image.resize with the reference's weight matrices, rounded to uint8
+    (spec/images.md, "Resize")."""
+    _check_image(img)
+    h_out, w_out = _ref._resize_size(size)
+    check_method(method)
+    h_in, w_in = img.shape[-2], img.shape[-1]
+    if method == "nearest":
+        rows = torch.from_numpy(nearest_index(h_in, h_out))
+        cols = torch.from_numpy(nearest_index(w_in, w_out))
+        return img.index_select(-2, rows).index_select(-1, cols).contiguous()
+    wh = _weights(h_in, h_out, method, bool(antialias), torch.float64)
+    ww = _weights(w_in, w_out, method, bool(antialias), torch.float64)
+    return to_uint8(_separable(img, wh, ww))
+
+
+# --------------------------------------------------------------------------- blur
+
+@functools.lru_cache(maxsize=64)
+def _blur_kernel(sigma):
+    g = torch.from_numpy(_ref.gaussian_kernel(sigma))
+    return g.view(1, 1, 1, -1).expand(3, 1, 1, -1).contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def _reflect_index(size, radius):
+    return torch.from_numpy(_ref.reflect_index(np.arange(-radius, size + radius), size))
+
+
+def gaussian_blur(img, sigma) -> torch.Tensor:
+    """Separable Gaussian blur (depthwise conv2d in float64) with the reference's kernel
+    and mirror padding (edge not repeated), rounded to uint8 (spec/images.md,
+    "Gaussian blur"). Padding indexes with the reference's reflect rule, so images
+    smaller than the kernel fold the same way."""
+    _check_image(img)
+    sigma = _ref._check_sigma(sigma)
+    kern = _blur_kernel(sigma)
+    r = (kern.shape[-1] - 1) // 2
+    batch = img.dim() == 4
+    x = (img if batch else img.unsqueeze(0)).to(torch.float64)
+    h, w = x.shape[-2], x.shape[-1]
+    # columns (width axis), then rows (height axis)
+    x = x.index_select(-1, _reflect_index(w, r))
+    x = F.conv2d(x, kern, groups=3)
+    x = x.index_select(-2, _reflect_index(h, r))
+    x = F.conv2d(x, kern.transpose(-1, -2), groups=3)
+    out = to_uint8(x)
+    return out if batch else out[0]
+
+
+# --------------------------------------------------------------------------- JPEG
+
+def jpeg(img, quality) -> torch.Tensor:
+    """JPEG round trip through Pillow, as :func:`tilespec.ops.jpeg` (spec/images.md, "JPEG")."""
+    _check_image(img)
+    return from_numpy(_ref.jpeg(to_numpy(img), quality))
+
+
+# --------------------------------------------------------------------------- standardize
+
+_HALF_255 = 127.5
+
+
+def standardize(img, mode) -> torch.Tensor:
+    """Standardize to float32 (spec/images.md, "Standardization").
+
+    'unit': x / 127.5 - 1. 'per_image': (x - mean) / max(std, 1/sqrt(H*W*C)) with
+    mean and population std over each image taken in float64 and rounded to float32,
+    as the reference.
+    """
+    _check_image(img)
+    if mode not in STANDARDIZE_MODES:
+        raise ValueError(f"unknown standardize mode {mode!r}; valid modes are "
+                         f"{', '.join(STANDARDIZE_MODES)}")
+    x = img.to(torch.float32)
+    if mode == "unit":
+        return x.div_(_HALF_255).sub_(1.0)
+    n = img.shape[-3] * img.shape[-2] * img.shape[-1]
+    rows = img.reshape(-1, n).to(torch.float64)
+    mean = rows.mean(dim=1, keepdim=True)
+    std = torch.sqrt(((rows - mean) ** 2).mean(dim=1, keepdim=True))
+    adjusted = torch.clamp(std, min=1.0 / math.sqrt(n))
+    out = (x.reshape(-1, n) - mean.to(torch.float32)) / adjusted.to(torch.float32)
+    return out.reshape(img.shape)
+
+
+# --------------------------------------------------------------------------- stain
+
+def stain_normalize(normalizer, img, *, perturbation=None) -> torch.Tensor:
+    """Stain normalization of a CHW/NCHW uint8 tensor with a reference
+    :class:`tilespec.StainNormalizer` (spec/stain.md). Runs the reference's float64
+    NumPy code on the HWC view, so it is exact; with ``perturbation`` (the deltas of
+    :func:`tilespec.stain.draw_stain_perturbation`) it applies stain augmentation."""
+    _check_image(img)
+    arr = to_numpy(img)
+    if perturbation is None:
+        out = normalizer.transform(arr)
+    else:
+        out = normalizer.transform(arr, augment=True, perturbation=perturbation)
+    return from_numpy(out)
+
+
+__all__ = ["flip_left_right", "flip_up_down", "rot90", "crop", "resize", "gaussian_blur",
+           "jpeg", "standardize", "stain_normalize", "to_uint8", "from_numpy", "to_numpy",
+           "layout", "STANDARDIZE_MODES"]
