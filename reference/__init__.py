@@ -14,6 +14,7 @@ from .images import decode_image
 from . import ops
 from .index import build_index, load_index
 from .records import read_record_at, read_records, write_records
+from .verify import verify  # spec/reliability.md
 from .stain import StainNormalizer  # spec/stain.md
 from .project import Dataset, ModelParams, load_project  # spec/dataset.md
 from .loader import IndexedInterleaver, NumpyLoader  # spec/sampling.md

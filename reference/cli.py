@@ -1,4 +1,4 @@
-"""The ``tilespec`` command line: inspect, index, demo.
+"""The ``tilespec`` command line: inspect, index, verify, demo.
 
 Errors are reported as one line, ``tilespec: error: ...``, with exit code 1
 (2 for bad usage).
@@ -163,6 +163,38 @@ def cmd_index(args, out=None) -> int:
     return 0
 
 
+def cmd_verify(args, out=None) -> int:
+    """``tilespec verify PATH...``: check every record of every file, print one line per
+    problem (files in order, as each file is done) and a summary table; exit code 1
+    when anything is wrong (spec/reliability.md, "Report")."""
+    from .verify import expand_paths, verify
+
+    out = sys.stdout if out is None else out
+    files = expand_paths(args.paths)
+    if not files:
+        raise CLIError(f"{' '.join(args.paths)}: no .tfrecords files found")
+    progress = Progress(len(files), "verifying")
+
+    def on_file(done, report):
+        if report.problems or args.verbose:
+            progress.clear()
+            for p in report.problems:
+                print(" ".join(str(p).split()), file=out)
+            if args.verbose:
+                print(f"{report.path}: {report.records} records, {len(report.problems)} "
+                      f"problems, index {report.index}", file=out)
+            out.flush()
+        progress.step(done, report.path)
+
+    try:
+        result = verify(files, level=args.level, index=not args.no_index, jobs=args.jobs,
+                        progress=on_file)
+    finally:
+        progress.close()
+    print(result.summary(), file=out)
+    return 0 if result.ok else 1
+
+
 def cmd_demo(args, out=None) -> int:
     """``tilespec demo [DIR]``: write the synthetic dataset, index it, inspect it."""
     from .synthetic import write_synthetic_dataset
@@ -203,7 +235,7 @@ def cmd_adapters(args, out=None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tilespec`` command (README.md, "Command line")."""
     p = argparse.ArgumentParser(prog="tilespec", description="TFRecord tile datasets: "
-                                "inspect, index, and a built-in demo dataset.")
+                                "inspect, index, verify, and a built-in demo dataset.")
     p.add_argument("--version", action="version", version=f"tilespec {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("inspect", help="summarize a TFRecord file or a folder of them")
@@ -214,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target")
     s.add_argument("-v", "--verbose", action="store_true", help="a line for every file")
     s.set_defaults(func=cmd_index)
+    s = sub.add_parser("verify", help="check every record of TFRecord files (checksums, "
+                       "Example, tile, image, index) and report every problem")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders of them")
+    s.add_argument("--level", choices=("records", "examples", "tiles", "images"),
+                   default="images", help="how deep to check each record (default: images)")
+    s.add_argument("--no-index", action="store_true", help="do not compare index files")
+    s.add_argument("-j", "--jobs", type=int, default=None,
+                   help="processes (default: one per CPU)")
+    s.add_argument("-v", "--verbose", action="store_true", help="a line for every file")
+    s.set_defaults(func=cmd_verify)
     s = sub.add_parser("adapters", help="list installed adapters (backends)")
     s.set_defaults(func=cmd_adapters)
     s = sub.add_parser("demo", help="write, index and inspect the built-in synthetic dataset")

@@ -19,8 +19,7 @@ import numpy as np
 
 from .errors import EmptyFileError, IndexFileError, TFRecordError
 from .example import parse_example, parse_tile
-from .records import (FRAMING_BYTES, _create_temp, is_gzip_file, read_header,
-                      read_payload, scan_records)
+from .records import FRAMING_BYTES, _create_temp, is_gzip_file, read_header, scan_frames
 
 INDEX_SUFFIXES = (".index.npz", ".index.npy", ".index")
 
@@ -81,15 +80,22 @@ def _location(payload):
     return tile.loc_x, tile.loc_y
 
 
+LOCATION_PAYLOAD_LIMIT = 16 << 20  # payloads read whole (for locations) up to this size
+
+
 def compute_index(path, *, verify: bool = True, locations: bool = True):
     """Scan ``path`` and return ``(offsets_and_lengths, locations or None)``; write nothing.
 
-    spec/index.md, "Building". Streams the file one record at a time: memory
-    is one payload plus the result. Header checksums are always checked,
-    payload checksums when ``verify`` (default). With ``locations=False``
-    payloads are not read at all (headers only, seeking past payloads;
-    ``verify`` then streams payload checksums in chunks). Locations are None
-    when any record lacks a single int64 ``loc_x`` or ``loc_y`` (or is not a
+    spec/index.md, "Building". Streams the file: headers are read and checked,
+    and payloads of at most :data:`LOCATION_PAYLOAD_LIMIT` bytes are read one
+    at a time to find their locations; larger payloads are never held in
+    memory (skipped by seeking, their checksums streamed in 1 MiB chunks), and
+    such a record has no location (no tile is that large). Memory is constant:
+    at most one 16 MiB payload plus the result, 16 bytes per record (32 with
+    locations), whatever the record or file size. Header checksums are always
+    checked, payload checksums when ``verify`` (default). With
+    ``locations=False`` no payload is read at all. Locations are None when any
+    record lacks a single int64 ``loc_x`` or ``loc_y`` (or is not a
     tf.train.Example). A GZIP-compressed file raises :class:`IndexFileError`;
     an empty file :class:`EmptyFileError`.
     """
@@ -98,29 +104,23 @@ def compute_index(path, *, verify: bool = True, locations: bool = True):
         raise EmptyFileError("empty file: no records", path=path)
     if is_gzip_file(path):
         raise _gzip_error(path)
-    if not locations:
-        rows = np.array(list(scan_records(path, verify=verify)), dtype=np.int64).reshape(-1, 2)
-        return rows, None
     flat = array("q")
-    locs: array | None = array("q")
-    with open(path, "rb", buffering=1 << 20) as f:
-        offset = 0
-        record = 0
-        while True:
-            length = read_header(f, path=path, record=record, offset=offset, verify=True)
-            if length is None:
-                break
-            payload = read_payload(f, length, path=path, record=record, offset=offset,
-                                   verify=verify)
-            if locs is not None:
-                xy = _location(payload)
-                if xy is None:
-                    locs = None
-                else:
-                    locs.extend(xy)
+    locs: array | None = array("q") if locations else None
+    limit = LOCATION_PAYLOAD_LIMIT if locations else -1
+    start = (0, 0)
+    while start is not None:
+        frames = scan_frames(path, verify=verify, max_payload=limit, start=start)
+        start = None
+        for offset, length, payload in frames:
             flat.extend((offset, FRAMING_BYTES + length))
-            offset += FRAMING_BYTES + length
-            record += 1
+            if locs is not None:
+                xy = None if payload is None else _location(payload)
+                if xy is None:  # no location can be complete now: stop reading payloads
+                    locs, limit = None, -1
+                    start = (offset + FRAMING_BYTES + length, len(flat) // 2)
+                    frames.close()
+                    break
+                locs.extend(xy)
     arr = np.frombuffer(flat, dtype=np.int64).reshape(-1, 2).copy()
     loc_arr = None if locs is None else np.frombuffer(locs, dtype=np.int64).reshape(-1, 2).copy()
     return arr, loc_arr

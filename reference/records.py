@@ -273,16 +273,35 @@ def scan_records(path, *, verify: bool = False, chunk_size: int = 1 << 20):
     With ``verify=True`` each payload checksum is also checked, streamed in
     chunks of ``chunk_size`` bytes. Uncompressed files only.
     """
+    for offset, length, _ in scan_frames(path, verify=verify, chunk_size=chunk_size):
+        yield offset, FRAMING_BYTES + length
+
+
+def scan_frames(path, *, verify: bool = False, chunk_size: int = 1 << 20,
+                max_payload: int = 0, start: tuple = (0, 0)):
+    """Yield ``(offset, payload length, payload or None)`` for every record of an
+    uncompressed file, in constant memory. spec/index.md, "Building".
+
+    Header checksums are always checked. A payload of at most ``max_payload``
+    bytes is read and returned (its checksum checked when ``verify``); a larger
+    one is never held in memory: it is skipped by seeking, or, with ``verify``,
+    its checksum is computed over chunks of ``chunk_size`` bytes. A record that
+    would run past the end of the file is :class:`TruncatedRecordError` before
+    any of its payload is read. Memory is therefore at most ``max_payload`` +
+    ``chunk_size`` + a 64 KiB read buffer, whatever the record or file size.
+    ``start=(offset, record)`` resumes a scan at a record boundary found earlier.
+    """
     from .crc32c import crc32c, mask
 
     path = os.fspath(path)
     size = os.path.getsize(path)
+    chunk_size = max(1, int(chunk_size))
     with open(path, "rb", buffering=0) as raw:
         f = io.BufferedReader(raw, buffer_size=64 * 1024)
-        offset = 0
-        record = 0
+        offset, record = (int(v) for v in start)
         while True:
-            f.seek(offset)
+            if f.tell() != offset:
+                f.seek(offset)
             length = read_header(f, path=path, record=record, offset=offset, verify=True)
             if length is None:
                 if record == 0:
@@ -292,24 +311,35 @@ def scan_records(path, *, verify: bool = False, chunk_size: int = 1 << 20):
             if end > size:
                 raise TruncatedRecordError(
                     f"record of {length} payload bytes runs past the end of the file "
-                    f"({size} bytes)", path=path, record=record, offset=offset)
-            if verify:
+                    f"({size} bytes; the record needs {end - size} more)", path=path,
+                    record=record, offset=offset)
+            payload = None
+            if length <= max_payload:
+                payload = read_payload(f, length, path=path, record=record, offset=offset,
+                                       verify=verify)
+            elif verify:
                 crc = 0
                 left = length
                 while left:
                     chunk = f.read(min(chunk_size, left))
+                    if not chunk:  # the file shrank while being read
+                        raise TruncatedRecordError(
+                            f"file ends inside the record payload ({left} of {length} bytes "
+                            "missing)", path=path, record=record, offset=offset)
                     crc = crc32c(chunk, crc)
                     left -= len(chunk)
-                (stored,) = _FOOTER.unpack(f.read(FOOTER_BYTES))
+                footer = _read_exact(f, FOOTER_BYTES, path, record, offset, "payload checksum")
+                (stored,) = _FOOTER.unpack(footer)
                 if mask(crc) != stored:
                     raise CorruptDataError(
                         f"payload of {length} bytes fails its checksum (stored 0x{stored:08x}, "
                         f"computed 0x{mask(crc):08x})", path=path, record=record, offset=offset)
-            yield offset, FRAMING_BYTES + length
+            yield offset, length, payload
             offset = end
             record += 1
 
 
-__all__ = ["read_records", "write_records", "read_record_at", "scan_records", "frame_record",
+__all__ = ["read_records", "write_records", "read_record_at", "scan_records", "scan_frames",
+           "frame_record",
            "is_gzip_file",
            "read_header", "read_payload", "TFRecordError", "FRAMING_BYTES", "COMPRESSIONS"]
