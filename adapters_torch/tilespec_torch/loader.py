@@ -156,8 +156,11 @@ class TileStream(IterableDataset):
         view._items = maker
         batched = ref.batch_size is not None
         try:
-            for b, start, stop in worker_batches(w, W, ref.batch_size, total, ref.drop_last,
-                                                 start_batch):
+            # The DataLoader asks its workers round-robin from worker 0, so worker k
+            # makes batches start_batch + k, start_batch + k + W, ...: the batches b
+            # with b mod W == (k + start_batch) mod W.
+            for b, start, stop in worker_batches((w + start_batch) % W, W, ref.batch_size,
+                                                 total, ref.drop_last, start_batch):
                 n_skipped = len(maker.skipped)
                 if info is None:
                     items = view.items(start, stop, plan)

@@ -118,7 +118,7 @@ def crop(img, left, width) -> torch.Tensor:
     if left < 0 or left + width > h or left + width > w:
         raise ValueError(f"crop box rows and columns [{left}, {left + width}) is outside the "
                          f"image of height {h}, width {w}")
-    return img[..., left:left + width, left:left + width].contiguous()
+    return img[..., left:left + width, left:left + width].clone(memory_format=torch.contiguous_format)
 
 
 # --------------------------------------------------------------------------- resize
@@ -160,8 +160,8 @@ def _blur_kernel(sigma):
 
 
 @functools.lru_cache(maxsize=256)
-def _reflect_index(size, radius):
-    return torch.from_numpy(_ref.reflect_index(np.arange(-radius, size + radius), size))
+def _reflect_index(size, before, after):
+    return torch.from_numpy(_ref.reflect_index(np.arange(-before, size + after), size))
 
 
 def gaussian_blur(img, sigma) -> torch.Tensor:
@@ -172,14 +172,15 @@ def gaussian_blur(img, sigma) -> torch.Tensor:
     _check_image(img)
     sigma = _ref._check_sigma(sigma)
     kern = _blur_kernel(sigma)
-    r = (kern.shape[-1] - 1) // 2
+    n = kern.shape[-1]
+    before, after = (n - 1) // 2, n - 1 - (n - 1) // 2   # tap j sits at offset j - before
     batch = img.dim() == 4
     x = (img if batch else img.unsqueeze(0)).to(torch.float64)
     h, w = x.shape[-2], x.shape[-1]
     # columns (width axis), then rows (height axis)
-    x = x.index_select(-1, _reflect_index(w, r))
+    x = x.index_select(-1, _reflect_index(w, before, after))
     x = F.conv2d(x, kern, groups=3)
-    x = x.index_select(-2, _reflect_index(h, r))
+    x = x.index_select(-2, _reflect_index(h, before, after))
     x = F.conv2d(x, kern.transpose(-1, -2), groups=3)
     out = to_uint8(x)
     return out if batch else out[0]

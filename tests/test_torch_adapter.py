@@ -1,0 +1,246 @@
+"""The PyTorch loader and indexed dataset against the reference (spec/adapter_torch.md)."""
+
+import tempfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+torch = pytest.importorskip("torch")
+
+import tilespec  # noqa: E402
+from tilespec import plugins, testing as tt  # noqa: E402
+import tilespec_torch  # noqa: E402
+from tilespec_torch.loader import TorchLoader  # noqa: E402
+
+FEW = settings(max_examples=max(4, settings.default.max_examples // 5))
+
+
+def _dataset(layout, root):
+    info = tt.write_tile_dataset(layout, root)
+    return tilespec.Dataset(tfrecords=info["tfrecords"], annotations=info["annotations"]), info
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    layout = tt.TileDatasetLayout((("s0", "p0", "a", 7), ("s1", "p1", "b", 4),
+                                   ("s2", "p1", "a", 5)), tile_px=16)
+    return _dataset(layout, tmp_path_factory.mktemp("torch"))[0]
+
+
+def _items_options():
+    return st.fixed_dictionaries({
+        "augment": st.sampled_from(["", "xyr", "xyrj", "b", "xyrjb", True]),
+        "standardize": st.sampled_from([False, True, "per_image"]),
+        "incl_slidenames": st.booleans(), "incl_loc": st.booleans(),
+    })
+
+
+@FEW
+@given(layout=tt.tile_dataset_layouts(max_slides=3, max_tiles=5),
+       cfg=tt.sampling_configs(max_replicas=2, max_batch=4), opts=_items_options(),
+       num_workers=st.sampled_from([0, 1, 2]), balance=st.sampled_from([None, "tile",
+                                                                         "category"]))
+def test_loader_conforms_to_reference(layout, cfg, opts, num_workers, balance):
+    with tempfile.TemporaryDirectory() as root:
+        dataset, _ = _dataset(layout, root)
+        if balance:
+            dataset = dataset.balance(headers="category" if balance == "category" else None,
+                                      strategy=balance)
+        options = dict(cfg, **opts, labels="category")
+        try:
+            reference = dataset.numpy(**options)
+        except ValueError as e:      # e.g. a rank that owns nothing: the adapter must agree
+            with pytest.raises(type(e), match="owns no record"):
+                dataset.torch(num_workers=num_workers, **options)
+            return
+        loader = dataset.torch(num_workers=num_workers, **options)
+        assert isinstance(loader, torch.utils.data.DataLoader)
+        assert loader.seed == reference.seed and len(loader) == len(reference)
+        n = 7 if cfg["infinite"] else None
+        tt.assert_conforms(loader, reference, n=n, layout="CHW", options=options)
+        assert loader.state_dict() == reference.state_dict()
+
+
+def test_items_layout_dtypes_and_fields(ds):
+    L = ds.torch(infinite=False, seed=3, labels="category", standardize=False,
+                 incl_slidenames=True, incl_loc=True)
+    img, label, slide, x, y = next(iter(L))
+    assert img.shape == (3, 16, 16) and img.dtype == torch.uint8
+    assert isinstance(slide, str) and isinstance(x, int) and isinstance(label, int)
+    B = ds.torch(infinite=False, seed=3, labels="category", batch_size=4, incl_slidenames=True,
+                 incl_loc=True)
+    imgs, labels, slides, xs, ys = next(iter(B))
+    assert imgs.shape == (4, 3, 16, 16) and imgs.dtype == torch.float32
+    assert labels.dtype == torch.int64 and labels.shape == (4,)
+    assert isinstance(slides, list) and xs.dtype == torch.int64 and ys.shape == (4,)
+    assert float(imgs.min()) >= -1 and float(imgs.max()) <= 1
+
+
+def test_no_labels_gives_none_and_multi_outcome_labels_stack(ds):
+    imgs, labels = next(iter(ds.torch(batch_size=3, seed=0)))
+    assert labels is None
+    img, label = next(iter(ds.torch(seed=0)))
+    assert label is None
+    labels_map, _ = ds.labels(["category", "patient"])
+    opts = dict(batch_size=5, seed=1, infinite=False, labels=labels_map, incl_slidenames=True)
+    L = ds.torch(**opts)
+    _, labels, slides = next(iter(L))
+    assert labels.shape == (5, 2)
+    assert [list(map(int, row)) for row in labels] == [list(labels_map[s]) for s in slides]
+    assert L.state_dict()["position"] == 5      # the loader resumes where it stopped
+    tt.assert_conforms(ds.torch(**opts), ds.numpy(**opts), layout="CHW", options=opts)
+
+
+def test_float_labels(ds):
+    labels = {s: 0.5 + i for i, s in enumerate(ds.slides())}
+    _, lab = next(iter(ds.torch(batch_size=2, seed=0, labels=labels)))
+    assert lab.dtype == torch.float64
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_mid_epoch_continues_the_stream(ds, num_workers):
+    opts = dict(batch_size=2, seed=11, infinite=False, augment="xyr", incl_loc=True)
+    full = ds.numpy(**opts)
+    want = list(full)
+    L = ds.torch(num_workers=num_workers, **opts)
+    it = iter(L)
+    first = [next(it) for _ in range(3)]
+    state = L.state_dict()
+    assert state == {"seed": 11, "epoch": 0, "position": 6}
+    del it
+    M = ds.torch(num_workers=num_workers, **dict(opts, seed=999))
+    M.load_state_dict(state)
+    tt.assert_conforms(first + list(M), want, layout="CHW", options=opts)
+    assert M.state_dict() == {"seed": 11, "epoch": 1, "position": 0}
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_epochs_follow_the_reference(ds, persistent):
+    opts = dict(batch_size=3, seed=5, infinite=False, shuffle=True, augment="xy",
+                incl_slidenames=True, incl_loc=True)
+    R = ds.numpy(**opts)
+    L = ds.torch(num_workers=2, persistent_workers=persistent, **opts)
+    for epoch in range(3):
+        assert L.state_dict()["epoch"] == epoch
+        tt.assert_conforms(L, R, layout="CHW", options=opts)
+    if persistent:
+        L._iterator._shutdown_workers()
+
+
+def test_seed_is_drawn_and_exposed(ds):
+    L = ds.torch()
+    assert isinstance(L.seed, int) and 0 <= L.seed < 2**63
+    assert L.state_dict()["seed"] == L.seed
+
+
+def test_rank_defaults_without_a_process_group(ds):
+    L = ds.torch(seed=0)
+    assert (L.reference.rank, L.reference.num_replicas) == (0, 1)
+    L = ds.torch(seed=0, rank=1, num_replicas=2)
+    assert (L.reference.rank, L.reference.num_replicas) == (1, 2)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(augment="xq"), dict(batch_size=0), dict(on_error="ignore"), dict(crop_left=2),
+    dict(resize_method="cubic"), dict(standardize="z"), dict(rank=2, num_replicas=2),
+    dict(augment="n"), dict(transform=3), dict(seed=-1),
+])
+def test_option_errors_match_the_reference(ds, bad):
+    with pytest.raises(Exception) as ref_err:
+        ds.numpy(**bad)
+    with pytest.raises(type(ref_err.value)) as err:
+        ds.torch(**bad)
+    assert str(err.value) == str(ref_err.value)
+
+
+def test_torch_options_reach_the_dataloader(ds):
+    L = ds.torch(num_workers=1, prefetch_factor=3, pin_memory=False, seed=0)
+    assert isinstance(L, TorchLoader)
+    assert (L.num_workers, L.prefetch_factor, L.pin_memory) == (1, 3, False)
+    assert ds.torch(seed=0).pin_memory == torch.cuda.is_available()
+    with pytest.raises(ValueError, match="prefetch_factor"):
+        ds.torch(num_workers=0, prefetch_factor=2)
+
+
+def test_transform_gets_chw_uint8_tensors(ds):
+    seen = []
+
+    def transform(img):
+        seen.append((tuple(img.shape), img.dtype))
+        return torch.flip(img, dims=(-1,))
+
+    opts = dict(seed=2, infinite=False, transform=transform, standardize=False)
+    L = ds.torch(**opts)
+    R = ds.numpy(**dict(opts, transform=lambda im: im[:, ::-1]))
+    tt.assert_conforms(L, R, layout="CHW", options=opts)
+    assert set(seen) == {((3, 16, 16), torch.uint8)}
+
+
+def test_stain_normalization_in_the_loader(ds):
+    opts = dict(seed=4, infinite=False, batch_size=4, augment="xn",
+                normalizer=tilespec.StainNormalizer("reinhard_fast"), standardize=False)
+    tt.assert_conforms(ds.torch(**opts), ds.numpy(**opts), layout="CHW", options=opts)
+
+
+# -------------------------------------------------------------------- indexed dataset
+@FEW
+@given(layout=tt.tile_dataset_layouts(max_slides=3, max_tiles=5), data=st.data())
+def test_indexed_interleaver_equals_reference(layout, data):
+    with tempfile.TemporaryDirectory() as root:
+        _, info = _dataset(layout, root)
+        R = data.draw(st.integers(1, 2))
+        clip = data.draw(st.lists(st.integers(0, 6), min_size=len(info["paths"]),
+                                  max_size=len(info["paths"])))
+        opts = dict(clip=clip, rank=data.draw(st.integers(0, R - 1)), num_replicas=R,
+                    shuffle=data.draw(st.booleans()), seed=data.draw(st.integers(0, 2**63 - 1)),
+                    augment=data.draw(st.sampled_from(["", "xyr", "xyrjb"])),
+                    standardize=data.draw(st.sampled_from([False, True])),
+                    incl_slidenames=True, incl_loc=True,
+                    labels={s[0]: i for i, s in enumerate(layout.slides)})
+        ref = tilespec.IndexedInterleaver(info["paths"], **opts)
+        got = plugins.make_indexed("torch", info["paths"], opts)
+        assert isinstance(got, torch.utils.data.Dataset) and len(got) == len(ref)
+        epoch = data.draw(st.integers(0, 3))
+        ref.set_epoch(epoch)
+        got.set_epoch(epoch)
+        tt.assert_conforms((got[i] for i in range(len(got))), (ref[i] for i in range(len(ref))),
+                           layout="CHW", options=opts)
+
+
+def test_indexed_interleaver_with_a_plain_dataloader(ds):
+    paths = ds.tfrecords()
+    opts = dict(seed=3, shuffle=True, augment="xyr", standardize=False, incl_loc=True,
+                incl_slidenames=True, labels={s: i for i, s in enumerate(ds.slides())})
+    T = tilespec_torch.IndexedInterleaver(paths, **opts)
+    ref = tilespec.IndexedInterleaver(paths, **opts)
+    L = torch.utils.data.DataLoader(T, batch_size=4, num_workers=2, shuffle=False)
+    seen = 0
+    for b, (imgs, labels, slides, xs, ys) in enumerate(L):
+        for r in range(len(imgs)):
+            i = b * 4 + r
+            img, label, slide, x, y = ref[i]
+            np.testing.assert_array_equal(imgs[r].permute(1, 2, 0).numpy(), img)
+            assert (int(labels[r]), slides[r], int(xs[r]), int(ys[r])) == (label, slide, x, y)
+            seen += 1
+    assert seen == len(ref) == 16
+
+
+def test_indexed_errors_match_the_reference(ds):
+    with pytest.raises(ValueError, match="clip has 1 entries for 3 tfrecords"):
+        tilespec_torch.IndexedInterleaver(ds.tfrecords(), clip=[1])
+    T = tilespec_torch.IndexedInterleaver(ds.tfrecords(), seed=0)
+    with pytest.raises(IndexError, match="index 16 out of range"):
+        T[16]
+
+
+# -------------------------------------------------------------------- hooks
+def test_hooks_answer_only_for_torch(ds):
+    assert tilespec_torch.tilespec_make_loader("numpy", ds, {}) is None
+    assert tilespec_torch.tilespec_make_indexed("tensorflow", [], {}) is None
+    assert tilespec_torch.tilespec_ops("numpy") is None
+    assert tilespec_torch.tilespec_ops("torch") is tilespec_torch.ops
+    info = tilespec_torch.tilespec_adapter_info()
+    assert info["name"] == "torch" and info["distribution"] == "tilespec-torch"
+    assert info["framework"].startswith("PyTorch 2.")
+    assert "torch" in plugins.backends()
