@@ -84,7 +84,7 @@ def to_numpy(x):
     elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):   # tf
         x = x.numpy()
     if isinstance(x, bytes):
-        return x.decode("utf-8")
+        return np.asarray(x.decode("utf-8"))  # a 0-d str array, like a str would give
     if isinstance(x, (list, tuple)):
         return np.array([to_numpy(v) for v in x])
     arr = np.asarray(x)
