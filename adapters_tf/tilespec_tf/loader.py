@@ -1,0 +1,468 @@
+"""The tf.data loader of ``Dataset.tensorflow()`` (spec/adapter_tf.md, "The loader").
+
+What is read, in which order, with which label and which augmentation comes
+from the reference, unchanged: :class:`tilespec.loader.NumpyLoader` validates
+the options and gives the rank's :class:`~tilespec.sampling.StreamPlan`,
+:meth:`tilespec.pipeline.Pipeline.draw` the drawn steps of every position, and
+:class:`tilespec.loader.TileSource` reads the records. A Python generator walks
+the plan a chunk of positions at a time and yields the raw image bytes, label,
+slide, location and the drawn parameters as tensors; TensorFlow does the image
+work (:mod:`tilespec_tf.ops`) in a parallel ``map`` whose order is
+deterministic, then batches and prefetches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from tilespec.annotations import LabelError
+from tilespec.errors import TFRecordError
+from tilespec.images import decode_image, image_format
+from tilespec.loader import NumpyLoader
+from tilespec.sampling import num_batches
+
+from . import ops as tfops
+
+#: The augmentation character -> the reference op its drawn step names.
+OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "jpeg",
+              "b": "gaussian_blur"}
+#: Positions planned, read and drawn per generator step (rounded up to whole batches).
+CHUNK = 256
+
+#: Options of Dataset.tensorflow() beyond those NumpyLoader takes.
+_TF_ONLY = ("shard_idx", "num_shards", "deterministic", "input_context")
+
+
+class _PlanLoader(NumpyLoader):
+    """The reference loader with TensorFlow's default standardization ('per_image').
+
+    Used for validation, plans, draws, labels and record reading; never iterated."""
+
+    default_standardize = "per_image"
+
+
+class LoaderInfo:
+    """What a loader exposes besides its elements: ``seed`` (drawn when not given),
+    ``epoch`` (of the next finite iteration), ``skipped`` (records skipped with
+    ``on_error='skip'``: dicts of epoch, position, path, record, error), ``base``
+    (the reference loader holding the options) and ``len`` (items or batches per
+    epoch)."""
+
+    def __init__(self, base: NumpyLoader, length: int):
+        self.base = base
+        self.seed = base.seed
+        self.skipped: list = []
+        self.len = length
+        self._epochs = itertools.count()
+        self.epoch = 0
+
+    def next_epoch(self) -> int:
+        e = 0 if self.base.infinite else next(self._epochs)
+        self.epoch = e + (0 if self.base.infinite else 1)
+        return e
+
+
+def _shard(options: dict):
+    """(rank, num_replicas) from shard_idx/num_shards, rank/num_replicas or input_context."""
+    ctx = options.pop("input_context", None)
+    shard_idx = options.pop("shard_idx", None)
+    num_shards = options.pop("num_shards", None)
+    rank = options.pop("rank", None)
+    num_replicas = options.pop("num_replicas", None)
+    given = [(n, v) for n, v in (("shard_idx", shard_idx), ("num_shards", num_shards),
+                                 ("rank", rank), ("num_replicas", num_replicas))
+             if v is not None]
+    if ctx is not None:
+        if given:
+            raise ValueError("input_context sets the shard; do not also pass "
+                             + ", ".join(n for n, _ in given))
+        return int(ctx.input_pipeline_id), int(ctx.num_input_pipelines)
+    if (shard_idx is not None or num_shards is not None) and \
+            (rank is not None or num_replicas is not None):
+        raise ValueError("pass shard_idx/num_shards or rank/num_replicas, not both")
+    r = shard_idx if shard_idx is not None else rank
+    n = num_shards if num_shards is not None else num_replicas
+    if (r is None) != (n is None):
+        raise ValueError(f"the shard needs both an index and a count: got shard_idx/rank="
+                         f"{r!r}, num_shards/num_replicas={n!r}")
+    return (0 if r is None else r), (1 if n is None else n)
+
+
+def _label_spec(labels):
+    """(NumPy dtype, TensorSpec) of the labels, or (None, None) without labels."""
+    if labels is None:
+        return None, None
+    values = list(labels.values())
+    if not values:
+        return np.int64, tf.TensorSpec([], tf.int64)
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iub":
+        dtype, tfd = np.int64, tf.int64
+    elif arr.dtype.kind == "f":
+        dtype, tfd = np.float32, tf.float32
+    elif arr.dtype.kind in "US":
+        dtype, tfd = object, tf.string
+    else:
+        raise TypeError(f"labels must be numbers, lists of numbers or strings; got values "
+                        f"of dtype {arr.dtype}")
+    return dtype, tf.TensorSpec(arr.shape[1:], tfd)
+
+
+def encode_steps(augment: str, steps) -> np.ndarray:
+    """The drawn steps of one position as one number per augmentation character.
+
+    Steps are in string order with the no-ops left out; this puts each back at
+    its character: 1 for an applied flip, k for rot90, the quality for JPEG,
+    sigma for blur, 0 for no step ('n' has no step: its draw is the stain normals).
+    Any assignment of the steps to matching characters applies the same
+    sequence of operations, so the first match is taken.
+    """
+    out = np.zeros(max(1, len(augment)), np.float32)  # never 0 wide: see _signature
+    s = 0
+    for k, c in enumerate(augment):
+        if c == "n" or s >= len(steps):
+            continue
+        if steps[s].op == OP_OF_CHAR[c]:
+            out[k] = steps[s].args[0] if steps[s].args else 1.0
+            s += 1
+    if s != len(steps):  # pragma: no cover - draws are always in string order
+        raise AssertionError(f"steps {steps} do not follow augmentation {augment!r}")
+    return out
+
+
+class _Generator:
+    """The Python side: plan -> records, labels and draws, one chunk of positions at a time."""
+
+    def __init__(self, base: NumpyLoader, info: LoaderInfo, label_dtype, *, keep_invalid):
+        self.base = base
+        self.info = info
+        self.items = base._items            # labels, TileSource, incl_* flags, on_error
+        self.pipeline = base.pipeline
+        self.label_dtype = label_dtype
+        self.keep_invalid = keep_invalid    # batched + skip: hold skipped slots, see below
+        self.B = base.batch_size or 1
+
+    def __call__(self):
+        epoch = self.info.next_epoch()
+        plan = self.base.plan(epoch)
+        total = None if self.base.infinite else len(plan)
+        if total is not None and self.base.drop_last:
+            total = (total // self.B) * self.B
+        chunk = -(-CHUNK // self.B) * self.B
+        start = 0
+        while total is None or start < total:
+            stop = start + chunk if total is None else min(start + chunk, total)
+            out = self.chunk(plan, epoch, start, stop)
+            if out is not None:
+                yield out
+            start = stop
+
+    def read(self, t, j, position, epoch):
+        """(tile, None) or (None, error) for record j of tfrecord t."""
+        path = self.items.source.paths[t]
+        try:
+            tile = self.items.source.read(t, j)
+            if self.items.on_error == "skip":
+                decode_image(tile.image_raw)  # the reference's decodability, so the same skips
+            elif image_format(tile.image_raw) is None:
+                decode_image(tile.image_raw)  # raises the reference's error for these bytes
+            return tile
+        except TFRecordError as e:
+            if self.items.on_error == "raise":
+                raise e.located(path=path, record=j) from None
+            self.info.skipped.append({"epoch": epoch, "position": position, "path": path,
+                                      "record": j, "error": str(e)})
+            warnings.warn(f"skipped {path} record {j} (stream position {position}): {e}",
+                          stacklevel=2)
+            return None
+
+    def chunk(self, plan, epoch, start, stop):
+        t, j = plan.records(start, stop)
+        positions = np.arange(start, start + len(t))
+        draws = self.pipeline.draw(plan.key, positions)
+        aug = self.pipeline.augment
+        rows = []
+        for k in range(len(t)):
+            tk, jk = int(t[k]), int(j[k])
+            tile = self.read(tk, jk, int(positions[k]), epoch)
+            if tile is None:
+                rows.append(None)
+                continue
+            path = self.items.source.paths[tk]
+            row = {"raw": tile.image_raw, "params": encode_steps(aug, draws.steps[k])}
+            if self.items.labels is not None:
+                row["label"] = self.items.label(tile.slide, path)
+            if self.items.incl_slidenames:
+                row["slide"] = tile.slide.encode("utf-8")
+            if self.items.incl_loc:
+                if tile.loc_x is None or tile.loc_y is None:
+                    raise LabelError(f"{path}, record {jk}: incl_loc=True but the record has "
+                                     "no loc_x/loc_y")
+                row["loc_x"], row["loc_y"] = tile.loc_x, tile.loc_y
+            if draws.stain is not None:
+                row["stain"] = draws.stain[k]
+            rows.append(row)
+        if self.keep_invalid:
+            # Batched with on_error='skip': a batch is one item shorter per skipped record.
+            # A skipped slot holds a copy of a valid item of its batch, flagged invalid and
+            # masked out after batching; a batch with no valid item is left out entirely.
+            kept = []
+            for b in range(0, len(rows), self.B):
+                batch = rows[b:b + self.B]
+                ok = [r for r in batch if r is not None]
+                if ok:
+                    kept += [dict(r, valid=True) if r is not None else dict(ok[0], valid=False)
+                             for r in batch]
+            rows = kept
+        else:
+            rows = [r for r in rows if r is not None]
+        if not rows:
+            return None
+        return self.stack(rows)
+
+    def stack(self, rows):
+        out = {"raw": np.array([r["raw"] for r in rows], dtype=object),
+               "params": np.stack([r["params"] for r in rows]).reshape(len(rows), -1)}
+        if "label" in rows[0]:
+            out["label"] = np.array([r["label"] for r in rows], dtype=self.label_dtype)
+        if "slide" in rows[0]:
+            out["slide"] = np.array([r["slide"] for r in rows], dtype=object)
+        if "loc_x" in rows[0]:
+            out["loc_x"] = np.array([r["loc_x"] for r in rows], dtype=np.int64)
+            out["loc_y"] = np.array([r["loc_y"] for r in rows], dtype=np.int64)
+        if "stain" in rows[0]:
+            out["stain"] = np.stack([r["stain"] for r in rows]).astype(np.float64)
+        if "valid" in rows[0]:
+            out["valid"] = np.array([r["valid"] for r in rows], dtype=bool)
+        return out
+
+
+def _signature(base, label_spec, keep_invalid):
+    sig = {"raw": tf.TensorSpec([None], tf.string),
+           # At least one column: TF 2.21's unbatch() segfaults on a (N, 0) component.
+           "params": tf.TensorSpec([None, max(1, len(base.pipeline.augment))], tf.float32)}
+    if label_spec is not None:
+        sig["label"] = tf.TensorSpec([None, *label_spec.shape], label_spec.dtype)
+    if base._items.incl_slidenames:
+        sig["slide"] = tf.TensorSpec([None], tf.string)
+    if base._items.incl_loc:
+        sig["loc_x"] = tf.TensorSpec([None], tf.int64)
+        sig["loc_y"] = tf.TensorSpec([None], tf.int64)
+    if base.pipeline.normalizer is not None and "n" in base.pipeline.augment:
+        sig["stain"] = tf.TensorSpec([None, base.pipeline.stain_draws], tf.float64)
+    if keep_invalid:
+        sig["valid"] = tf.TensorSpec([None], tf.bool)
+    return sig
+
+
+def image_fn(pipeline):
+    """The TensorFlow image pipeline of ``pipeline`` (a :class:`tilespec.pipeline.Pipeline`):
+    (raw bytes, per-character params, stain normals) -> the yielded image.
+
+    spec/images.md, "Pipeline order": decode, crop, resize, stain normalization,
+    augmentations in string order, transform, standardize."""
+    aug = pipeline.augment
+    normalizer = pipeline.normalizer
+
+    def stain(img, z):
+        if z is None:
+            out = normalizer.transform(img)
+        else:
+            from tilespec.stain import draw_stain_perturbation
+            out = normalizer.transform(img, augment=True,
+                                       perturbation=draw_stain_perturbation(normalizer, z))
+        return np.asarray(out, dtype=np.uint8)
+
+    def fn(raw, params, z=None):
+        img = tfops.decode(raw)
+        if pipeline.crop_width is not None:
+            img = tfops.crop(img, pipeline.crop_left, pipeline.crop_width)
+        if pipeline.resize_target is not None:
+            img = tfops.resize(img, pipeline.resize_target, pipeline.resize_method,
+                               pipeline.resize_aa)
+        if normalizer is not None:
+            shape = img.shape
+            args = [img] if z is None else [img, z]
+            img = tf.numpy_function(stain, args, tf.uint8, stateful=False)
+            img.set_shape(shape)
+        for k, c in enumerate(aug):
+            p = params[k]
+            if c == "x":
+                img = tf.cond(p > 0, lambda i=img: tf.reverse(i, [1]), lambda i=img: i)
+            elif c == "y":
+                img = tf.cond(p > 0, lambda i=img: tf.reverse(i, [0]), lambda i=img: i)
+            elif c == "r":
+                img = tf.image.rot90(img, tf.cast(p, tf.int32))
+            elif c == "j":
+                img = tf.cond(p > 0, lambda i=img, q=p: tfops.jpeg_variable(i, q),
+                              lambda i=img: i)
+            elif c == "b":
+                img = tfops.blur_drawn(img, p)
+        if pipeline.transform is not None:
+            img = pipeline.transform(img)
+        if pipeline.standardize is not None:
+            img = tfops.standardize(img, pipeline.standardize)
+        return img
+
+    return fn
+
+
+def make_dataset(dataset, options: dict):
+    """The ``tf.data.Dataset`` of ``Dataset.tensorflow(**options)`` (spec/adapter_tf.md).
+
+    Elements: ``(image, label[, slide][, loc_x, loc_y])``; image HWC uint8, or float32
+    when standardized ('per_image' by default); label None without labels; slide
+    tf.string; loc_x, loc_y int64. Batched when ``batch_size`` is set.
+    """
+    options = dict(options)
+    deterministic = bool(options.pop("deterministic", True))
+    rank, num_replicas = _shard(options)
+    for name in ("num_parallel_calls",):
+        options.pop(name, None)
+    labels = dataset._loader_labels(options.pop("labels", None))
+    table = dataset.sampling_table()
+    base = _PlanLoader(list(table.paths), table.clip, table.weights, labels=labels,
+                       rank=rank, num_replicas=num_replicas, **options)
+    return build(base, deterministic=deterministic)
+
+
+def build(base: NumpyLoader, *, deterministic: bool = True):
+    """The tf.data pipeline over a validated reference loader ``base`` (its plan,
+    draws, labels and reading), with TensorFlow image ops."""
+    label_dtype, label_spec = _label_spec(base._items.labels)
+    B = base.batch_size
+    keep_invalid = B is not None and base._items.on_error == "skip"
+    length = len(base)
+    info = LoaderInfo(base, length)
+    gen = _Generator(base, info, label_dtype, keep_invalid=keep_invalid)
+    ds = tf.data.Dataset.from_generator(gen, output_signature=_signature(
+        base, label_spec, keep_invalid)).unbatch()
+    images = image_fn(base.pipeline)
+    has_label = label_spec is not None
+    incl_slide, incl_loc = base._items.incl_slidenames, base._items.incl_loc
+
+    def item(e):
+        img = images(e["raw"], e["params"], e.get("stain"))
+        out = [img, e["label"] if has_label else None]
+        if incl_slide:
+            out.append(e["slide"])
+        if incl_loc:
+            out += [e["loc_x"], e["loc_y"]]
+        if keep_invalid:
+            out.append(e["valid"])
+        return tuple(out)
+
+    ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if B is not None:
+        ds = ds.batch(B, drop_remainder=base.drop_last, num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=deterministic)
+        if keep_invalid:
+            def mask(*cols):
+                valid = cols[-1]
+                return tuple(None if c is None else tf.boolean_mask(c, valid)
+                             for c in cols[:-1])
+            ds = ds.map(mask)
+    if base.infinite:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+    elif base._items.on_error == "raise":
+        ds = ds.apply(tf.data.experimental.assert_cardinality(length))
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    _expose(ds, info)
+    return ds
+
+
+def _expose(ds, info: LoaderInfo):
+    """Attach the loader's seed and skipped records to the returned dataset object."""
+    try:
+        ds.tilespec = info
+        ds.seed = info.seed
+        ds.skipped = info.skipped
+    except (AttributeError, TypeError):  # pragma: no cover - a future tf.data may forbid it
+        pass
+
+
+def make_indexed(tfrecords, options: dict):
+    """A finite ``tf.data.Dataset`` of :class:`tilespec.IndexedInterleaver`'s items in
+    index order (epoch ``options['epoch']``, default 0), images by TensorFlow ops."""
+    from tilespec.loader import IndexedInterleaver
+
+    options = dict(options)
+    deterministic = bool(options.pop("deterministic", True))
+    epoch = options.pop("epoch", 0)
+    options.setdefault("standardize", True)
+    if options["standardize"] is True:
+        options["standardize"] = "per_image"
+    ref = IndexedInterleaver(tfrecords, **options)
+    ref.set_epoch(epoch)
+    n = len(ref)
+    label_dtype, label_spec = _label_spec(ref._items.labels)
+    items = ref._items
+    aug = ref.pipeline.augment
+    sig = _signature(_IndexedView(ref), label_spec, False)
+
+    def gen():
+        for a in range(0, n, CHUNK):
+            idx = np.arange(a, min(n, a + CHUNK))
+            draws = ref.pipeline.draw(ref._key, idx)
+            rows = []
+            for k, i in enumerate(idx):
+                t, j = ref.record(int(i))
+                path = items.source.paths[t]
+                try:
+                    tile = items.source.read(t, j)
+                    if image_format(tile.image_raw) is None:
+                        decode_image(tile.image_raw)
+                except TFRecordError as e:
+                    raise e.located(path=path, record=j) from None
+                row = {"raw": tile.image_raw, "params": encode_steps(aug, draws.steps[k])}
+                if items.labels is not None:
+                    row["label"] = items.label(tile.slide, path)
+                if items.incl_slidenames:
+                    row["slide"] = tile.slide.encode("utf-8")
+                if items.incl_loc:
+                    row["loc_x"], row["loc_y"] = tile.loc_x, tile.loc_y
+                if draws.stain is not None:
+                    row["stain"] = draws.stain[k]
+                rows.append(row)
+            yield _Generator.stack(_StackView(label_dtype), rows)
+
+    images = image_fn(ref.pipeline)
+    has_label = label_spec is not None
+
+    def item(e):
+        out = [images(e["raw"], e["params"], e.get("stain")), e["label"] if has_label else None]
+        if items.incl_slidenames:
+            out.append(e["slide"])
+        if items.incl_loc:
+            out += [e["loc_x"], e["loc_y"]]
+        return tuple(out)
+
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig).unbatch()
+    ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n)).prefetch(tf.data.AUTOTUNE)
+    try:
+        ds.tilespec = ref
+        ds.seed = ref.seed
+    except (AttributeError, TypeError):  # pragma: no cover
+        pass
+    return ds
+
+
+class _IndexedView:
+    """What :func:`_signature` reads, for an IndexedInterleaver."""
+
+    def __init__(self, ref):
+        self.pipeline = ref.pipeline
+        self._items = ref._items
+
+
+class _StackView:
+    def __init__(self, label_dtype):
+        self.label_dtype = label_dtype
+
+
+__all__ = ["make_dataset", "make_indexed", "build", "image_fn", "encode_steps", "LoaderInfo"]

@@ -1,0 +1,346 @@
+"""spec/adapter_tf.md: the TensorFlow adapter's loader against the reference.
+
+Every test compares ``Dataset.tensorflow(...)`` with ``Dataset.numpy(...)`` given the
+same options (``shard_idx``/``num_shards`` for ``rank``/``num_replicas``) through
+:func:`tilespec.testing.assert_conforms`: same records, order, labels, slide names and
+locations; images within spec/images.md's tolerances.
+"""
+
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+tf = pytest.importorskip("tensorflow")
+tilespec_tf = pytest.importorskip("tilespec_tf")
+
+import tilespec  # noqa: E402
+from tilespec import plugins, testing as tt  # noqa: E402
+from tilespec.annotations import LabelError  # noqa: E402
+from tilespec.errors import TFRecordError  # noqa: E402
+from tilespec.index import load_index  # noqa: E402
+
+LAYOUTS = [
+    tt.TileDatasetLayout((("s0", "p0", "a", 7), ("s1", "p1", "b", 4), ("s2", "p1", "a", 5)),
+                         tile_px=16, seed=1),
+    tt.TileDatasetLayout((("a0", "p0", "a", 1), ("a1", "p0", "b", 9)), tile_px=12, seed=2),
+    tt.TileDatasetLayout((("b0", "p0", "a", 3), ("b1", "p1", "b", 2), ("b2", "p2", "a", 6),
+                          ("b3", "p2", "b", 1)), tile_px=20, seed=3, image_format="png"),
+]
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    out = []
+    for k, layout in enumerate(LAYOUTS):
+        info = tt.write_tile_dataset(layout, tmp_path_factory.mktemp(f"tf{k}"))
+        out.append(tilespec.Dataset(tfrecords=info["tfrecords"],
+                                    annotations=info["annotations"]))
+    return out
+
+
+def reference_options(opts):
+    """The NumpyLoader spelling of TF options (shard -> rank)."""
+    ref = dict(opts)
+    if "shard_idx" in ref:
+        ref["rank"], ref["num_replicas"] = ref.pop("shard_idx"), ref.pop("num_shards")
+    if ref.get("standardize", True) is True:
+        ref["standardize"] = "per_image"     # TensorFlow's default mode
+    return ref
+
+
+def conforms(ds, opts, n=None):
+    loader = ds.tensorflow(**opts)
+    ref = ds.numpy(**reference_options(opts))
+    if opts.get("infinite", True) and n is None:
+        n = 7
+    return tt.assert_conforms(loader, ref, n=n, options=opts)
+
+
+# ------------------------------------------------------------------ adapter registration
+
+def test_registered_as_tensorflow_adapter():
+    info = {i["name"]: i for i in tilespec.adapters()}["tensorflow"]
+    assert info["distribution"] == "tilespec-tf"
+    assert info["framework"] == f"TensorFlow {tf.__version__}"
+    assert plugins.ops_for("tensorflow").layout == "HWC"
+    # the other backends' hooks are left to their adapters
+    assert tilespec_tf.tilespec_ops("numpy") is None
+    assert tilespec_tf.tilespec_make_loader("torch", None, {}) is None
+    assert tilespec_tf.tilespec_make_indexed("numpy", [], {}) is None
+
+
+def test_returns_a_tf_dataset_with_typed_elements(datasets):
+    ds = datasets[0]
+    d = ds.tensorflow(labels="category", infinite=False, seed=3, incl_slidenames=True,
+                      incl_loc=True)
+    assert isinstance(d, tf.data.Dataset)
+    img, label, slide, x, y = d.element_spec
+    assert img.dtype == tf.float32 and img.shape.as_list() == [None, None, 3]
+    assert label.dtype == tf.int64 and slide.dtype == tf.string
+    assert x.dtype == y.dtype == tf.int64
+    assert d.seed == 3 and d.cardinality().numpy() == ds.num_tiles
+    u8 = ds.tensorflow(standardize=False, batch_size=4, seed=1)
+    assert u8.element_spec[0].dtype == tf.uint8
+    assert type(u8.element_spec[1]).__name__ == "NoneTensorSpec"
+    assert next(iter(u8))[1] is None
+    assert u8.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
+
+
+# ------------------------------------------------------------------ the stream, by property
+
+@st.composite
+def tf_options(draw):
+    R = draw(st.integers(1, 3))
+    opts = {"seed": draw(st.integers(0, 2**63 - 1)), "infinite": draw(st.booleans()),
+            "shuffle": draw(st.booleans()), "shard_idx": draw(st.integers(0, R - 1)),
+            "num_shards": R, "batch_size": draw(st.one_of(st.none(), st.integers(1, 5))),
+            "drop_last": draw(st.booleans()),
+            "augment": draw(tt.augment_strings("xyrjb", max_size=4)),
+            "standardize": draw(st.sampled_from([True, False, "unit", "per_image"])),
+            "incl_slidenames": draw(st.booleans()), "incl_loc": draw(st.booleans()),
+            "labels": draw(st.sampled_from([None, "category"]))}
+    geometry = draw(st.sampled_from(["none", "crop", "resize", "both"]))
+    if geometry in ("crop", "both"):
+        opts.update(crop_left=draw(st.integers(0, 3)), crop_width=draw(st.integers(4, 8)))
+    if geometry in ("resize", "both"):
+        opts.update(resize_target=draw(st.integers(3, 24)),
+                    resize_method=draw(st.sampled_from(["lanczos3", "bilinear", "nearest",
+                                                        "area", "bicubic"])),
+                    resize_aa=draw(st.booleans()))
+    return opts
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+          max_examples=max(10, settings.default.max_examples // 4))  # ~0.3 s an example
+@given(k=st.integers(0, len(LAYOUTS) - 1), opts=tf_options())
+def test_stream_conforms_to_reference(datasets, k, opts):
+    ds = datasets[k]
+    try:
+        ref = ds.numpy(**reference_options(opts))
+        len(ref)
+    except ValueError:  # a rank owning nothing: the reference refuses, so must the adapter
+        with pytest.raises(ValueError):
+            ds.tensorflow(**opts)
+        return
+    n = conforms(ds, opts)
+    if not opts["infinite"]:
+        assert n == len(ref)
+
+
+def test_every_record_once_across_shards(datasets):
+    ds = datasets[0]
+    seen = []
+    for r in range(3):
+        d = ds.tensorflow(infinite=False, shard_idx=r, num_shards=3, seed=11,
+                          incl_slidenames=True, incl_loc=True, standardize=False)
+        seen += [(s.numpy(), int(x)) for _, _, s, x, _ in d]
+    assert len(seen) == len(set(seen)) == ds.num_tiles
+
+
+def test_input_context_sets_the_shard(datasets):
+    ds = datasets[0]
+    ctx = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=2,
+                                     num_replicas_in_sync=3)
+    d = ds.tensorflow(input_context=ctx, infinite=False, seed=4, standardize=False,
+                      incl_loc=True)
+    ref = ds.numpy(rank=2, num_replicas=3, infinite=False, seed=4, standardize=False,
+                   incl_loc=True)
+    assert tt.assert_conforms(d, ref, options={"incl_loc": True}) == len(ref)
+    with pytest.raises(ValueError, match="input_context sets the shard"):
+        ds.tensorflow(input_context=ctx, shard_idx=0, num_shards=2)
+
+
+def test_shard_arguments_are_checked(datasets):
+    ds = datasets[0]
+    with pytest.raises(ValueError, match="not both"):
+        ds.tensorflow(shard_idx=0, num_shards=2, rank=0, num_replicas=2)
+    with pytest.raises(ValueError, match="both an index and a count"):
+        ds.tensorflow(shard_idx=1)
+    with pytest.raises(ValueError, match="rank must be in"):
+        ds.tensorflow(shard_idx=2, num_shards=2)
+    # rank/num_replicas are accepted too (the reference's names)
+    conforms(ds, dict(rank=1, num_replicas=2, infinite=False, seed=2, standardize=False))
+
+
+def test_reference_errors_for_bad_options(datasets):
+    ds = datasets[0]
+    with pytest.raises(ValueError, match="unknown augmentation character"):
+        ds.tensorflow(augment="xq")
+    with pytest.raises(ValueError, match="crop_left and crop_width go together"):
+        ds.tensorflow(crop_left=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        ds.tensorflow(batch_size=0)
+    with pytest.raises(ValueError, match="on_error"):
+        ds.tensorflow(on_error="ignore")
+    with pytest.raises(TypeError):
+        ds.tensorflow(no_such_option=1)
+
+
+def test_crop_outside_the_image_is_an_error(datasets):
+    d = datasets[0].tensorflow(crop_left=10, crop_width=10, seed=0, standardize=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="crop box"):
+        next(iter(d))
+
+
+# ------------------------------------------------------------------ epochs, seeds, labels
+
+def test_each_finite_iteration_is_the_next_epoch(datasets):
+    ds = datasets[0]
+    opts = dict(infinite=False, seed=8, shuffle=True, augment="xyr", standardize=False,
+                incl_loc=True)
+    d = ds.tensorflow(**opts)
+    ref = ds.numpy(**opts)
+    for _ in range(3):   # epochs 0, 1, 2: new order and new draws each time
+        assert tt.assert_conforms(d, ref, options=opts) == len(ref)
+    assert d.tilespec.epoch == 3
+
+
+def test_seed_is_drawn_and_exposed(datasets):
+    ds = datasets[1]
+    d = ds.tensorflow(augment="xyr", standardize=False, incl_loc=True)
+    assert isinstance(d.seed, int) and 0 <= d.seed < 2**63
+    opts = dict(augment="xyr", standardize=False, incl_loc=True, seed=d.seed)
+    tt.assert_conforms(d, ds.numpy(**opts), n=10, options=opts)
+
+
+def test_labels_float_and_multi_header(datasets):
+    ds = datasets[0]
+    slides = ds.slides()
+    floats = {s: 0.5 + k for k, s in enumerate(slides)}
+    d = ds.tensorflow(labels=floats, infinite=False, seed=1, standardize=False)
+    assert d.element_spec[1].dtype == tf.float32
+    conforms(ds, dict(labels=floats, infinite=False, seed=1, standardize=False))
+    multi = {s: [k, 2 * k] for k, s in enumerate(slides)}
+    d = ds.tensorflow(labels=multi, batch_size=3, seed=1, standardize=False)
+    assert d.element_spec[1].shape.as_list() == [None, 2]
+    conforms(ds, dict(labels=multi, batch_size=3, seed=1, standardize=False))
+
+
+def test_missing_label_names_the_slide(datasets):
+    ds = datasets[0]
+    d = ds.tensorflow(labels={"s0": 1}, infinite=False, seed=0)
+    with pytest.raises(Exception, match="has no label"):
+        list(d)
+    with pytest.raises(LabelError):
+        list(ds.numpy(labels={"s0": 1}, infinite=False, seed=0))
+
+
+def test_transform_receives_a_tf_tensor(datasets):
+    ds = datasets[0]
+    seen = []
+
+    def transform(img):
+        seen.append(tf.is_tensor(img))
+        return 255 - img
+
+    d = ds.tensorflow(transform=transform, standardize=False, seed=3, infinite=False)
+    ref = ds.numpy(transform=lambda im: 255 - im, standardize=False, seed=3, infinite=False)
+    assert tt.assert_conforms(d, ref, options={}) == len(ref) and all(seen)
+
+
+def test_stain_normalization_and_augmentation(datasets):
+    ds = datasets[0]
+    for method, aug in (("reinhard_fast", "n"), ("macenko", "xn")):
+        opts = dict(normalizer=method, augment=aug, seed=5, standardize=False)
+        d = ds.tensorflow(**opts)
+        ref = ds.numpy(**opts)
+        tt.assert_conforms(d, ref, n=6, options=opts)
+
+
+def test_nondeterministic_map_keeps_the_records(datasets):
+    ds = datasets[0]
+    d = ds.tensorflow(infinite=False, seed=2, incl_loc=True, incl_slidenames=True,
+                      deterministic=False, standardize=False)
+    got = sorted((s.numpy(), int(x)) for _, _, s, x, _ in d)
+    ref = sorted((s, int(x)) for _, _, s, x, _ in ds.numpy(infinite=False, seed=2,
+                                                           incl_loc=True,
+                                                           incl_slidenames=True,
+                                                           standardize=False))
+    assert [(a.decode(), b) for a, b in got] == ref
+
+
+# ------------------------------------------------------------------ bad records
+
+@pytest.fixture
+def corrupt(datasets, tmp_path):
+    """A copy of dataset 0 whose tfrecord s1 has record 2's payload corrupted."""
+    src = datasets[0]
+    folder = tmp_path / "tfrecords"
+    folder.mkdir()
+    for p in src.tfrecords():
+        shutil.copy(p, folder)
+    path = str(folder / "s1.tfrecords")
+    offsets = load_index(path)[0]
+    with open(path, "r+b") as f:
+        f.seek(int(offsets[2, 0]) + 12 + 5)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))
+    return tilespec.Dataset(tfrecords=str(folder))
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 3])
+def test_skip_corrupt_record_agrees_with_reference(corrupt, batch_size):
+    opts = dict(infinite=False, seed=6, on_error="skip", batch_size=batch_size,
+                incl_slidenames=True, incl_loc=True, augment="xy", standardize=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = corrupt.tensorflow(**opts)
+        ref = corrupt.numpy(**opts)
+        n = tt.assert_conforms(d, ref, options=opts)
+    assert n >= len(ref) - 1
+    assert len(d.skipped) == 1 == len(ref.skipped)
+    assert {k: d.skipped[0][k] for k in ("position", "path", "record")} == \
+        {k: ref.skipped[0][k] for k in ("position", "path", "record")}
+
+
+def test_skip_a_whole_batch(corrupt):
+    # batch_size 1: the batch of the corrupt record is left out, as in the reference
+    opts = dict(infinite=True, seed=1, on_error="skip", batch_size=1, incl_loc=True,
+                standardize=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tt.assert_conforms(corrupt.tensorflow(**opts), corrupt.numpy(**opts), n=40,
+                           options=opts)
+
+
+def test_raise_on_corrupt_record(corrupt):
+    with pytest.raises(TFRecordError, match=r"s1.tfrecords.*record 2"):
+        list(corrupt.numpy(infinite=False, seed=6))
+    with pytest.raises(Exception, match=r"s1.tfrecords.*record 2"):
+        list(corrupt.tensorflow(infinite=False, seed=6))
+
+
+def test_undecodable_image_is_skipped_like_the_reference(tmp_path):
+    from tilespec.example import encode_tile
+    from tilespec.records import write_records
+
+    folder = tmp_path / "tfrecords"
+    folder.mkdir()
+    good = tt.write_tile_dataset(LAYOUTS[0], tmp_path / "src")["paths"][0]
+    payloads = [p for p in tilespec.read_records(good)]
+    payloads.insert(3, encode_tile(b"\xff\xd8\xff\xe0 truncated", "s0", 99, 0))
+    write_records(str(folder / "s0.tfrecords"), payloads)
+    ds = tilespec.Dataset(tfrecords=str(folder))
+    opts = dict(infinite=False, seed=0, on_error="skip", incl_loc=True, standardize=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = ds.tensorflow(**opts)
+        ref = ds.numpy(**opts)
+        assert tt.assert_conforms(d, ref, options=opts) == len(payloads) - 1
+    assert [s["record"] for s in d.skipped] == [s["record"] for s in ref.skipped] == [3]
+
+
+# ------------------------------------------------------------------ indexed dataset
+
+def test_indexed_dataset_equals_indexed_interleaver(datasets):
+    ds = datasets[0]
+    opts = dict(shuffle=True, seed=9, rank=1, num_replicas=2, augment="xyr",
+                standardize=False, incl_slidenames=True, incl_loc=True, labels=None)
+    d = plugins.make_indexed("tensorflow", ds.tfrecords(), opts)
+    ref = tilespec.IndexedInterleaver(ds.tfrecords(), **opts)
+    assert tt.assert_conforms(d, (ref[i] for i in range(len(ref))), options=opts) == len(ref)
