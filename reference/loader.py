@@ -10,17 +10,19 @@ decides *what* is read and *how it is augmented* is a pure function of
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections import OrderedDict
 from typing import Mapping
 
 import numpy as np
+from PIL import Image
 
 from .annotations import LabelError
 from .errors import TFRecordError
 from .example import parse_tile
-from .images import decode_image
+from .images import JPEG_MAGIC, decode_image
 from .index import load_index
 from .pipeline import Pipeline
 from .records import read_record_at
@@ -58,7 +60,7 @@ class TileSource:
             if len(self._files) >= self.max_open:
                 _, old = self._files.popitem(last=False)
                 old.close()
-            f = open(self.paths[t], "rb")
+            f = open(self.paths[t], "rb", buffering=1 << 16)  # a record or more per read
         self._files[t] = f
         return f
 
@@ -86,6 +88,69 @@ class TileSource:
             pass
 
 
+def decode_view(data) -> np.ndarray:
+    """:func:`~tilespec.images.decode_image` without its final copy (spec/images.md, "Decode").
+
+    For the common case, an 8-bit RGB JPEG, returns the decoded pixels as a
+    read-only view of Pillow's output (the same libjpeg decode with the same
+    options as ``decode_image``, so the same pixels). Anything else, and any
+    failure, goes through ``decode_image`` itself, so results and errors are
+    exactly its own. The loaders copy the view only where an owned array is
+    handed on (see :meth:`_ItemMaker.make`), saving one copy of every tile on the
+    batched path, where :func:`collate` copies it into the batch anyway.
+    """
+    if bytes(data[:3]) == JPEG_MAGIC:
+        try:
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+                im.load()
+                if im.mode == "RGB":
+                    arr = np.asarray(im)
+                    if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
+                        return arr
+        except Exception:  # noqa: BLE001 - decode_image below raises the precise error
+            pass
+    return decode_image(data)
+
+
+def decode_into(data, out: np.ndarray) -> bool:
+    """Decode an 8-bit RGB JPEG straight into ``out``, an (H, W, 3) uint8 C-contiguous
+    array of the image's size; True when done.
+
+    The same decode as :func:`decode_view`, with Pillow's packing of the
+    decoded pixels (what ``tobytes`` does) written into ``out`` chunk by chunk
+    instead of into a new buffer that is then copied: one pass over the image
+    fewer, which is what lets the batched loader keep up with a bare loop of
+    decodes. Returns False, with ``out`` in an unspecified state, for any other
+    input or size, any failure, or a Pillow without this encoder interface; the
+    caller then decodes the usual way (so errors are ``decode_image``'s own).
+    """
+    if bytes(data[:3]) != JPEG_MAGIC:
+        return False
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+            if im.mode != "RGB" or im.size != (out.shape[1], out.shape[0]):
+                return False
+            im.load()
+            if im.mode != "RGB" or im.size != (out.shape[1], out.shape[0]):
+                return False
+            enc = Image._getencoder("RGB", "raw", "RGB")
+            enc.setimage(im.im, (0, 0) + im.size)
+            dest = memoryview(out).cast("B")
+            end = dest.nbytes
+            at = 0
+            while True:
+                _, status, chunk = enc.encode(1 << 16)
+                stop = at + len(chunk)
+                if stop > end:
+                    return False
+                dest[at:stop] = chunk
+                at = stop
+                if status:
+                    return status > 0 and at == end
+    except Exception:  # noqa: BLE001 - the caller falls back to decode_image
+        return False
+
+
 class _ItemMaker:
     """Shared by both loaders: (t, j, draws) -> the yielded tuple."""
 
@@ -103,13 +168,30 @@ class _ItemMaker:
         self.incl_loc = bool(incl_loc)
         self.on_error = on_error
         self.skipped: list = []
+        p = pipeline
+        # nothing after decode: a batched loader may decode straight into its batch
+        self.identity = (not p.augment and p.normalizer is None and p.transform is None and
+                         p.standardize is None and p.crop_width is None and
+                         p.resize_target is None)
 
-    def make(self, t: int, j: int, position: int, steps, stain_z):
-        """The item for record j of tfrecord t at ``position``, or None when skipped."""
+    def make(self, t: int, j: int, position: int, steps, stain_z, *, owned: bool = True,
+             into: np.ndarray | None = None):
+        """The item for record j of tfrecord t at ``position``, or None when skipped.
+
+        The image is a new writeable array, as :func:`decode_image` returns, except
+        with ``owned=False`` (batched loaders, whose :func:`collate` copies every
+        image into the batch), where it may be a read-only view of the decoder's
+        output when no step of the pipeline replaced it. ``into`` (only used when
+        the pipeline does nothing after decode) is a batch slot to decode into:
+        when that works the item's image is ``into`` itself.
+        """
         path = self.source.paths[t]
         try:
             tile = self.source.read(t, j)
-            img = decode_image(tile.image_raw)
+            if into is not None and self.identity and decode_into(tile.image_raw, into):
+                img = raw = into
+            else:
+                img = raw = decode_view(tile.image_raw)
         except TFRecordError as e:
             if self.on_error == "raise":
                 raise e.located(path=path, record=j) from None
@@ -118,8 +200,12 @@ class _ItemMaker:
             warnings.warn(f"skipped {path} record {j} (stream position {position}): {e}",
                           stacklevel=3)
             return None
+        if self.pipeline.transform is not None and not raw.flags.writeable:
+            img = raw = raw.copy()  # a user transform may write into its input
         try:
             img = self.pipeline.apply(img, steps, stain_z)
+            if owned and img is raw and not raw.flags.writeable:
+                img = raw.copy()
         except Exception as e:
             if hasattr(e, "add_note"):
                 e.add_note(f"while processing {path}, record {j}, stream position {position}")
@@ -147,11 +233,15 @@ class _ItemMaker:
         self.source.close()
 
 
-def collate(items):
+def collate(items, images=None):
     """Stack items into a batch: images (N, ...), labels array (or None), slides
-    (str array), loc_x and loc_y (int64 arrays)."""
+    (str array), loc_x and loc_y (int64 arrays).
+
+    ``images``, when given, is the already stacked image column (the loader
+    builds it while it makes the items); the items' own images are then ignored.
+    """
     cols = list(zip(*items))
-    out = [np.stack(cols[0])]
+    out = [np.stack(cols[0]) if images is None else images]
     labels = cols[1]
     out.append(None if labels[0] is None else np.asarray(labels))
     for k, col in enumerate(cols[2:], start=2):
@@ -243,17 +333,56 @@ class NumpyLoader:
     # -- items --------------------------------------------------------------------------------
     def items(self, start: int, stop: int, plan: StreamPlan | None = None) -> list:
         """Items of positions [start, stop) (skipped ones left out), in order."""
+        return self._make_items(start, stop, plan, owned=True)[0]
+
+    def _make_items(self, start, stop, plan=None, *, owned=True, stack=False):
+        """``(items, images)``: the items of positions [start, stop) and, with ``stack``,
+        their images already stacked as :func:`collate` would (else None).
+
+        With ``stack`` every image is copied into the batch array as soon as it is
+        made, and the item keeps None in its place: the decoder's buffer is then
+        free for the next tile (it stays in cache and in memory the process
+        already holds) instead of 64 tiles' worth of fresh memory per batch.
+        When the pipeline does nothing after decode, tiles are decoded straight
+        into their batch slot (:func:`decode_into`) and not copied at all.
+        Should the images differ in shape or dtype, the images are put back and
+        ``images`` is None, so :func:`collate` stacks (or fails) exactly as before.
+        """
         plan = plan or self._plan
         t, j = plan.records(start, stop)
-        positions = np.arange(start, start + len(t))
+        n = len(t)
+        positions = np.arange(start, start + n)
         draws = self.pipeline.draw(plan.key, positions)
+        stain = draws.stain
+        make = self._items.make
+        direct = stack and self._items.identity  # decode straight into the batch
         out = []
-        for k in range(len(t)):
-            item = self._items.make(int(t[k]), int(j[k]), int(positions[k]), draws.steps[k],
-                                    None if draws.stain is None else draws.stain[k])
-            if item is not None:
-                out.append(item)
-        return out
+        buf = None
+        for k, (tk, jk, pk) in enumerate(zip(t.tolist(), j.tolist(), positions.tolist())):
+            slot = buf[len(out)] if buf is not None and direct else None
+            item = make(tk, jk, pk, draws.steps[k], None if stain is None else stain[k],
+                        owned=owned, into=slot)
+            if item is None:
+                continue
+            if stack:
+                img = item[0]
+                if buf is None and isinstance(img, np.ndarray):
+                    buf = np.empty((n,) + img.shape, dtype=img.dtype)
+                if slot is not None and img is slot:
+                    item = (None,) + item[1:]
+                elif (buf is not None and isinstance(img, np.ndarray) and
+                        img.shape == buf.shape[1:] and img.dtype == buf.dtype):
+                    buf[len(out)] = img
+                    item = (None,) + item[1:]
+                else:  # not stackable here: put the images back, collate decides
+                    stack = False
+                    if buf is not None:
+                        out = [(buf[i].copy(),) + it[1:] for i, it in enumerate(out)]
+                    buf = None
+            out.append(item)
+        if not stack or buf is None:
+            return out, None
+        return out, (buf if len(out) == n else buf[:len(out)].copy())
 
     def __iter__(self):
         if self._plan.epoch != self.epoch:
@@ -266,13 +395,15 @@ class NumpyLoader:
             stop = start + B if total is None else min(start + B, total)
             if total is not None and self.drop_last and stop - start < B:
                 break
-            items = self.items(start, stop, plan)
+            items, images = self._make_items(start, stop, plan,
+                                             owned=self.batch_size is None,
+                                             stack=self.batch_size is not None)
             self.position = stop
             if self.batch_size is None:
                 if items:
                     yield items[0]
             elif items:
-                yield collate(items)
+                yield collate(items, images)
         self.epoch += 1
         self.position = 0
 
