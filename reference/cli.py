@@ -196,7 +196,8 @@ def cmd_verify(args, out=None) -> int:
 
 
 def cmd_demo(args, out=None) -> int:
-    """``tilespec demo [DIR]``: write the synthetic dataset, index it, inspect it."""
+    """``tilespec demo [DIR]``: write the synthetic dataset, index and inspect it, show
+    sampling on it, and train a tiny model when the PyTorch adapter is installed."""
     from .synthetic import write_synthetic_dataset
 
     out = sys.stdout if out is None else out
@@ -208,9 +209,11 @@ def cmd_demo(args, out=None) -> int:
     ns = argparse.Namespace(target=info["tfrecords"], verbose=True)
     cmd_index(ns, out)
     cmd_inspect(ns, out)
-    from .demo import sampling_demo
+    from .demo import sampling_demo, training_demo
 
     sampling_demo(info, out)
+    if args.train_steps > 0:
+        training_demo(info, out, steps=args.train_steps)
     return 0
 
 
@@ -261,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="write, index and inspect the built-in synthetic dataset")
     s.add_argument("dir", nargs="?", default="demo-data")
     s.add_argument("--tile-px", type=int, default=64)
+    s.add_argument("--train-steps", type=int, default=200,
+                   help="steps of the training example (PyTorch adapter; 0: no training)")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -53,3 +53,22 @@ def sampling_demo(info: dict, out=sys.stdout, seed: int = 7) -> dict:
           f"{len(batches) - 2} batches are {'identical' if same else 'DIFFERENT'}", file=out)
     figures["resume_identical"] = same
     return figures
+
+
+def training_demo(info: dict, out=sys.stdout, steps: int = 200, seed: int = 0):
+    """Train the PyTorch adapter's tiny example model on the demo dataset
+    (spec/adapter_torch.md, "Training example"); say how to get it when the adapter
+    is not installed. Returns the adapter's figures, or None."""
+    from .plugins import backends
+
+    if "torch" not in backends():
+        print("\ntraining example skipped: the PyTorch adapter is not installed "
+              "(pip install torch==2.13.0, then pip install -e adapters_torch/)", file=out)
+        return None
+    import importlib
+
+    train = importlib.import_module("tilespec_torch.train")  # the adapter, not the reference
+    print(f"\ntraining a tiny CNN for {steps} steps through Dataset.torch() "
+          "(category-balanced, augment='xyr'):", file=out)
+    return train.train_demo(info["tfrecords"], info["annotations"], out=out, steps=steps,
+                            seed=seed)

@@ -35,7 +35,7 @@ def _one_error_line(capsys, rc):
 
 def test_demo(tmp_path, capsys):
     root = tmp_path / "demo"
-    assert main(["demo", str(root), "--tile-px", "32"]) == 0
+    assert main(["demo", str(root), "--tile-px", "32", "--train-steps", "0"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
     assert "wrote 6 tfrecords" in out and "CRC32C backend" in out
@@ -44,7 +44,7 @@ def test_demo(tmp_path, capsys):
     assert sorted(os.listdir(root)) == ["annotations.csv", "tfrecords"]
     assert len(os.listdir(root / "tfrecords")) == 12  # 6 tfrecords + 6 indexes
     # a second demo rewrites identical files: the indexes stay valid
-    assert main(["demo", str(root), "--tile-px", "32"]) == 0
+    assert main(["demo", str(root), "--tile-px", "32", "--train-steps", "0"]) == 0
     assert "0 indexes written, 6 valid" in capsys.readouterr().out
 
 
@@ -261,3 +261,23 @@ def test_cli_lists_adapters(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("numpy")
     assert "tilespec-torch" in out and "tilespec-tf" in out
+
+
+def test_demo_trains_through_the_torch_adapter(demo_dataset):
+    pytest.importorskip("torch")
+    from tilespec.demo import training_demo
+
+    out = io.StringIO()
+    figures = training_demo(demo_dataset, out, steps=20)
+    assert figures["steps"] == 20 and np.isfinite(figures["loss"])
+    assert 0.0 <= figures["accuracy"] <= 1.0
+    assert "training a tiny CNN for 20 steps" in out.getvalue()
+
+
+def test_demo_without_torch_adapter_says_how_to_get_it(demo_dataset, monkeypatch):
+    from tilespec import demo, plugins
+
+    monkeypatch.setattr(plugins, "backends", lambda: ["numpy"])
+    out = io.StringIO()
+    assert demo.training_demo(demo_dataset, out) is None
+    assert "pip install -e adapters_torch/" in out.getvalue()
