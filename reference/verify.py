@@ -377,11 +377,19 @@ def verify_file(path, *, level: str = "images", index: bool = True,
                 try:
                     _walk(f, scan, None)
                 except (OSError, EOFError, zlib.error) as e:  # damage in the GZIP layer
-                    what = "ends early" if isinstance(e, EOFError) else "is corrupt"
-                    scan.problem("truncated" if isinstance(e, EOFError) else "gzip",
-                                 report.records, None,
-                                 f"GZIP stream {what} after {report.records} complete records "
-                                 f"({type(e).__name__}: {e}); the rest cannot be read")
+                    if (report.records == 0 and isinstance(e, gzip.BadGzipFile)
+                            and str(e).startswith(("Not a gzipped file",
+                                                   "Unknown compression method"))):
+                        scan.problem("not-tfrecord", 0, 0, "not a TFRecord file: the first "
+                                     "header fails its checksum, and the file starts with the "
+                                     f"GZIP magic bytes but is not GZIP either ({e})")
+                    else:
+                        what = "ends early" if isinstance(e, EOFError) else "is corrupt"
+                        scan.problem("truncated" if isinstance(e, EOFError) else "gzip",
+                                     report.records, None,
+                                     f"GZIP stream {what} after {report.records} complete "
+                                     f"records ({type(e).__name__}: {e}); the rest cannot "
+                                     "be read")
             report.index = "not applicable (GZIP)"
             return report
         with open(path, "rb", buffering=0) as raw:

@@ -15,11 +15,9 @@ Example counts come from the hypothesis profile (tests/conftest.py): ``ci``
 
 import gzip
 import io
-import os
 import warnings
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tilespec

@@ -275,6 +275,20 @@ def test_gzip_files(tmp_path, slide):
     assert result.problems[0].record == result.records
 
 
+def test_damaged_gzip_layer(tmp_path, slide):
+    gz = tmp_path / "z.tfrecords"
+    good = gzip.compress(slide.read_bytes(), mtime=0)
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF  # inside the deflate data
+    gz.write_bytes(bytes(data))
+    kinds = [p.kind for p in verify(gz).problems]
+    assert kinds and kinds[-1] in ("gzip", "payload-crc", "length-crc")
+    # the GZIP magic bytes, then something that is neither GZIP nor TFRecord
+    gz.write_bytes(b"\x1f\x8b" + b"not gzip at all" * 3)
+    p = _only(verify(gz), "not-tfrecord")
+    assert (p.record, p.offset) == (0, 0) and "GZIP" in p.message
+
+
 def test_result_is_the_same_with_a_process_pool(folder):
     for name in ("slide-a1", "slide-d2"):
         p = folder / f"{name}.tfrecords"
