@@ -261,3 +261,37 @@ def test_train_demo_runs_and_reports(demo_dataset):
     assert res["steps"] == 40 and res["val_tiles"] == 72 and 0 <= res["accuracy"] <= 1
     assert res["categories"] == ["normal", "tumor"] and res["seed"] == 0
     assert np.isfinite(res["loss"])
+
+
+# -------------------------------------------------------------------- batch memory
+def test_batch_buffers_are_reused_only_when_no_tensor_uses_them():
+    from tilespec_torch.loader import _BufferPool
+
+    pool = _BufferPool(keep=2)
+    shape = (8, 3, 128, 128)                       # 1.5 MiB of float32 -> 4 MiB below
+    a = pool.tensor((16,) + shape[1:], torch.float32)
+    a.fill_(1.0)
+    ptr = a.data_ptr()
+    view = a[3]
+    del a
+    b = pool.tensor((16,) + shape[1:], torch.float32)
+    assert b.data_ptr() != ptr                     # a view still holds the first mapping
+    del view
+    c = pool.tensor((16,) + shape[1:], torch.float32)
+    assert c.data_ptr() == ptr                     # now it is free again
+    assert pool.tensor(shape[1:], torch.float32).numel() == 3 * 128 * 128  # small: plain
+
+
+@pytest.mark.parametrize("mode", [None, "unit", "per_image"])
+def test_stacked_batches_equal_stacked_ops(mode):
+    from tilespec_torch import ops
+    from tilespec_torch.loader import stack_images
+
+    rng = np.random.default_rng(0)
+    imgs = [ops.rot90(ops.from_numpy(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)), k)
+            for k in range(4)]
+    got = stack_images(imgs, mode)
+    want = torch.stack([im if mode is None else ops.standardize(im, mode) for im in imgs])
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    with pytest.raises(ValueError, match="different shapes"):
+        stack_images([imgs[0], imgs[0][:, :5]], mode)

@@ -13,7 +13,9 @@ wires the stream into ``torch.utils.data``.
 from __future__ import annotations
 
 import copy
+import mmap
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -42,8 +44,11 @@ class TorchPipeline:
     CHW uint8 tensor), standardize.
     """
 
-    def __init__(self, pipeline):
+    def __init__(self, pipeline, defer_standardize: bool = False):
         self.pipeline = pipeline
+        # Batched loaders standardize in :func:`collate`, writing each image straight
+        # into the batch tensor (no per-item float copy).
+        self.defer_standardize = bool(defer_standardize)
 
     def __getattr__(self, name):  # the reference pipeline's options (transform, augment, ...)
         if name == "pipeline":
@@ -74,7 +79,11 @@ class TorchPipeline:
         if p.transform is not None:
             x = p.transform(x)
         if p.standardize is not None:
+            if self.defer_standardize:   # standardized by collate; fail here, per item
+                return ops._check_image(x, "the image before standardization")
             x = ops.standardize(x, p.standardize)
+        elif self.defer_standardize and isinstance(x, torch.Tensor):
+            return x                     # collate copies it into the batch
         if isinstance(x, torch.Tensor):
             x = x.contiguous()
             if x.data_ptr() == _data_ptr(img):
@@ -86,10 +95,10 @@ def _data_ptr(img) -> int:
     return img.__array_interface__["data"][0]
 
 
-def _torch_items(ref_items: _ItemMaker, pipeline) -> _ItemMaker:
+def _torch_items(ref_items: _ItemMaker, pipeline, batched: bool = False) -> _ItemMaker:
     """A fresh reference item maker (own open files) with the torch pipeline."""
     return _ItemMaker(ref_items.source.paths, labels=ref_items.labels,
-                      pipeline=TorchPipeline(pipeline),
+                      pipeline=TorchPipeline(pipeline, defer_standardize=batched),
                       incl_slidenames=ref_items.incl_slidenames, incl_loc=ref_items.incl_loc,
                       on_error=ref_items.on_error)
 
@@ -101,13 +110,99 @@ def _labels(col):
     return list(col)
 
 
-def collate(items):
+def _batch_tensor(shape, dtype) -> torch.Tensor:
+    """An uninitialized tensor; in a DataLoader worker its storage is shared memory,
+    so sending the batch to the main process copies nothing (as torch's default
+    collate does)."""
+    if get_worker_info() is None:
+        return _main_tensor(shape, dtype)
+    proto = torch.empty(0, dtype=dtype)
+    numel = 1
+    for d in shape:
+        numel *= d
+    storage = proto._typed_storage()._new_shared(numel, device=proto.device)
+    return proto.new(storage).resize_(*shape)
+
+
+_HUGE = 2 << 20
+_HAVE_MADV_HUGEPAGE = all(hasattr(mmap, n) for n in ("MADV_HUGEPAGE", "MAP_PRIVATE",
+                                                      "MAP_ANONYMOUS"))
+
+
+class _BufferPool:
+    """Batch memory for the main process, recycled once no tensor uses it.
+
+    Every batch of a loader is new memory; on a virtual machine faulting in 50 MB
+    of fresh pages per batch costs more than decoding the tiles
+    (bench/torch_loader.py). So batches of 2 MiB or more live in private anonymous
+    mappings (advised to use transparent huge pages) that are reused: a tensor made
+    with ``torch.frombuffer`` holds a buffer export of its mapping, released when
+    the last tensor or view of that storage is freed, so a mapping whose only
+    reference is the pool's is free. At most ``keep`` mappings per size are kept.
+    """
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._free: dict = {}
+
+    def tensor(self, shape, dtype) -> torch.Tensor:
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+        if nbytes < _HUGE or not _HAVE_MADV_HUGEPAGE:
+            return torch.empty(shape, dtype=dtype)
+        maps = self._free.setdefault(nbytes, [])
+        for mm in maps:
+            if sys.getrefcount(mm) == 3:   # the list, the loop variable, the argument
+                break
+        else:
+            mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            try:
+                mm.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
+            if len(maps) < self.keep:
+                maps.append(mm)
+        return torch.frombuffer(mm, dtype=dtype).view(shape)
+
+
+_POOL = _BufferPool()
+
+
+def _main_tensor(shape, dtype) -> torch.Tensor:
+    """An uninitialized batch tensor in the main process (see :class:`_BufferPool`)."""
+    return _POOL.tensor(shape, dtype)
+
+
+def stack_images(images, standardize=None) -> torch.Tensor:
+    """Stack CHW images into (N, 3, H, W), standardizing with ``standardize`` ('unit',
+    'per_image' or None) while copying, with the results of :func:`ops.standardize`."""
+    first = images[0]
+    for k, im in enumerate(images):
+        if im.shape != first.shape:
+            raise ValueError(f"cannot batch images of different shapes: row 0 is "
+                             f"{tuple(first.shape)}, row {k} is {tuple(im.shape)}")
+    shape = (len(images),) + tuple(first.shape)
+    if standardize is None:
+        return torch.stack(images, out=_batch_tensor(shape, first.dtype))
+    out = _batch_tensor(shape, torch.float32)
+    if standardize == "unit":
+        for k, im in enumerate(images):
+            torch.div(im, ops._HALF_255, out=out[k])
+        return out.sub_(1.0)
+    for k, im in enumerate(images):
+        out[k].copy_(ops.standardize(im, standardize))
+    return out
+
+
+def collate(items, standardize=None):
     """Stack items into a batch (spec/adapter_torch.md, "Items and batches"): images
-    (N, 3, H, W); labels a tensor (N,) or (N, k) for multi-outcome labels, None
-    without labels, a list when labels are not numbers; slide names a list of str;
-    loc_x, loc_y int64 tensors."""
+    (N, 3, H, W) (standardized here when ``standardize`` names a mode); labels a
+    tensor (N,) or (N, k) for multi-outcome labels, None without labels, a list when
+    labels are not numbers; slide names a list of str; loc_x, loc_y int64 tensors."""
     cols = list(zip(*items))
-    out = [torch.stack(cols[0])]
+    out = [stack_images(cols[0], standardize)]
     out.append(None if cols[1][0] is None else _labels(cols[1]))
     for col in cols[2:]:
         if isinstance(col[0], (int, np.integer)):
@@ -151,10 +246,10 @@ class TileStream(IterableDataset):
                           num_replicas=ref.num_replicas, epoch=epoch, infinite=ref.infinite,
                           shuffle=ref.shuffle)
         total = None if ref.infinite else len(plan)
-        maker = _torch_items(ref._items, ref.pipeline)
+        batched = ref.batch_size is not None
+        maker = _torch_items(ref._items, ref.pipeline, batched)
         view = copy.copy(ref)       # the reference's items() over the torch item maker
         view._items = maker
-        batched = ref.batch_size is not None
         try:
             # The DataLoader asks its workers round-robin from worker 0, so worker k
             # makes batches start_batch + k, start_batch + k + W, ...: the batches b
@@ -170,7 +265,8 @@ class TileStream(IterableDataset):
                         items = view.items(start, stop, plan)
                 payload = None
                 if items:
-                    payload = collate(items) if batched else items[0]
+                    payload = (collate(items, ref.pipeline.standardize) if batched
+                               else items[0])
                 yield b, payload, maker.skipped[n_skipped:]
         finally:
             maker.close()

@@ -104,7 +104,7 @@ def rot90(img, k) -> torch.Tensor:
     the same direction."""
     _check_image(img)
     k = _check_int(k, "k") % 4
-    return torch.rot90(img, k, dims=(-2, -1)).contiguous() if k else img.clone()
+    return torch.rot90(img, k, dims=(-2, -1)) if k else img.clone()  # flip: a new tensor
 
 
 def crop(img, left, width) -> torch.Tensor:

@@ -1,0 +1,239 @@
+"""Throughput and memory of the PyTorch loader against the bare-compute limit.
+
+Writes ``--records`` tile records (256x256 JPEG, quality 90, drawn with
+``tilespec.synthetic.tissue_tile``) into 4 tfrecords, then, in the same run:
+
+* **bare**: a plain loop over the JPEG bytes held in memory doing only the
+  decode the loader uses (Pillow) and the same torch ops (the reference's drawn
+  'xyr' steps with ``tilespec_torch.ops``, then 'unit' standardization), one
+  torch thread, one process: tiles/s per core, median of ``--repeats`` runs;
+* **loader**: ``Dataset.torch(batch_size=64, augment='xyr', standardize=True,
+  infinite=True, num_workers=W)`` for each W of ``--workers``: tiles/s over
+  ``--batches`` batches after a warm-up of 2 batches per worker (so worker start
+  is not counted), median of ``--repeats`` runs, and the peak RSS of the main
+  process plus its workers, sampled every 10 batches;
+* **limit** = bare tiles/s per core x max(1, W) worker processes, and the
+  loader's share of it (target: at least 85%);
+* **long run**: ``--long-tiles`` tiles (default 200,000) from one infinite
+  loader with ``--long-workers`` workers, RSS (main + workers) sampled every
+  50 batches: the value after 10% of the run, the peak and the last, to show
+  memory stays flat.
+
+Run ``.venv/bin/python bench/torch_loader.py`` (``--quick`` for a smoke run).
+The machine may be shared: the wall-clock figures are as noisy as the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import MiB, environment, format_table  # noqa: E402
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+import tilespec  # noqa: E402
+from tilespec.augment import draw_augmentations  # noqa: E402
+from tilespec.rng import stream_key  # noqa: E402
+from tilespec.synthetic import encode_jpeg, tissue_tile  # noqa: E402
+from tilespec_torch import ops  # noqa: E402
+
+try:  # the decode the reference's item maker uses (no final copy), when it has one
+    from tilespec.loader import decode_view as _decode
+except ImportError:  # pragma: no cover
+    from tilespec import decode_image as _decode
+
+TILE_PX = 256
+QUALITY = 90
+BATCH = 64
+AUGMENT = "xyr"
+
+
+# ------------------------------------------------------------------ dataset
+def make_pool(n: int, seed: int = 0) -> list:
+    return [encode_jpeg(tissue_tile(np.random.default_rng([seed, i]), TILE_PX, i % 2 == 0),
+                        QUALITY) for i in range(n)]
+
+
+def write_dataset(folder: str, n_records: int, pool: list) -> tilespec.Dataset:
+    os.makedirs(folder, exist_ok=True)
+    files = 4
+    for f in range(files):
+        recs = [tilespec.encode_tile(pool[(f + files * i) % len(pool)], f"bench-slide-{f}",
+                                     loc_x=i, loc_y=f)
+                for i in range(n_records // files)]
+        tilespec.write_records(os.path.join(folder, f"bench-slide-{f}.tfrecords"), recs)
+    ds = tilespec.Dataset(tfrecords=folder)
+    for p in ds.tfrecords():
+        tilespec.load_index(p)
+    return ds
+
+
+# ------------------------------------------------------------------ workloads
+def bare_loop(jpegs: list, steps: list) -> None:
+    """Decode + the torch ops of each tile's drawn steps + standardize."""
+    for data, st in zip(jpegs, steps):
+        x = torch.from_numpy(np.array(_decode(data), copy=False)).permute(2, 0, 1)
+        for s in st:
+            x = getattr(ops, s.op)(x, *s.args)
+        ops.standardize(x, "unit")
+
+
+def rss_tree() -> int:
+    proc = psutil.Process()
+    total = proc.memory_info().rss
+    for c in proc.children(recursive=True):
+        try:
+            total += c.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def loader_run(ds, workers: int, batches: int) -> tuple:
+    """(seconds for ``batches`` batches after warm-up, peak RSS of the process tree)."""
+    L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=True, infinite=True,
+                 num_workers=workers, seed=0)
+    it = iter(L)
+    for _ in range(2 * max(1, workers)):
+        next(it)
+    peak = rss_tree()
+    t0 = time.perf_counter()
+    for b in range(batches):
+        imgs, _ = next(it)
+        if b % 10 == 0:
+            peak = max(peak, rss_tree())
+    dt = time.perf_counter() - t0
+    it.close()
+    return dt, peak
+
+
+def long_run(ds, workers: int, tiles: int, log=None) -> dict:
+    L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=True, infinite=True,
+                 num_workers=workers, seed=1)
+    n_batches = -(-tiles // BATCH)
+    samples = []
+    t0 = time.perf_counter()
+    it = iter(L)
+    for b in range(n_batches):
+        next(it)
+        if b % 50 == 0 or b == n_batches - 1:
+            samples.append((b, rss_tree()))
+            if log and b % 500 == 0:
+                print(f"  long run: batch {b}/{n_batches}, RSS {samples[-1][1] / MiB:.0f} MiB",
+                      file=log)
+    dt = time.perf_counter() - t0
+    it.close()
+    after_warm = next(r for b, r in samples if b >= n_batches // 10)
+    return {"tiles": n_batches * BATCH, "workers": workers, "seconds": dt,
+            "tiles_per_s": n_batches * BATCH / dt, "rss_at_10pct": after_warm,
+            "rss_peak": max(r for _, r in samples), "rss_end": samples[-1][1],
+            "rss_first": samples[0][1], "samples": len(samples)}
+
+
+# ------------------------------------------------------------------ main
+def run(args) -> dict:
+    torch.set_num_threads(1)
+    log = sys.stderr if args.verbose else None
+    pool = make_pool(args.unique)
+    sizes = [len(p) for p in pool]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.dir or os.path.join(tmp, "tfrecords")
+        ds = write_dataset(folder, args.records, pool)
+        n_bare = args.batches * BATCH
+        jpegs = [pool[i % len(pool)] for i in range(n_bare)]
+        steps = draw_augmentations(AUGMENT, stream_key(0, 0, 0), np.arange(n_bare)).steps
+        bare_loop(jpegs[:BATCH], steps[:BATCH])                       # warm-up
+        bare_times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            bare_loop(jpegs, steps)
+            bare_times.append(time.perf_counter() - t0)
+        bare_rate = n_bare / statistics.median(bare_times)
+        rows, results = [], {"bare_tiles_per_s_per_core": bare_rate, "bare_times_s": bare_times}
+        for w in args.workers:
+            times, peaks = [], []
+            for _ in range(args.repeats):
+                dt, peak = loader_run(ds, w, args.batches)
+                times.append(dt)
+                peaks.append(peak)
+                if log:
+                    print(f"  workers={w}: {args.batches * BATCH / dt:,.0f} tiles/s", file=log)
+            rate = args.batches * BATCH / statistics.median(times)
+            limit = bare_rate * max(1, w)
+            results[f"workers_{w}"] = {"tiles_per_s": rate, "limit": limit,
+                                       "fraction": rate / limit, "times_s": times,
+                                       "peak_rss": max(peaks)}
+            rows.append([f"loader num_workers={w}", f"{rate:,.0f}", f"{limit:,.0f}",
+                         f"{100 * rate / limit:.0f}%", f"{max(peaks) / MiB:.0f}",
+                         f"{(max(times) - min(times)) / statistics.median(times) * 100:.0f}%"])
+        rows.insert(0, ["bare decode+ops, 1 core", f"{bare_rate:,.0f}", "-", "-", "-",
+                        f"{(max(bare_times) - min(bare_times)) / statistics.median(bare_times) * 100:.0f}%"])
+        print(f"{args.records} records, 256x256 JPEG q{QUALITY} (mean {np.mean(sizes) / 1e3:.1f} kB,"
+              f" {min(sizes) / 1e3:.1f}-{max(sizes) / 1e3:.1f}), batch {BATCH}, augment "
+              f"'{AUGMENT}' + standardize 'unit', {args.batches} batches per run, median of "
+              f"{args.repeats}; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+        print(format_table(["workload", "tiles/s", "limit", "of limit", "peak RSS MiB",
+                            "spread"], rows))
+        if args.long_tiles:
+            lr = long_run(ds, args.long_workers, args.long_tiles, log)
+            results["long_run"] = lr
+            print(f"long run: {lr['tiles']:,} tiles, num_workers={lr['workers']}, "
+                  f"{lr['tiles_per_s']:,.0f} tiles/s; RSS (main + workers) first "
+                  f"{lr['rss_first'] / MiB:.0f} MiB, after 10% {lr['rss_at_10pct'] / MiB:.0f} MiB,"
+                  f" peak {lr['rss_peak'] / MiB:.0f} MiB, end {lr['rss_end'] / MiB:.0f} MiB "
+                  f"({lr['samples']} samples)")
+    results["environment"] = dict(environment(), torch=torch.__version__,
+                                  load=os.getloadavg())
+    results["args"] = vars(args)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1, default=str)
+    return results
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=None, help="records written (default 2048)")
+    ap.add_argument("--unique", type=int, default=None,
+                    help="distinct JPEG tiles cycled through the files (default 16)")
+    ap.add_argument("--batches", type=int, default=None,
+                    help="timed batches per run (default 40; 8 with --quick)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs per row, median reported (default 5; 2 with --quick)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--long-tiles", type=int, default=None,
+                    help="tiles in the long infinite run (default 200000; 2000 with --quick; "
+                         "0 skips it)")
+    ap.add_argument("--long-workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="a smoke run")
+    ap.add_argument("--dir", help="write the dataset here (default: a temp dir)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.records = args.records or (512 if q else 2048)
+    args.unique = args.unique or (4 if q else 16)
+    args.batches = args.batches or (8 if q else 40)
+    args.repeats = args.repeats or (2 if q else 5)
+    if args.long_tiles is None:
+        args.long_tiles = 2000 if q else 200_000
+    return args
+
+
+def main(argv=None):
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
