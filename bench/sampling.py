@@ -4,7 +4,8 @@ decode-only against a bare loop of Pillow decodes (issue 4's targets).
 Part 1, planning: ``StreamPlan(...).records(0, N)`` for finite and infinite
 streams over several dataset shapes (number of tfrecords, records each,
 uniform or uneven weights, shuffle on or off), and the infinite stream planned
-one batch of 64 at a time, as the loader asks for it. Cost per sample =
+one batch of 64 at a time and one window of 4096 positions at a time (what
+the reference loader asks for; it slices its batches from the window). Cost per sample =
 median run time / samples planned. Target: under 1 microsecond.
 
 Part 2, loader: a synthetic dataset of 256x256 JPEG tiles (quality 90, about
@@ -73,6 +74,8 @@ def plan_cases(quick: bool) -> list:
         (f"infinite T={T} n={n} shuffle", clip, w, True, True, T * n, None),
         (f"infinite T={T} n={n} per batch of 64", clip, w, True, False,
          (8192 if quick else 32768), 64),
+        (f"infinite T={T} n={n} per window of 4096 (loader)", clip, w, True, False,
+         (16384 if quick else 65536), 4096),
         (f"finite  T={T} n={n} per batch of 64", clip, w, False, False, T * n, 64),
     ]
     return cases

@@ -31,6 +31,7 @@ from .sampling import StreamPlan, check_rank, num_batches
 
 ON_ERROR = ("raise", "skip")
 INDEXED_GROUP = 0xFFFFFFFF  # permutation group of the indexed dataset's shuffle
+PLAN_WINDOW = 4096  # stream positions the loader plans at once
 
 
 class TileSource:
@@ -295,6 +296,7 @@ class NumpyLoader:
         self.epoch = 0
         self.position = 0
         self._plan = self.plan(0)  # validates clip/weights now
+        self._window = None  # (plan, start, t, j): positions planned ahead
 
     # -- plans and state ----------------------------------------------------------------------
     def plan(self, epoch: int) -> StreamPlan:
@@ -335,6 +337,22 @@ class NumpyLoader:
         """Items of positions [start, stop) (skipped ones left out), in order."""
         return self._make_items(start, stop, plan, owned=True)[0]
 
+    def _records(self, plan: StreamPlan, start: int, stop: int):
+        """``plan.records(start, stop)``, planned :data:`PLAN_WINDOW` positions at a time.
+
+        Records are a pure function of the position, so a window planned ahead
+        and sliced gives the same (t, j) as asking for every batch, at a fraction
+        of the per-call cost of the vectorized planner.
+        """
+        w = self._window
+        if w is None or w[0] is not plan or start < w[1] or stop > w[1] + len(w[2]):
+            t, j = plan.records(start, max(stop, start + PLAN_WINDOW))
+            w = self._window = (plan, start, t, j)
+            if stop > start + len(t):  # the end of a finite stream
+                stop = start + len(t)
+        a, b = start - w[1], stop - w[1]
+        return w[2][a:b], w[3][a:b]
+
     def _make_items(self, start, stop, plan=None, *, owned=True, stack=False):
         """``(items, images)``: the items of positions [start, stop) and, with ``stack``,
         their images already stacked as :func:`collate` would (else None).
@@ -349,7 +367,7 @@ class NumpyLoader:
         ``images`` is None, so :func:`collate` stacks (or fails) exactly as before.
         """
         plan = plan or self._plan
-        t, j = plan.records(start, stop)
+        t, j = self._records(plan, start, stop)
         n = len(t)
         positions = np.arange(start, start + n)
         draws = self.pipeline.draw(plan.key, positions)
