@@ -115,7 +115,7 @@ def decode_view(data) -> np.ndarray:
 
 def decode_into(data, out: np.ndarray) -> bool:
     """Decode an 8-bit RGB JPEG straight into ``out``, an (H, W, 3) uint8 C-contiguous
-    array of the image's size; True when done.
+    array of the image's size; True when done (spec/images.md, "Decode").
 
     The same decode as :func:`decode_view`, with Pillow's packing of the
     decoded pixels (what ``tobytes`` does) written into ``out`` chunk by chunk
@@ -125,17 +125,35 @@ def decode_into(data, out: np.ndarray) -> bool:
     input or size, any failure, or a Pillow without this encoder interface; the
     caller then decodes the usual way (so errors are ``decode_image``'s own).
     """
+    return _decode_packed(data, out) is not None
+
+
+def decode_new(data) -> np.ndarray | None:
+    """:func:`decode_into` a new (H, W, 3) array sized from the JPEG header: the
+    image as ``decode_image`` returns it (new, writeable, C-contiguous) with one
+    copy fewer; None where :func:`decode_into` would return False
+    (spec/images.md, "Decode")."""
+    return _decode_packed(data, None)
+
+
+def _decode_packed(data, out):
     if bytes(data[:3]) != JPEG_MAGIC:
-        return False
+        return None
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
-            if im.mode != "RGB" or im.size != (out.shape[1], out.shape[0]):
-                return False
+            if im.mode != "RGB":
+                return None
+            w, h = im.size
+            if out is None:
+                out = np.empty((h, w, 3), dtype=np.uint8)
+            elif out.shape != (h, w, 3) or out.dtype != np.uint8 or \
+                    not out.flags.c_contiguous or not out.flags.writeable:
+                return None
             im.load()
-            if im.mode != "RGB" or im.size != (out.shape[1], out.shape[0]):
-                return False
+            if im.mode != "RGB" or im.size != (w, h):
+                return None
             enc = Image._getencoder("RGB", "raw", "RGB")
-            enc.setimage(im.im, (0, 0) + im.size)
+            enc.setimage(im.im, (0, 0, w, h))
             dest = memoryview(out).cast("B")
             end = dest.nbytes
             at = 0
@@ -143,13 +161,13 @@ def decode_into(data, out: np.ndarray) -> bool:
                 _, status, chunk = enc.encode(1 << 16)
                 stop = at + len(chunk)
                 if stop > end:
-                    return False
+                    return None
                 dest[at:stop] = chunk
                 at = stop
                 if status:
-                    return status > 0 and at == end
+                    return out if status > 0 and at == end else None
     except Exception:  # noqa: BLE001 - the caller falls back to decode_image
-        return False
+        return None
 
 
 class _ItemMaker:
@@ -189,10 +207,15 @@ class _ItemMaker:
         path = self.source.paths[t]
         try:
             tile = self.source.read(t, j)
-            if into is not None and self.identity and decode_into(tile.image_raw, into):
-                img = raw = into
-            else:
-                img = raw = decode_view(tile.image_raw)
+            img = None
+            if self.identity:  # nothing after decode: decode into the array handed on
+                if into is not None and decode_into(tile.image_raw, into):
+                    img = into
+                elif owned:
+                    img = decode_new(tile.image_raw)
+            if img is None:
+                img = decode_view(tile.image_raw)
+            raw = img
         except TFRecordError as e:
             if self.on_error == "raise":
                 raise e.located(path=path, record=j) from None
@@ -537,4 +560,5 @@ def _clip_array(clip, paths, counts) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-__all__ = ["NumpyLoader", "IndexedInterleaver", "TileSource", "collate", "ON_ERROR"]
+__all__ = ["NumpyLoader", "IndexedInterleaver", "TileSource", "collate", "ON_ERROR",
+           "decode_view", "decode_into", "decode_new"]

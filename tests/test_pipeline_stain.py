@@ -19,7 +19,7 @@ import tilespec
 from tilespec import ops
 from tilespec.augment import apply_steps
 from tilespec.errors import ImageDecodeError
-from tilespec.loader import IndexedInterleaver, decode_into, decode_view
+from tilespec.loader import PLAN_WINDOW, IndexedInterleaver, decode_into, decode_new, decode_view
 from tilespec.rng import augment_slot, normals, stream_key, uniforms
 from tilespec.stain import StainNormalizer, draw_stain_perturbation
 
@@ -317,8 +317,12 @@ def test_loader_decode_paths_equal_decode_image(samples, name):
     out = np.full(ref.shape, 7, np.uint8)
     done = decode_into(data, out)
     assert done == name.startswith("rgb jpeg")
+    new = decode_new(data)
+    assert (new is not None) == done
     if done:
         np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(new, ref)
+        assert new.flags.writeable and new.flags.owndata and new.flags.c_contiguous
     # a slot of another size is refused, never written past
     big = np.zeros((ref.shape[0] + 1,) + ref.shape[1:], np.uint8)
     assert not decode_into(data, big)
@@ -338,6 +342,7 @@ def test_loader_decode_paths_raise_decode_image_errors(samples, cut):
     assert addr(got) == addr(ref)
     out = np.zeros((37, 53, 3), np.uint8)
     assert not decode_into(bad, out)
+    assert decode_new(bad) is None
 
 
 def test_batched_identity_loader_equals_decode_image(ds, records):
@@ -353,3 +358,29 @@ def test_batched_identity_loader_equals_decode_image(ds, records):
     # unbatched items are new writeable arrays, as decode_image returns
     img = next(iter(ds.numpy(seed=SEED, standardize=False)))[0]
     assert img.flags.writeable and img.flags.owndata
+
+
+def test_loader_planning_window_is_invisible(ds):
+    """The loader plans PLAN_WINDOW positions at a time: batches across a window boundary,
+    and a loader resumed inside a window, hold the records planned in one call."""
+    B = 384
+    n_batches = PLAN_WINDOW // B + 2
+    L = ds.numpy(seed=SEED, batch_size=B, standardize=False, incl_slidenames=True,
+                 incl_loc=True)
+    got = []
+    for _, (_, _, s, x, y) in zip(range(n_batches), L):
+        got += list(zip(s.tolist(), x.tolist(), y.tolist()))
+    t, j = L.plan(0).records(0, n_batches * B)
+    ids = {}
+    for tt, path in enumerate(ds.tfrecords()):
+        for jj, payload in enumerate(tilespec.read_records(path)):
+            tile = tilespec.parse_tile(payload)
+            ids[(tt, jj)] = (tile.slide, tile.loc_x, tile.loc_y)
+    assert got == [ids[(int(a), int(b))] for a, b in zip(t, j)]
+    R = ds.numpy(seed=SEED, batch_size=B, standardize=False, incl_slidenames=True,
+                 incl_loc=True)
+    R.load_state_dict({"seed": SEED, "epoch": 0, "position": B * (n_batches - 3)})
+    tail = []
+    for _, (_, _, s, x, y) in zip(range(3), R):
+        tail += list(zip(s.tolist(), x.tolist(), y.tolist()))
+    assert tail == got[-3 * B:]
