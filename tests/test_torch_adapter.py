@@ -295,3 +295,25 @@ def test_stacked_batches_equal_stacked_ops(mode):
     assert got.dtype == want.dtype and torch.equal(got, want)
     with pytest.raises(ValueError, match="different shapes"):
         stack_images([imgs[0], imgs[0][:, :5]], mode)
+
+
+@pytest.mark.parametrize("pin", [False, True])
+def test_worker_buffers_never_change_a_batch_the_caller_still_holds(ds, pin):
+    """Workers reuse shared-memory batch buffers only once the main process has freed
+    every tensor and view of the batch: batches and views kept while the stream goes
+    on still equal the reference at the end."""
+    opts = dict(batch_size=4, seed=9, augment="xyr", standardize=True)
+    want = ds.numpy(**opts)
+    ref_batches = [next(iter(want))[0] for _ in range(30)]
+    L = ds.torch(num_workers=2, pin_memory=pin, **opts)
+    kept = {}
+    for b, (imgs, _) in enumerate(L):
+        if b % 5 == 0:
+            kept[b] = imgs
+        elif b % 7 == 0:
+            kept[b] = imgs[1:3]            # only a view of the batch
+        if b == 29:
+            break
+    for b, t in kept.items():
+        ref = ref_batches[b] if b % 5 == 0 else ref_batches[b][1:3]
+        np.testing.assert_array_equal(t.permute(0, 2, 3, 1).numpy(), ref, err_msg=f"batch {b}")

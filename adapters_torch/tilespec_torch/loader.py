@@ -17,6 +17,7 @@ import mmap
 import os
 import sys
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -175,7 +176,7 @@ def _main_tensor(shape, dtype) -> torch.Tensor:
     return _POOL.tensor(shape, dtype)
 
 
-def stack_images(images, standardize=None) -> torch.Tensor:
+def stack_images(images, standardize=None, alloc=None) -> torch.Tensor:
     """Stack CHW images into (N, 3, H, W), standardizing with ``standardize`` ('unit',
     'per_image' or None) while copying, with the results of :func:`ops.standardize`."""
     first = images[0]
@@ -184,9 +185,10 @@ def stack_images(images, standardize=None) -> torch.Tensor:
             raise ValueError(f"cannot batch images of different shapes: row 0 is "
                              f"{tuple(first.shape)}, row {k} is {tuple(im.shape)}")
     shape = (len(images),) + tuple(first.shape)
+    alloc = alloc or _batch_tensor
     if standardize is None:
-        return torch.stack(images, out=_batch_tensor(shape, first.dtype))
-    out = _batch_tensor(shape, torch.float32)
+        return torch.stack(images, out=alloc(shape, first.dtype))
+    out = alloc(shape, torch.float32)
     if standardize == "unit":
         for k, im in enumerate(images):
             torch.div(im, ops._HALF_255, out=out[k])
@@ -196,13 +198,13 @@ def stack_images(images, standardize=None) -> torch.Tensor:
     return out
 
 
-def collate(items, standardize=None):
+def collate(items, standardize=None, alloc=None):
     """Stack items into a batch (spec/adapter_torch.md, "Items and batches"): images
     (N, 3, H, W) (standardized here when ``standardize`` names a mode); labels a
     tensor (N,) or (N, k) for multi-outcome labels, None without labels, a list when
     labels are not numbers; slide names a list of str; loc_x, loc_y int64 tensors."""
     cols = list(zip(*items))
-    out = [stack_images(cols[0], standardize)]
+    out = [stack_images(cols[0], standardize, alloc)]
     out.append(None if cols[1][0] is None else _labels(cols[1]))
     for col in cols[2:]:
         if isinstance(col[0], (int, np.integer)):
@@ -210,6 +212,52 @@ def collate(items, standardize=None):
         else:
             out.append(list(col))
     return tuple(out)
+
+
+class _WorkerPool:
+    """Shared-memory batch buffers of one DataLoader worker, reused once the main
+    process has freed every tensor and view of the batch that used them.
+
+    ``flags`` (a (workers, slots) int64 tensor in shared memory) holds, per slot,
+    0 when free or the token of the batch using it. The worker takes a free slot and
+    writes a new token; the main process attaches a finalizer to the batch's storage
+    that writes 0 back only if the slot still holds that token (tokens carry the
+    iteration's generation, so a batch kept from an earlier iteration never frees a
+    slot of a later one). With no free slot the batch gets fresh shared memory.
+    Fresh pages per batch are what this avoids: on a virtual machine faulting in
+    50 MB per batch costs about as much as decoding the batch (bench/torch_loader.py).
+    """
+
+    def __init__(self, flags: torch.Tensor, worker: int, generation: int):
+        self.flags = flags[worker]
+        self.worker = worker
+        self.slots = [None] * len(self.flags)
+        self.base = (int(generation) & 0x7FFFFFFF) << 32
+        self.count = 0
+        self.last = None
+
+    def tensor(self, shape, dtype) -> torch.Tensor:
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+        self.last = None
+        for i in range(len(self.slots)):
+            if int(self.flags[i]) == 0:
+                buf = self.slots[i]
+                if buf is None or buf.numel() < nbytes:
+                    buf = self.slots[i] = _batch_tensor((nbytes,), torch.uint8)
+                self.count += 1
+                token = self.base | (self.count & 0xFFFFFFFF)
+                self.flags[i] = token
+                self.last = (self.worker, i, token)
+                return buf[:nbytes].view(dtype).view(shape)
+        return _batch_tensor(shape, dtype)
+
+
+def _release(flags: torch.Tensor, worker: int, slot: int, token: int) -> None:
+    if int(flags[worker, slot]) == token:
+        flags[worker, slot] = 0
 
 
 def _identity(x):
@@ -227,21 +275,27 @@ class TileStream(IterableDataset):
     :class:`TorchLoader` unwraps the triples.
     """
 
-    def __init__(self, reference: NumpyLoader, shared_state: bool = False):
+    def __init__(self, reference: NumpyLoader, shared_state: bool = False,
+                 flags: torch.Tensor | None = None):
         self.reference = reference
-        # (seed, epoch, start batch); shared memory when workers persist across epochs
-        self._state = torch.zeros(3, dtype=torch.int64)
+        # (seed, epoch, start batch, generation); shared memory when workers persist
+        self._state = torch.zeros(4, dtype=torch.int64)
         if shared_state:
             self._state.share_memory_()
+        self.flags = flags          # slots of the workers' buffer pools (see _WorkerPool)
 
     def set_state(self, seed: int, epoch: int, start_batch: int) -> None:
         self._state[0], self._state[1], self._state[2] = int(seed), int(epoch), int(start_batch)
+        self._state[3] += 1
 
     def __iter__(self):
         ref = self.reference
         info = get_worker_info()
         w, W = (0, 1) if info is None else (info.id, info.num_workers)
-        seed, epoch, start_batch = (int(v) for v in self._state.tolist())
+        seed, epoch, start_batch, generation = (int(v) for v in self._state.tolist())
+        pool = None
+        if info is not None and self.flags is not None and w < len(self.flags):
+            pool = _WorkerPool(self.flags, w, generation)
         plan = StreamPlan(ref.clip, ref.weights, seed, rank=ref.rank,
                           num_replicas=ref.num_replicas, epoch=epoch, infinite=ref.infinite,
                           shuffle=ref.shuffle)
@@ -265,9 +319,10 @@ class TileStream(IterableDataset):
                         items = view.items(start, stop, plan)
                 payload = None
                 if items:
-                    payload = (collate(items, ref.pipeline.standardize) if batched
-                               else items[0])
-                yield b, payload, maker.skipped[n_skipped:]
+                    payload = (collate(items, ref.pipeline.standardize,
+                                       pool and pool.tensor) if batched else items[0])
+                slot = pool.last if pool is not None and batched and items else None
+                yield b, payload, maker.skipped[n_skipped:], slot
         finally:
             maker.close()
 
@@ -329,11 +384,22 @@ class TorchLoader(DataLoader):
         ref = self.reference
         B = ref.batch_size or 1
         total = None if ref.infinite else len(ref.plan(ref.epoch))
+        flags = self.dataset.flags
+        if self.num_workers and ref.batch_size is not None and (
+                flags is None or not self.persistent_workers):
+            # New workers get new pools and new slots (persistent ones keep theirs); the
+            # slots live as long as the loader's iteration or a batch that used them.
+            # Batches in flight per worker: prefetched, being pinned, held by the caller.
+            slots = (self.prefetch_factor or 2) + 3
+            flags = torch.zeros((self.num_workers, slots), dtype=torch.int64).share_memory_()
+            self.dataset.flags = flags
         self.dataset.set_state(ref.seed, ref.epoch, ref.position // B)
         it = super().__iter__()
         in_worker = self.num_workers > 0
         try:
-            for b, payload, skipped in it:
+            for b, payload, skipped, slot in it:
+                if slot is not None and payload is not None:
+                    weakref.finalize(payload[0].untyped_storage(), _release, flags, *slot)
                 for s in skipped:
                     self._skipped.append(s)
                     if in_worker:
@@ -346,8 +412,10 @@ class TorchLoader(DataLoader):
             ref.epoch += 1
             ref.position = 0
         finally:
-            if not self.persistent_workers and hasattr(it, "_shutdown_workers"):
-                it._shutdown_workers()
+            if not self.persistent_workers:
+                if hasattr(it, "_shutdown_workers"):
+                    it._shutdown_workers()
+                self.dataset.flags = None
             del it
 
 
