@@ -22,7 +22,7 @@ import tensorflow as tf
 from tilespec.annotations import LabelError
 from tilespec.errors import TFRecordError
 from tilespec.images import decode_image, image_format
-from tilespec.loader import NumpyLoader
+from tilespec.loader import NumpyLoader, TileSource
 from tilespec.sampling import num_batches
 
 from . import ops as tfops
@@ -153,19 +153,27 @@ class _Generator:
         if total is not None and self.base.drop_last:
             total = (total // self.B) * self.B
         chunk = -(-CHUNK // self.B) * self.B
-        start = 0
-        while total is None or start < total:
-            stop = start + chunk if total is None else min(start + chunk, total)
-            out = self.chunk(plan, epoch, start, stop)
-            if out is not None:
-                yield out
-            start = stop
-
-    def read(self, t, j, position, epoch):
-        """(tile, None) or (None, error) for record j of tfrecord t."""
-        path = self.items.source.paths[t]
+        # Each iteration reads through its own file handles (two iterators of one dataset
+        # may run at once, e.g. in threads), closed when the iteration ends or is dropped;
+        # the record offsets are shared (read-only once loaded).
+        source = TileSource(self.items.source.paths)
+        source._offsets = self.items.source._offsets
         try:
-            tile = self.items.source.read(t, j)
+            start = 0
+            while total is None or start < total:
+                stop = start + chunk if total is None else min(start + chunk, total)
+                out = self.chunk(source, plan, epoch, start, stop)
+                if out is not None:
+                    yield out
+                start = stop
+        finally:
+            source.close()
+
+    def read(self, source, t, j, position, epoch):
+        """The tile of record j of tfrecord t, or None when skipped."""
+        path = source.paths[t]
+        try:
+            tile = source.read(t, j)
             if self.items.on_error == "skip":
                 decode_image(tile.image_raw)  # the reference's decodability, so the same skips
             elif image_format(tile.image_raw) is None:
@@ -180,7 +188,7 @@ class _Generator:
                           stacklevel=2)
             return None
 
-    def chunk(self, plan, epoch, start, stop):
+    def chunk(self, source, plan, epoch, start, stop):
         t, j = plan.records(start, stop)
         positions = np.arange(start, start + len(t))
         draws = self.pipeline.draw(plan.key, positions)
@@ -188,7 +196,7 @@ class _Generator:
         rows = []
         for k in range(len(t)):
             tk, jk = int(t[k]), int(j[k])
-            tile = self.read(tk, jk, int(positions[k]), epoch)
+            tile = self.read(source, tk, jk, int(positions[k]), epoch)
             if tile is None:
                 rows.append(None)
                 continue
@@ -339,8 +347,10 @@ def build(base: NumpyLoader, *, deterministic: bool = True):
     length = len(base)
     info = LoaderInfo(base, length)
     gen = _Generator(base, info, label_dtype, keep_invalid=keep_invalid)
+    # The generator makes a chunk of positions per call; prefetching chunks keeps the
+    # Python side (reading, draws) running beside the parallel image map.
     ds = tf.data.Dataset.from_generator(gen, output_signature=_signature(
-        base, label_spec, keep_invalid)).unbatch()
+        base, label_spec, keep_invalid)).prefetch(2).unbatch()
     images = image_fn(base.pipeline)
     has_label = label_spec is not None
     incl_slide, incl_loc = base._items.incl_slidenames, base._items.incl_loc
@@ -358,8 +368,7 @@ def build(base: NumpyLoader, *, deterministic: bool = True):
 
     ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if B is not None:
-        ds = ds.batch(B, drop_remainder=base.drop_last, num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=deterministic)
+        ds = ds.batch(B, drop_remainder=base.drop_last)
         if keep_invalid:
             def mask(*cols):
                 valid = cols[-1]
@@ -405,15 +414,23 @@ def make_indexed(tfrecords, options: dict):
     sig = _signature(_IndexedView(ref), label_spec, False)
 
     def gen():
+        source = TileSource(items.source.paths)
+        source._offsets = items.source._offsets
+        try:
+            yield from chunks(source)
+        finally:
+            source.close()
+
+    def chunks(source):
         for a in range(0, n, CHUNK):
             idx = np.arange(a, min(n, a + CHUNK))
             draws = ref.pipeline.draw(ref._key, idx)
             rows = []
             for k, i in enumerate(idx):
                 t, j = ref.record(int(i))
-                path = items.source.paths[t]
+                path = source.paths[t]
                 try:
-                    tile = items.source.read(t, j)
+                    tile = source.read(t, j)
                     if image_format(tile.image_raw) is None:
                         decode_image(tile.image_raw)
                 except TFRecordError as e:
