@@ -14,9 +14,11 @@ import numbers
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from .images import decode_image
-from .resize import RESIZE_METHODS, check_method, nearest_index, resize_weights, weights_readonly
+from .resize import (RESIZE_METHODS, band_blocks, check_method, nearest_index, resize_weights,
+                     weights_bands, weights_readonly)
 
 STANDARDIZE_MODES = ("unit", "per_image")
 
@@ -71,10 +73,29 @@ def to_uint8(x) -> np.ndarray:
 
 # --------------------------------------------------------------------------- geometry
 
+def _pillow_transpose(img, method):
+    """Apply a Pillow pixel permutation (``Image.Transpose``) to every image of ``img``.
+
+    An exact permutation of whole pixels, done in compiled code: NumPy copies a
+    reversed or transposed view of 3-byte pixels element by element, several
+    times slower. The result is a new writable C-contiguous array.
+    """
+    if img.ndim == 4:
+        return np.stack([_pillow_transpose(im, method) for im in img]) if len(img) else \
+            _copy(img if method in (_FLIP_LR, _ROT180) else img.transpose(0, 2, 1, 3))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).transpose(method)).copy()
+
+
+_FLIP_LR = Image.Transpose.FLIP_LEFT_RIGHT
+_ROT180 = Image.Transpose.ROTATE_180
+#: rot90's k (1, 2, 3) -> Pillow's counter-clockwise rotation.
+_ROTATIONS = {1: Image.Transpose.ROTATE_90, 2: _ROT180, 3: Image.Transpose.ROTATE_270}
+
+
 def flip_left_right(img) -> np.ndarray:
     """Mirror the columns: out[.., y, x, c] = img[.., y, W-1-x, c] (spec/images.md, "Flips")."""
     _check_image(img)
-    return _copy(img[..., :, ::-1, :])
+    return _pillow_transpose(img, _FLIP_LR)
 
 
 def flip_up_down(img) -> np.ndarray:
@@ -90,7 +111,9 @@ def rot90(img, k) -> np.ndarray:
     """
     _check_image(img)
     k = _check_int(k, "k") % 4
-    return _copy(np.rot90(img, k, axes=(img.ndim - 3, img.ndim - 2)))
+    if k == 0:
+        return _copy(img)
+    return _pillow_transpose(img, _ROTATIONS[k])
 
 
 def crop(img, left, width) -> np.ndarray:
@@ -133,20 +156,36 @@ def _resize_size(size):
     return pair
 
 
-def _apply_separable(img, wh, ww):
-    """float64 result of applying wh (h x H) to the rows and ww (w x W) to the columns."""
+def _apply_separable(img, wh, ww, blocks_h=None, blocks_w=None):
+    """float64 result of applying wh (h x H) to the rows and ww (w x W) to the columns.
+
+    Each weight matrix is applied by :func:`tilespec.resize.band_blocks`: row
+    blocks times the column band holding their non-zero weights, so the zeros
+    outside the band cost nothing (the sums are those of the dense product
+    without its zero terms).
+    """
+    if blocks_h is None:
+        blocks_h = band_blocks(wh)
+    if blocks_w is None:
+        blocks_w = band_blocks(ww)
     batch = img.ndim == 4
     x = img if batch else img[None]
     n, hgt, wid, c = x.shape
-    x = x.astype(np.float64)
-    # Height pass: (h, H) @ (n, H, W*C) -> (n, h, W*C).
-    y = np.matmul(wh, x.reshape(n, hgt, wid * c))
-    # Width pass, as one product: (n*h*C, W) @ (W, w) -> (n, h, C, w).
     h_out, w_out = wh.shape[0], ww.shape[0]
-    y = np.ascontiguousarray(y.reshape(n, h_out, wid, c).transpose(0, 1, 3, 2))
-    y = (y.reshape(-1, wid) @ ww.T).reshape(n, h_out, c, w_out).transpose(0, 1, 3, 2)
-    y = np.ascontiguousarray(y)
-    return y if batch else y[0]
+    x = x.reshape(n, hgt, wid * c).astype(np.float64)
+    # Height pass: (h, H) @ (n, H, W*C) -> (n, h, W*C), one band of input rows per block.
+    y = np.zeros((n, h_out, wid * c))
+    for q0, q1, j0, j1, blk in blocks_h:
+        np.matmul(blk, x[:, j0:j1], out=y[:, q0:q1])
+    del x
+    # Width pass on (n*h*C, W) rows: (n*h*C, W) @ (W, w) -> (n, h, C, w).
+    y = np.ascontiguousarray(y.reshape(n, h_out, wid, c).transpose(0, 1, 3, 2)).reshape(-1, wid)
+    z = np.zeros((y.shape[0], w_out))
+    for q0, q1, j0, j1, blk in blocks_w:
+        np.matmul(y[:, j0:j1], blk.T, out=z[:, q0:q1])
+    del y
+    z = np.ascontiguousarray(z.reshape(n, h_out, c, w_out).transpose(0, 1, 3, 2))
+    return z if batch else z[0]
 
 
 def resize_float(img, size, method="lanczos3", antialias=True) -> np.ndarray:
@@ -160,7 +199,8 @@ def resize_float(img, size, method="lanczos3", antialias=True) -> np.ndarray:
     h_in, w_in = img.shape[-3], img.shape[-2]
     wh = weights_readonly(h_in, h_out, method, antialias)
     ww = weights_readonly(w_in, w_out, method, antialias)
-    return _apply_separable(img, wh, ww)
+    return _apply_separable(img, wh, ww, weights_bands(h_in, h_out, method, antialias),
+                            weights_bands(w_in, w_out, method, antialias))
 
 
 def resize(img, size, method="lanczos3", antialias=True) -> np.ndarray:
@@ -178,7 +218,7 @@ def resize(img, size, method="lanczos3", antialias=True) -> np.ndarray:
         rows = nearest_index(img.shape[-3], h_out)
         cols = nearest_index(img.shape[-2], w_out)
         return np.ascontiguousarray(img[..., rows[:, None], cols[None, :], :])
-    return to_uint8(resize_float(img, (h_out, w_out), method, antialias))
+    return _float_to_uint8(resize_float(img, (h_out, w_out), method, antialias))
 
 
 # --------------------------------------------------------------------------- blur
@@ -235,10 +275,41 @@ def gaussian_blur(img, sigma) -> np.ndarray:
     spec/images.md, "Gaussian blur".
     """
     _check_image(img)
-    sigma = _check_sigma(sigma)
-    wh = blur_weights(img.shape[-3], sigma)
-    ww = wh if img.shape[-2] == img.shape[-3] else blur_weights(img.shape[-2], sigma)
-    return to_uint8(_apply_separable(img, wh, ww))
+    g = gaussian_kernel(sigma)
+    k = len(g)
+    axes = (img.ndim - 3, img.ndim - 2)
+    # The kernel's tap j sits at offset j - (k-1)//2; correlate1d centres tap k//2
+    # on the output pixel unless shifted by origin.
+    origin = (k - 1) // 2 - k // 2
+    if min(img.shape[a] for a in axes) < k:
+        # Tiny images: fold the borders explicitly (refl with period 2(n-1)),
+        # then take the valid part, so nothing depends on how SciPy extends
+        # lines shorter than the kernel.
+        x = img
+        for a in axes:
+            idx = reflect_index(np.arange(-((k - 1) // 2), x.shape[a] + k // 2), x.shape[a])
+            x = np.take(x, idx, axis=a)
+        y = ndimage.correlate1d(x, g, axis=axes[0], output=np.float64, mode="constant",
+                                origin=origin)
+        ndimage.correlate1d(y, g, axis=axes[1], output=y, mode="constant", origin=origin)
+        sl = [slice(None)] * img.ndim
+        for a in axes:
+            sl[a] = slice((k - 1) // 2, (k - 1) // 2 + img.shape[a])
+        y = y[tuple(sl)]
+    else:
+        # Rows then columns, float64, mirror borders without repeating the edge
+        # (SciPy 'mirror' is np.pad 'reflect').
+        y = ndimage.correlate1d(img, g, axis=axes[0], output=np.float64, mode="mirror",
+                                origin=origin)
+        ndimage.correlate1d(y, g, axis=axes[1], output=y, mode="mirror", origin=origin)
+    return _float_to_uint8(y)
+
+
+def _float_to_uint8(y):
+    """:func:`to_uint8` of a finite float64 array that may be overwritten."""
+    np.rint(y, out=y)
+    np.clip(y, 0, 255, out=y)
+    return y.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- JPEG

@@ -248,4 +248,42 @@ def weights_readonly(in_size, out_size, method, antialias):
     return _weights_cached(int(in_size), int(out_size), method, bool(antialias))
 
 
+#: Output rows per block of :func:`band_blocks`.
+BAND_BLOCK_ROWS = 16
+
+
+def band_blocks(w, rows=BAND_BLOCK_ROWS):
+    """The non-zero band of a weight matrix, as blocks (internal).
+
+    Returns a tuple of ``(o0, o1, i0, i1, block)``: output rows [o0, o1) take
+    their non-zero weights only from input columns [i0, i1), and ``block`` is
+    the contiguous read-only copy of ``w[o0:o1, i0:i1]``. Row blocks whose
+    weights are all zero are left out (their outputs are 0). Applying the
+    blocks gives the product with ``w`` without its zero terms.
+    """
+    w = np.asarray(w)
+    nonzero = w != 0
+    blocks = []
+    for o0 in range(0, w.shape[0], rows):
+        o1 = min(o0 + rows, w.shape[0])
+        cols = np.flatnonzero(nonzero[o0:o1].any(axis=0))
+        if cols.size == 0:
+            continue
+        i0, i1 = int(cols[0]), int(cols[-1]) + 1
+        block = np.ascontiguousarray(w[o0:o1, i0:i1], dtype=np.float64)
+        block.setflags(write=False)
+        blocks.append((o0, o1, i0, i1, block))
+    return tuple(blocks)
+
+
+@functools.lru_cache(maxsize=256)
+def _bands_cached(in_size, out_size, method, antialias):
+    return band_blocks(_weights_cached(in_size, out_size, method, antialias))
+
+
+def weights_bands(in_size, out_size, method, antialias):
+    """Cached :func:`band_blocks` of :func:`weights_readonly` (internal)."""
+    return _bands_cached(int(in_size), int(out_size), method, bool(antialias))
+
+
 __all__ = ["RESIZE_METHODS", "resize_weights", "nearest_index", "check_method"]
