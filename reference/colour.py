@@ -75,8 +75,15 @@ def _as_float3(values, what: str) -> np.ndarray:
 def srgb_to_linear(c) -> np.ndarray:
     """Decode sRGB values in [0, 1]: c / 12.92 where c <= 0.04045, else ((c + 0.055) / 1.055)^2.4."""
     c = np.asarray(c, dtype=np.float64)
-    return np.where(c <= SRGB_DECODE_THRESHOLD, c / 12.92,
-                    np.power((np.maximum(c, SRGB_DECODE_THRESHOLD) + 0.055) / 1.055, 2.4))
+    out = np.divide(c, 12.92, out=np.empty_like(c))   # an array even for 0-d input
+    high = c > SRGB_DECODE_THRESHOLD          # each branch is evaluated only where it is taken
+    out[high] = np.power((c[high] + 0.055) / 1.055, 2.4)
+    return out
+
+
+#: srgb_to_linear(v / 255) for v = 0..255: the same values, looked up for uint8 input.
+_SRGB_U8_TO_LINEAR = srgb_to_linear(np.arange(256) / 255.0)
+_SRGB_U8_TO_LINEAR.setflags(write=False)
 
 
 def linear_to_srgb(v) -> np.ndarray:
@@ -86,13 +93,20 @@ def linear_to_srgb(v) -> np.ndarray:
     clipping happens here.
     """
     v = np.asarray(v, dtype=np.float64)
-    return np.where(v <= SRGB_ENCODE_THRESHOLD, 12.92 * v,
-                    1.055 * np.power(np.maximum(v, SRGB_ENCODE_THRESHOLD), 1.0 / 2.4) - 0.055)
+    out = np.multiply(12.92, v, out=np.empty_like(v))
+    high = v > SRGB_ENCODE_THRESHOLD          # each branch is evaluated only where it is taken
+    out[high] = 1.055 * np.power(v[high], 1.0 / 2.4) - 0.055
+    return out
 
 
 def rgb_to_xyz(rgb) -> np.ndarray:
     """sRGB (uint8 or float in [0, 1]) -> CIE XYZ (D65, Y of white = 1), float64."""
-    lin = srgb_to_linear(_as_unit_rgb(rgb))
+    arr = np.asarray(rgb)
+    if arr.dtype == np.uint8:
+        _check_last_axis(arr, "RGB input")
+        lin = _SRGB_U8_TO_LINEAR[arr]         # the same values as srgb_to_linear(arr / 255)
+    else:
+        lin = srgb_to_linear(_as_unit_rgb(arr))
     return lin @ SRGB_TO_XYZ.T
 
 
@@ -103,11 +117,21 @@ def xyz_to_rgb(xyz) -> np.ndarray:
 
 
 def _lab_f(t: np.ndarray) -> np.ndarray:
-    return np.where(t > LAB_EPSILON, np.cbrt(t), (LAB_KAPPA * t + 16.0) / 116.0)
+    t = np.asarray(t, dtype=np.float64)
+    out = np.cbrt(t, out=np.empty_like(t))
+    low = ~(t > LAB_EPSILON)                  # the linear branch, only where it is taken
+    out[low] = (LAB_KAPPA * t[low] + 16.0) / 116.0
+    return out
 
 
 def _lab_f_inv(u: np.ndarray) -> np.ndarray:
-    return np.where(u > LAB_DELTA, u ** 3, (116.0 * u - 16.0) / LAB_KAPPA)
+    u = np.asarray(u, dtype=np.float64)
+    out = np.multiply(116.0, u, out=np.empty_like(u))
+    out -= 16.0
+    out /= LAB_KAPPA
+    high = u > LAB_DELTA                      # the cube, only where it is taken
+    out[high] = u[high] ** 3
+    return out
 
 
 def xyz_to_lab(xyz) -> np.ndarray:
@@ -147,7 +171,9 @@ def to_uint8(rgb01) -> np.ndarray:
     x = np.asarray(rgb01, dtype=np.float64) * 255.0
     if np.isnan(x).any():
         raise ValueError("image has NaN values; cannot convert to uint8")
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    np.rint(x, out=x)
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8)
 
 
 __all__ = ["rgb_to_lab", "lab_to_rgb", "rgb_to_xyz", "xyz_to_rgb", "xyz_to_lab", "lab_to_xyz",

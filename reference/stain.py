@@ -243,8 +243,10 @@ def _reinhard_transform_one(img: np.ndarray, brightness: bool, t_means, t_stds) 
     if np.any(stds <= MIN_LAB_STD):
         raise BlankImageError(f"the image has a single colour (L*a*b* stds {_fmt(stds)} <= "
                               f"{MIN_LAB_STD:g}); it has no stain to normalize")
-    out = (lab - means) * (t_stds / stds) + t_means
-    return to_uint8(lab_to_rgb(out))
+    lab -= means                    # (lab - means) * (t_stds / stds) + t_means, in place
+    lab *= t_stds / stds
+    lab += t_means
+    return to_uint8(lab_to_rgb(lab))
 
 
 # ----------------------------------------------------------------------------- Macenko
@@ -299,9 +301,15 @@ def _macenko_decompose(img: np.ndarray, *, mask: bool = False):
 def _macenko_transform_one(img: np.ndarray, he_t, maxc_t) -> np.ndarray:
     _, max_c, conc = _macenko_decompose(img)
     conc = conc * (maxc_t / max_c)[:, None]
-    od = (he_t @ conc).T
-    out = MACENKO_IO * np.exp(-od) - 1.0
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(img.shape)
+    out = (he_t @ conc).T
+    # MACENKO_IO * exp(-od) - 1, rounded and clipped, in place (the same operations).
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+    out *= MACENKO_IO
+    out -= 1.0
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8).reshape(img.shape)
 
 
 def _fmt(x) -> str:
