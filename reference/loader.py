@@ -20,18 +20,19 @@ import numpy as np
 from PIL import Image
 
 from .annotations import LabelError
-from .errors import TFRecordError
+from .errors import EmptyFileError, IndexFileError, TFRecordError
 from .example import parse_tile
 from .images import JPEG_MAGIC, decode_image
 from .index import load_index
 from .pipeline import Pipeline
-from .records import read_record_at
+from .records import read_record_at, scan_frames
 from .rng import check_seed, new_seed, permutation, stream_key
 from .sampling import StreamPlan, check_rank, num_batches
 
 ON_ERROR = ("raise", "skip")
 INDEXED_GROUP = 0xFFFFFFFF  # permutation group of the indexed dataset's shuffle
 PLAN_WINDOW = 4096  # stream positions the loader plans at once
+SKIP_LOG_LIMIT = 1000  # skipped records kept in a loader's ``skipped`` log (all are counted)
 
 
 class TileSource:
@@ -39,21 +40,79 @@ class TileSource:
 
     Indexes are loaded (built when missing) on first use of a tfrecord; at most
     ``max_open`` files are kept open, least recently used closed first.
+
+    With ``on_error='skip'``, a file whose index cannot be loaded or built (its
+    index build meets a damaged record) is located by a headers-only scan
+    instead (spec/reliability.md, "on_error"), so each record is verified when
+    read and skipped on its own; a damaged length field cuts the scan there.
+    The outcome is cached per file: a damaged file is scanned once per source.
     """
 
-    def __init__(self, paths, *, max_open: int = 64, verify: bool = True):
+    def __init__(self, paths, *, max_open: int = 64, verify: bool = True,
+                 on_error: str = "raise"):
         self.paths = [os.fspath(p) for p in paths]
         self.max_open = max_open
         self.verify = verify
+        self.on_error = on_error
         self._offsets: dict = {}
+        self._cut: dict = {}  # t -> (record, error): records from there on are not located
         self._files: OrderedDict = OrderedDict()
 
     def offsets(self, t: int) -> np.ndarray:
         arr = self._offsets.get(t)
         if arr is None:
-            arr = load_index(self.paths[t])[0][:, 0].copy()
+            path = self.paths[t]
+            try:
+                arr = load_index(path)[0][:, 0].copy()
+            except TFRecordError as e:
+                if self.on_error != "skip":
+                    raise
+                arr = self._scan(t, e)
             self._offsets[t] = arr
         return arr
+
+    def _scan(self, t: int, why: TFRecordError) -> np.ndarray:
+        """Offsets of the records of a file that cannot be indexed, from its headers
+        alone; a header that cannot be read ends the scan (it is the last entry,
+        so reading that record raises its error; later records are not located)."""
+        path = self.paths[t]
+        found = []
+        cut = None
+        if isinstance(why, (IndexFileError, EmptyFileError)):
+            cut = (0, why)  # GZIP or empty: no record can be read by offset
+        else:
+            frames = scan_frames(path, verify=False, max_payload=-1)
+            try:
+                for offset, _, _ in frames:
+                    found.append(offset)
+            except TFRecordError as e:
+                cut = (len(found), e)
+                if e.offset is not None:
+                    found.append(e.offset)  # the damaged record itself: skipped when read
+            finally:
+                frames.close()
+        arr = np.array(found, dtype=np.int64)
+        note = ""
+        if cut is not None:
+            self._cut[t] = cut
+            k, e = cut
+            rest = "" if e.offset is None else (
+                f"; {os.path.getsize(path) - e.offset} bytes from byte offset {e.offset} on "
+                "are unread")
+            note = (f"; the scan stops at record {k} ({e.reason}): records after it are "
+                    f"not located and left out{rest}")
+        warnings.warn(f"{path}: no index can be built ({why.reason}); with on_error='skip' "
+                      f"its records are located by their headers ({len(arr)} found) and each "
+                      f"is verified when read{note}", stacklevel=4)
+        return arr
+
+    def offset_of(self, t: int, j: int) -> int | None:
+        """The byte offset of record j of tfrecord t where it is known, else None."""
+        try:
+            offsets = self.offsets(t)
+        except TFRecordError:
+            return None
+        return int(offsets[j]) if 0 <= j < len(offsets) else None
 
     def _file(self, t: int):
         f = self._files.pop(t, None)
@@ -69,6 +128,11 @@ class TileSource:
         """The parsed :class:`~tilespec.example.Tile` of record j of tfrecord t."""
         offsets = self.offsets(t)
         if not 0 <= j < len(offsets):
+            cut = self._cut.get(t)
+            if cut is not None and j >= 0:
+                k, e = cut
+                raise type(e)(f"not located: the file cannot be read past record {k} "
+                              f"({e.reason})", path=self.paths[t], record=j)
             raise IndexError(f"{self.paths[t]} has {len(offsets)} records; record {j} "
                              "does not exist")
         path, offset = self.paths[t], int(offsets[j])
@@ -180,13 +244,14 @@ class _ItemMaker:
         if labels is not None and not isinstance(labels, Mapping):
             raise TypeError(f"labels must be a mapping {{slide: label}} or None, got "
                             f"{type(labels).__name__}")
-        self.source = TileSource(paths)
+        self.source = TileSource(paths, on_error=on_error)
         self.labels = labels
         self.pipeline = pipeline
         self.incl_slidenames = bool(incl_slidenames)
         self.incl_loc = bool(incl_loc)
         self.on_error = on_error
-        self.skipped: list = []
+        self.skipped: list = []  # the first SKIP_LOG_LIMIT skips
+        self.num_skipped = 0     # every skip
         p = pipeline
         # nothing after decode: a batched loader may decode straight into its batch
         self.identity = (not p.augment and p.normalizer is None and p.transform is None and
@@ -217,12 +282,11 @@ class _ItemMaker:
                 img = decode_view(tile.image_raw)
             raw = img
         except TFRecordError as e:
+            # image and parsing errors learn the record's byte offset here
+            e = e.located(path=path, record=j, offset=self.source.offset_of(t, j))
             if self.on_error == "raise":
-                raise e.located(path=path, record=j) from None
-            self.skipped.append({"position": position, "path": path, "record": j,
-                                 "error": str(e)})
-            warnings.warn(f"skipped {path} record {j} (stream position {position}): {e}",
-                          stacklevel=3)
+                raise e from None
+            self.skip(position, path, j, e)
             return None
         if self.pipeline.transform is not None and not raw.flags.writeable:
             img = raw = raw.copy()  # a user transform may write into its input
@@ -243,6 +307,19 @@ class _ItemMaker:
                                  "loc_x/loc_y")
             item += [tile.loc_x, tile.loc_y]
         return tuple(item)
+
+    def skip(self, position: int, path: str, record: int, error: TFRecordError) -> None:
+        """Count a skipped record; log and warn about the first :data:`SKIP_LOG_LIMIT`."""
+        self.num_skipped += 1
+        if len(self.skipped) < SKIP_LOG_LIMIT:
+            self.skipped.append({"position": position, "path": path, "record": record,
+                                 "error": str(error)})
+            warnings.warn(f"skipped {path} record {record} (stream position {position}): "
+                          f"{error.reason}", stacklevel=4)
+        elif self.num_skipped == SKIP_LOG_LIMIT + 1:
+            warnings.warn(f"skipped {path} record {record} (stream position {position}): "
+                          f"{error.reason}; {SKIP_LOG_LIMIT} skips are logged, further ones "
+                          "are only counted (num_skipped) and not warned about", stacklevel=4)
 
     def label(self, slide: str, path: str):
         if self.labels is None:
@@ -330,8 +407,14 @@ class NumpyLoader:
 
     @property
     def skipped(self) -> list:
-        """Records skipped with on_error='skip': dicts of position, path, record, error."""
+        """The first :data:`SKIP_LOG_LIMIT` records skipped with on_error='skip': dicts of
+        position, path, record, error (spec/reliability.md, "on_error")."""
         return self._items.skipped
+
+    @property
+    def num_skipped(self) -> int:
+        """How many positions were skipped with on_error='skip' (all of them, logged or not)."""
+        return self._items.num_skipped
 
     def __len__(self) -> int:
         """Items (or batches) per epoch: the owned clipped records of this rank."""
@@ -431,20 +514,25 @@ class NumpyLoader:
         plan = self._plan
         B = self.batch_size or 1
         total = None if self.infinite else len(plan)
-        while total is None or self.position < total:
-            start = self.position
-            stop = start + B if total is None else min(start + B, total)
-            if total is not None and self.drop_last and stop - start < B:
-                break
-            items, images = self._make_items(start, stop, plan,
-                                             owned=self.batch_size is None,
-                                             stack=self.batch_size is not None)
-            self.position = stop
-            if self.batch_size is None:
-                if items:
-                    yield items[0]
-            elif items:
-                yield collate(items, images)
+        guard = _AllSkippedGuard(plan, self.paths)
+        try:
+            while total is None or self.position < total:
+                start = self.position
+                stop = start + B if total is None else min(start + B, total)
+                if total is not None and self.drop_last and stop - start < B:
+                    break
+                items, images = self._make_items(start, stop, plan,
+                                                 owned=self.batch_size is None,
+                                                 stack=self.batch_size is not None)
+                self.position = stop
+                if not items:
+                    guard.skipped(*self._records(plan, start, stop), self._items.skipped)
+                    continue
+                guard.reset()
+                yield items[0] if self.batch_size is None else collate(items, images)
+        except GeneratorExit:  # the caller left the loop: release the files now
+            self.close()        # (they are reopened if the loader is iterated again)
+            raise
         self.epoch += 1
         self.position = 0
 
@@ -456,6 +544,43 @@ class NumpyLoader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class AllRecordsSkippedError(TFRecordError):
+    """With on_error='skip', every record a loader owns was skipped since it last
+    yielded: nothing can ever be yielded (spec/reliability.md, "on_error")."""
+
+
+class _AllSkippedGuard:
+    """Raises :class:`AllRecordsSkippedError` once every owned record of a plan was
+    skipped with no item yielded in between (skips are deterministic: a record that
+    failed fails again, so the stream can never yield). Holds at most one int per
+    owned record, and only while nothing is yielded."""
+
+    def __init__(self, plan: StreamPlan, paths):
+        self.plan, self.paths = plan, paths
+        self.total = len(plan)
+        self.seen: set = set()
+        self._base = None
+
+    def reset(self):
+        if self.seen:
+            self.seen = set()
+
+    def skipped(self, t: np.ndarray, j: np.ndarray, log: list):
+        if self._base is None:  # record (t, j) -> a number in [0, total)
+            sizes = np.where(self.plan.live, self.plan.sizes, 0)
+            self._base = np.cumsum(sizes) - sizes - self.plan.starts
+        self.seen.update((self._base[t] + j).tolist())
+        if len(self.seen) < self.total:
+            return
+        live = [self.paths[t] for t in np.flatnonzero(self.plan.live)]
+        names = ", ".join(live[:8]) + (f" and {len(live) - 8} more" if len(live) > 8 else "")
+        first = f"; first error logged: {log[0]['error']}" if log else ""
+        raise AllRecordsSkippedError(
+            f"on_error='skip' skipped all {self.total} records this loader owns in "
+            f"{len(live)} tfrecord(s) ({names}) without yielding anything: no item can "
+            f"ever be yielded{first}")
 
 
 class IndexedInterleaver:
@@ -561,4 +686,5 @@ def _clip_array(clip, paths, counts) -> np.ndarray:
 
 
 __all__ = ["NumpyLoader", "IndexedInterleaver", "TileSource", "collate", "ON_ERROR",
+           "AllRecordsSkippedError", "SKIP_LOG_LIMIT",
            "decode_view", "decode_into", "decode_new"]

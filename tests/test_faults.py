@@ -161,18 +161,124 @@ def test_indexed_interleaver_skip(datasets):
     ref.close()
 
 
-@pytest.mark.xfail(strict=True, reason="loader gap (reported): with on_error='skip', a file "
-                   "whose index must be built while it holds a corrupt record loses all its "
-                   "records, and IndexedInterleaver/Dataset construction raises")
-def test_skip_when_the_index_must_be_built_on_a_damaged_file(demo_dataset, tmp_path):
-    src = [p for p in demo_dataset["paths"] if p.endswith("slide-c1.tfrecords")][0]
-    path = tmp_path / "slide-c1.tfrecords"
+def _copy_without_index(demo_dataset, tmp_path, slide="slide-c1"):
+    src = [p for p in demo_dataset["paths"] if p.endswith(f"{slide}.tfrecords")][0]
+    path = tmp_path / f"{slide}.tfrecords"
     shutil.copyfile(src, path)  # no index yet
+    return path
+
+
+def test_skip_when_the_index_must_be_built_on_a_damaged_file(demo_dataset, tmp_path):
+    path = _copy_without_index(demo_dataset, tmp_path)
     _damage(path, 4, "payload")
     L = tilespec.loader.NumpyLoader([path], [12], [1.0], infinite=False, on_error="skip",
                                     **OPTS)
     got = _quiet(lambda: list(L))
     assert len(got) == 11 and [s["record"] for s in L.skipped] == [4]
+    assert "checksum" in L.skipped[0]["error"] and "byte offset" in L.skipped[0]["error"]
+    assert not os.path.exists(tilespec.index.index_path(path))  # nothing written
+    # the map-style dataset can be built too, and skips just that record
+    with pytest.warns(UserWarning, match="headers"):
+        D = IndexedInterleaver([path], on_error="skip", **OPTS)
+    assert len(D) == 12
+    items = _quiet(lambda: [D[i] for i in range(len(D))])
+    assert [i for i, item in enumerate(items) if item is None] == [4]
+    D.close()
+    # on_error='raise' still refuses the file at construction
+    with pytest.raises(tilespec.CorruptDataError, match="record 4"):
+        IndexedInterleaver([path], **OPTS)
+
+
+def test_skip_headers_scan_stops_at_a_damaged_length(demo_dataset, tmp_path):
+    path = _copy_without_index(demo_dataset, tmp_path)
+    rows = compute_index(path, locations=False)[0]
+    _damage(path, 7, "length")
+    size = os.path.getsize(path)
+    with pytest.warns(UserWarning, match=rf"record 7 .*{size - int(rows[7, 0])} bytes from "
+                      rf"byte offset {int(rows[7, 0])} on are unread"):
+        D = IndexedInterleaver([path], on_error="skip", **OPTS)
+    assert len(D) == 8  # records 0-6 located, and the damaged one (skipped when read)
+    items = _quiet(lambda: [D[i] for i in range(len(D))])
+    assert [i for i, item in enumerate(items) if item is None] == [7]
+    assert D._items.skipped[0]["error"].startswith(f"{path}, record 7, byte offset "
+                                                   f"{int(rows[7, 0])}: length field")
+    D.close()
+    # a stream planned with the file's true count: records after the cut are skipped
+    L = tilespec.loader.NumpyLoader([path], [len(rows)], [1.0], infinite=False,
+                                    on_error="skip", **OPTS)
+    got = _quiet(lambda: list(L))
+    assert sorted(int(x) for *_, x, _ in got) == sorted(int(x) for *_, x, _ in items[:7])
+    assert sorted(s["record"] for s in L.skipped) == list(range(7, len(rows)))
+    assert all("not located" in s["error"] for s in L.skipped if s["record"] > 7)
+
+
+def test_a_damaged_file_is_scanned_once(demo_dataset, tmp_path, monkeypatch):
+    path = _copy_without_index(demo_dataset, tmp_path)
+    _damage(path, 2, "payload")
+    calls = []
+    real = tilespec.loader.load_index
+    monkeypatch.setattr(tilespec.loader, "load_index", lambda p: calls.append(p) or real(p))
+    L = tilespec.loader.NumpyLoader([path], [12], [1.0], infinite=True, on_error="skip",
+                                    **OPTS)
+    it = iter(L)
+    got = _quiet(lambda: [next(it) for _ in range(40)])  # record 2 comes round 4 times
+    assert len(got) == 40 and L.position == 44 and L.num_skipped == 4
+    assert calls == [str(path)]
+    L.close()
+
+
+def _tile_file(path, n, bad=()):
+    from tilespec.synthetic import encode_jpeg
+    recs = [tilespec.encode_tile(b"\xff\xd8\xff not a jpeg" if i in bad else
+                                 encode_jpeg(np.full((8, 8, 3), i * 20, np.uint8)),
+                                 os.path.basename(str(path)), i, 0) for i in range(n)]
+    tilespec.write_records(path, recs)
+    return path
+
+
+@pytest.mark.parametrize("infinite", [True, False])
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_a_loader_whose_records_are_all_bad_raises(tmp_path, infinite, batch_size):
+    paths = [_tile_file(tmp_path / f"{k}.tfrecords", 5, bad=range(5)) for k in range(3)]
+    L = tilespec.loader.NumpyLoader(paths, [5, 5, 3], [1.0, 2.0, 1.0], infinite=infinite,
+                                    on_error="skip", batch_size=batch_size, seed=3,
+                                    incl_loc=True)
+    with pytest.raises(tilespec.loader.AllRecordsSkippedError,
+                       match=r"all 13 records .*3 tfrecord\(s\) \(.*0.tfrecords, .*1.tfrecords, "
+                             r".*2.tfrecords\).*first error logged: .*tfrecords, record \d+, "
+                             r"byte offset \d+: cannot decode"):
+        _quiet(lambda: list(L))
+    assert 13 <= L.num_skipped == len(L.skipped)  # stops within one pass of the records
+
+
+def test_skipping_most_records_of_a_heavy_file_does_not_raise(tmp_path):
+    """The guard counts distinct records: a run of skips longer than the dataset, drawn
+    from one file's bad records, is not 'everything is bad'."""
+    bad = _tile_file(tmp_path / "bad.tfrecords", 4, bad=range(4))
+    good = _tile_file(tmp_path / "good.tfrecords", 4)
+    L = tilespec.loader.NumpyLoader([bad, good], [4, 4], [1000.0, 1.0], infinite=True,
+                                    on_error="skip", seed=0, incl_loc=True)
+    it = iter(L)
+    got = _quiet(lambda: [next(it) for _ in range(3)])
+    assert len(got) == 3 and L.num_skipped > 8
+    L.close()
+
+
+def test_the_skip_log_is_bounded_and_the_count_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(tilespec.loader, "SKIP_LOG_LIMIT", 5)
+    path = _tile_file(tmp_path / "s.tfrecords", 4, bad={1})
+    L = tilespec.loader.NumpyLoader([path], [4], [1.0], infinite=True, on_error="skip",
+                                    seed=0, incl_loc=True, batch_size=4)
+    it = iter(L)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        batches = [next(it) for _ in range(20)]  # record 1 comes round 20 times
+    assert all(len(b[0]) == 3 for b in batches)
+    assert L.num_skipped == 20 and len(L.skipped) == 5
+    assert [s["position"] for s in L.skipped] == [1, 5, 9, 13, 17]
+    msgs = [str(x.message) for x in w]
+    assert len(msgs) == 6 and "only counted" in msgs[-1]  # one warning per logged skip, one more
+    L.close()
 
 
 # ------------------------------------------------------------------------- errors
@@ -211,6 +317,22 @@ def test_a_damaged_record_error_names_file_record_and_offset(datasets):
     D.close()
 
 
+def test_image_errors_name_file_record_and_offset(datasets):
+    _, bad, _ = datasets
+    path = [p for p in bad.tfrecords() if p.endswith("slide-d2.tfrecords")][0]
+    offset = int(tilespec.load_index(path)[0][19, 0])
+    D = IndexedInterleaver([path], **OPTS)
+    with pytest.raises(tilespec.ImageDecodeError) as e:
+        D[19]
+    assert (e.value.path, e.value.record, e.value.offset) == (path, 19, offset)
+    D.close()
+    D = IndexedInterleaver([path], on_error="skip", **OPTS)
+    with pytest.warns(UserWarning, match=rf"skipped {path} record 19 .*JPEG or PNG"):
+        assert D[19] is None
+    assert D._items.skipped[0]["error"].startswith(f"{path}, record 19, byte offset {offset}: ")
+    D.close()
+
+
 # ---------------------------------------------------------------- resources
 def _open_tfrecords(folder):
     return [f.path for f in psutil.Process().open_files() if f.path.startswith(str(folder))]
@@ -220,29 +342,41 @@ def _state():
     return threading.active_count(), psutil.Process().num_threads()
 
 
-@pytest.mark.parametrize("how", ["with", "close", "del"])
-def test_breaking_out_of_an_infinite_loader_leaks_nothing(datasets, how):
+@pytest.mark.parametrize("how", ["with", "close", "del", "break"])
+def test_leaving_an_infinite_loader_early_leaks_nothing(datasets, how):
     clean, _, _ = datasets
     folder = os.path.dirname(clean.tfrecords()[0])
     gc.collect()
     before_files, before_threads = _open_tfrecords(folder), _state()
     assert before_files == []
-    if how == "with":
-        with clean.numpy(infinite=True, batch_size=4, **OPTS) as L:
-            for k, _ in enumerate(L):
-                if k == 10:
-                    break
-            assert _open_tfrecords(folder)  # files were open while iterating
-    else:
+    if how == "break":  # leaving the loop is enough: no close(), no garbage collection
         L = clean.numpy(infinite=True, batch_size=4, **OPTS)
         for k, _ in enumerate(L):
             if k == 10:
+                assert _open_tfrecords(folder)  # files are open while iterating
                 break
+        assert _open_tfrecords(folder) == []
+        it = iter(L)  # and the loader goes on where it stopped, reopening its files
+        assert L.position == 44 and len(next(it)[0]) == 4 and _open_tfrecords(folder)
+        it.close()
+    elif how == "with":
+        with clean.numpy(infinite=True, batch_size=4, **OPTS) as L:
+            it = iter(L)  # an iterator still alive: only the with block closes the files
+            for _ in range(10):
+                next(it)
+            assert _open_tfrecords(folder)
+        assert _open_tfrecords(folder) == []
+        del it
+    else:
+        L = clean.numpy(infinite=True, batch_size=4, **OPTS)
+        it = iter(L)
+        for _ in range(10):
+            next(it)
         assert _open_tfrecords(folder)
         if how == "close":
             L.close()
         else:
-            del L
+            del L, it
             gc.collect()
     assert _open_tfrecords(folder) == []
     assert _state() == before_threads
