@@ -14,7 +14,7 @@ The pipeline rows draw the augmentations of ``--positions`` stream positions
 (``Pipeline.draw``) and apply them (``Pipeline.apply``), from decoded pixels
 and from JPEG bytes; tiles/s is their throughput on one core.
 
-"One core": the BLAS behind NumPy's matrix products (resize, blur) is limited
+"One core": the BLAS behind NumPy's matrix products (resize) is limited
 to one thread (OPENBLAS/OMP/MKL_NUM_THREADS=1, set before NumPy is imported,
 unless the environment already sets them). On the shared 2-core development
 machine a second BLAS thread made some rows 5x slower, not faster.

@@ -521,3 +521,81 @@ def test_blur_matches_tf_filter(tf, sigma):
         ours_float = np.einsum("ih,hwc,jw->ijc", wh, img.astype(np.float64), ww)
         assert np.abs(ours_float - ref).max() <= BLUR_FLOAT_TOL
         _assert_rounding_agrees(ref, ops.gaussian_blur(img, sigma), BLUR_FLOAT_TOL)
+
+
+# --------------------------------------------------------------------------- fast paths
+# The ops compute faster than their definitions (banded resize products, SciPy blur
+# passes, integer statistics, Pillow pixel permutations); these tests hold them to
+# the definitions in spec/images.md.
+
+def _dense_separable(img, wh, ww):
+    """The spec's definition: out = A_H @ img @ A_W.T per channel, float64."""
+    return np.einsum("pi,...ijc,qj->...pqc", wh, img.astype(np.float64), ww)
+
+
+@pytest.mark.parametrize("method", [m for m in RESIZE_METHODS if m != "nearest"])
+def test_banded_resize_equals_the_dense_product(method):
+    rng = np.random.default_rng(31)
+    for (h, w), size in [((37, 23), (11, 50)), ((8, 64), (64, 9)), ((5, 5), (1, 1)),
+                         ((1, 40), (3, 17))]:
+        img = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        for aa in (True, False):
+            wh = ops.resize_weights(h, size[0], method, aa)
+            ww = ops.resize_weights(w, size[1], method, aa)
+            want = _dense_separable(img, wh, ww)
+            got = ops.resize_float(img, size, method, aa)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+            assert np.array_equal(ops.resize(img, size, method, aa), ops.to_uint8(want)) or \
+                np.all(np.abs(want - np.floor(want) - 0.5)[ops.resize(img, size, method, aa)
+                                                           != ops.to_uint8(want)] < 1e-9)
+
+
+def test_band_blocks_cover_every_non_zero_weight():
+    from tilespec.resize import band_blocks
+    for method in RESIZE_METHODS:
+        w = ops.resize_weights(97, 40, method)
+        rebuilt = np.zeros_like(w)
+        for o0, o1, i0, i1, block in band_blocks(w, rows=7):
+            rebuilt[o0:o1, i0:i1] = block
+        assert np.array_equal(rebuilt, w)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 0.75, 1.0, 2.0, 3.3])
+def test_blur_equals_the_folded_matrix_definition(sigma):
+    rng = np.random.default_rng(7)
+    for shape in [(1, 1), (1, 6), (2, 3), (4, 13), (13, 4), (30, 31)]:
+        img = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+        want = _dense_separable(img, ops.blur_weights(shape[0], sigma),
+                                ops.blur_weights(shape[1], sigma))
+        got = ops.gaussian_blur(img, sigma).astype(np.float64)
+        # Equal to the rounded definition except at a rounding tie of the float result.
+        differ = got != ops.to_uint8(want)
+        assert np.all(np.abs(want[differ] - np.floor(want[differ]) - 0.5) < 1e-9), shape
+
+
+def test_per_image_statistics_equal_the_two_pass_float64_definition():
+    rng = np.random.default_rng(11)
+    for i in range(200):
+        h, w = rng.integers(1, 40, 2)
+        lo = int(rng.integers(0, 250))
+        img = rng.integers(lo, min(256, lo + 1 + int(rng.integers(1, 30))) if i % 2 else 256,
+                           (h, w, 3), dtype=np.uint8)
+        rows = img.reshape(1, -1).astype(np.float64)
+        mean = rows.mean()
+        std = np.sqrt(np.mean((rows - mean) ** 2))
+        adj = max(std, 1.0 / np.sqrt(rows.size))
+        want = (img.astype(np.float32) - np.float32(mean)) / np.float32(adj)
+        assert np.array_equal(ops.standardize(img, "per_image"), want)
+
+
+def test_geometry_on_views_and_empty_batches():
+    img = np.random.default_rng(3).integers(0, 256, (9, 14, 3), dtype=np.uint8)
+    view = img[1::2, ::-1]                      # not contiguous
+    assert np.array_equal(ops.flip_left_right(view), view[:, ::-1])
+    for k in range(4):
+        got = ops.rot90(view, k)
+        assert np.array_equal(got, np.rot90(view, k)) and got.flags.c_contiguous
+        assert got.flags.writeable and not np.shares_memory(got, img)
+    empty = np.zeros((0, 5, 7, 3), np.uint8)
+    assert ops.flip_left_right(empty).shape == (0, 5, 7, 3)
+    assert ops.rot90(empty, 1).shape == (0, 7, 5, 3)
