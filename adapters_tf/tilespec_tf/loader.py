@@ -33,10 +33,6 @@ OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "j
 #: Positions planned, read and drawn per generator step (rounded up to whole batches).
 CHUNK = 256
 
-#: Options of Dataset.tensorflow() beyond those NumpyLoader takes.
-_TF_ONLY = ("shard_idx", "num_shards", "deterministic", "input_context")
-
-
 class _PlanLoader(NumpyLoader):
     """The reference loader with TensorFlow's default standardization ('per_image').
 
@@ -329,8 +325,6 @@ def make_dataset(dataset, options: dict):
     options = dict(options)
     deterministic = bool(options.pop("deterministic", True))
     rank, num_replicas = _shard(options)
-    for name in ("num_parallel_calls",):
-        options.pop(name, None)
     labels = dataset._loader_labels(options.pop("labels", None))
     table = dataset.sampling_table()
     base = _PlanLoader(list(table.paths), table.clip, table.weights, labels=labels,

@@ -1,0 +1,167 @@
+"""TensorFlow adapter throughput: ``Dataset.tensorflow()`` vs a plain tf.data pipeline.
+
+Writes ``--slides`` TFRecord files of 256x256 JPEG tiles (quality 90) to a
+temporary folder, then times, each as the median of ``--repeats`` runs of
+``--batches`` batches of 64 (a fresh iterator per run, so start-up is included
+in both):
+
+* ``tilespec tf``: ``Dataset.tensorflow(infinite=True, batch_size=64,
+  augment='xyr', standardize='per_image')``: the reference's plan, record
+  reading (Python, CRC-checked) and draws, TensorFlow image ops in a parallel
+  deterministic map;
+* ``plain tf.data``: one ``TFRecordDataset`` per file (repeated),
+  ``sample_from_datasets`` with equal weights, ``parse_single_example``, and
+  the same ops (exact-IDCT decode, flips and rot90 drawn with stateless TF
+  random ops, ``per_image_standardization``) in a parallel deterministic map,
+  batch 64, prefetch.
+
+It prints tiles/s, the ratio of the two, and the peak resident-memory growth
+of a run. Run ``.venv/bin/python bench/tf_loader.py`` (``--quick`` for a smoke
+run). On a machine shared with other work, wall times vary: compare the two
+rows of one run, not runs on different days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import environment, format_table, measure  # noqa: E402
+
+import tilespec  # noqa: E402
+from tilespec.synthetic import encode_jpeg, tissue_tile  # noqa: E402
+
+TILE_PX = 256
+QUALITY = 90
+BATCH = 64
+AUGMENT = "xyr"
+
+
+def write_dataset(folder: str, slides: int, per_slide: int, unique: int) -> list:
+    """``slides`` tfrecords of ``per_slide`` records, cycling ``unique`` distinct JPEGs."""
+    pool = [encode_jpeg(tissue_tile(np.random.default_rng([7, i]), TILE_PX, tumor=i % 2 == 0),
+                        QUALITY) for i in range(unique)]
+    paths = []
+    for s in range(slides):
+        recs = [tilespec.encode_tile(pool[(s * per_slide + i) % unique], f"slide{s}",
+                                     loc_x=i * TILE_PX, loc_y=s * TILE_PX)
+                for i in range(per_slide)]
+        path = os.path.join(folder, f"slide{s}.tfrecords")
+        tilespec.write_records(path, recs)
+        paths.append(path)
+    for p in paths:
+        tilespec.load_index(p)  # build the indexes now, outside the timed runs
+    return paths
+
+
+def plain_pipeline(paths, seed: int = 0):
+    """TFRecordDataset + sample_from_datasets + the same ops, no tilespec."""
+    import tensorflow as tf
+
+    from tilespec_tf import ops as tfops
+
+    features = {"image_raw": tf.io.FixedLenFeature([], tf.string),
+                "slide": tf.io.FixedLenFeature([], tf.string),
+                "loc_x": tf.io.FixedLenFeature([], tf.int64),
+                "loc_y": tf.io.FixedLenFeature([], tf.int64)}
+    files = [tf.data.TFRecordDataset(p).repeat() for p in paths]
+    ds = tf.data.Dataset.sample_from_datasets(files, weights=[1 / len(paths)] * len(paths),
+                                              seed=seed)
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
+
+    def fn(record, rseed):
+        ex = tf.io.parse_single_example(record, features)
+        img = tf.io.decode_jpeg(ex["image_raw"], channels=3, dct_method="INTEGER_ACCURATE")
+        u = tf.random.stateless_uniform([3], seed=rseed)
+        img = tf.cond(u[0] < 0.5, lambda: tf.reverse(img, [1]), lambda: img)
+        img = tf.cond(u[1] < 0.5, lambda: tf.reverse(img, [0]), lambda: img)
+        img = tf.image.rot90(img, tf.cast(tf.floor(4 * u[2]), tf.int32))
+        return tfops.standardize(img, "per_image"), ex["slide"]
+
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
+
+
+def consume(ds, batches: int) -> int:
+    n = 0
+    for img, *_ in ds.take(batches):
+        n += int(img.shape[0])
+    return n
+
+
+def run(args) -> dict:
+    import tensorflow as tf
+
+    env = environment()
+    env["tensorflow"] = tf.__version__
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    with contextlib.ExitStack() as stack:
+        folder = args.dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="tstf-"))
+        os.makedirs(folder, exist_ok=True)
+        t0 = time.perf_counter()
+        paths = write_dataset(folder, args.slides, args.per_slide, args.unique)
+        size = sum(os.path.getsize(p) for p in paths)
+        print(f"dataset: {args.slides} tfrecords x {args.per_slide} records of {TILE_PX}x"
+              f"{TILE_PX} JPEG q{QUALITY}, {size / 1e6:.1f} MB ({time.perf_counter() - t0:.1f} s"
+              " to write)")
+        ds = tilespec.Dataset(tfrecords=folder)
+        ours = ds.tensorflow(infinite=True, batch_size=BATCH, augment=AUGMENT,
+                             standardize="per_image", seed=1, incl_slidenames=True)
+        plain = plain_pipeline(paths, seed=1)
+        tiles = args.batches * BATCH
+        results = []
+        # interleave the two workloads' runs so both see the same machine load
+        order = [("plain tf.data", plain), ("tilespec tf", ours)]
+        for name, d in order:
+            results.append(measure(name, lambda d=d: consume(d, args.batches), items=tiles,
+                                   nbytes=0, repeats=args.repeats, warmup=1, trace=False))
+        if args.repeats > 1:   # a second round, reversed, to even out drift in machine load
+            for (name, d), r in zip(reversed(order), reversed(results)):
+                extra = measure(name, lambda d=d: consume(d, args.batches), items=tiles,
+                                nbytes=0, repeats=args.repeats, warmup=0, trace=False)
+                r.times += extra.times
+                r.cpu_times += extra.cpu_times
+                r.rss_delta = max(r.rss_delta or 0, extra.rss_delta or 0)
+    rows = []
+    plain_rate = results[0].items_per_s
+    for r in results:
+        rows.append([r.name, f"{r.items_per_s:,.0f}", f"{r.items_per_s / plain_rate:.2f}",
+                     f"{r.wall * 1e3:.0f}", f"{r.cpu * 1e3:.0f}", f"{r.spread * 100:.0f}%",
+                     "-" if r.rss_delta is None else f"{r.rss_delta / 2**20:.0f}"])
+    print(f"\n{tiles} tiles per run ({args.batches} batches of {BATCH}), augment {AUGMENT!r} + "
+          f"per_image, median of {len(results[0].times)} runs")
+    print(format_table(["pipeline", "tiles/s", "vs plain", "wall ms", "cpu ms", "spread",
+                        "RSS +MiB"], rows))
+    return {"environment": env, "results": [r.as_dict() for r in results],
+            "ratio": results[1].items_per_s / plain_rate}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--slides", type=int, default=8)
+    p.add_argument("--per-slide", type=int, default=250)
+    p.add_argument("--unique", type=int, default=32, help="distinct JPEGs cycled")
+    p.add_argument("--batches", type=int, default=40, help="batches of 64 per run")
+    p.add_argument("--repeats", type=int, default=3, help="runs per round (two rounds)")
+    p.add_argument("--dir", help="write the dataset here instead of a temporary folder")
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--quick", action="store_true", help="smoke run: 10 batches, 1 round of 2")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batches, args.repeats, args.per_slide, args.unique = 10, 1, 100, 8
+    out = run(args)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
