@@ -31,6 +31,7 @@ from .rng import SLOT_SAMPLE, check_seed, permutation, stream_key, uniforms
 FINITE = "finite"
 INFINITE = "infinite"
 BLOCK = 1 << 16  # positions planned per vectorized step
+CHOICES_AHEAD = 1024  # infinite-stream picks drawn at least at a time (kept for later calls)
 
 
 def partition(clip, num_replicas: int, rank: int):
@@ -114,8 +115,23 @@ def finite_choices(sizes, weights, key) -> np.ndarray:
             left -= counts
             pos = stop
             continue
-        # the window position where an over-drawn tfrecord takes its last record
-        e = min(int(np.flatnonzero(c == t)[left[t] - 1]) for t in over)
+        # the window position where an over-drawn tfrecord takes its last record: the
+        # first position whose pick is the left[t]-th pick of its tfrecord t in `over`
+        if len(over) <= 4:
+            e = min(int(np.flatnonzero(c == t)[left[t] - 1]) for t in over)
+        else:  # many at once (near the end of an epoch): vectorized over a short prefix
+            size = 256
+            while True:  # the shortest prefix (x4) in which some tfrecord runs out
+                pre = c[:size]
+                hit = over[np.bincount(pre, minlength=len(w))[over] >= left[over]]
+                if len(hit) or size >= len(c):
+                    break
+                size *= 4
+            in_hit = np.zeros(len(w), dtype=bool)
+            in_hit[hit] = True
+            idx = np.flatnonzero(in_hit[pre])
+            occ = occurrence_index(pre[idx], np.zeros(len(w), dtype=np.int64))
+            e = int(idx[np.flatnonzero(occ == left[pre[idx]] - 1)[0]])
         out[pos:pos + e + 1] = c[:e + 1]
         left -= np.bincount(c[:e + 1], minlength=len(w))
         pos += e + 1
@@ -171,6 +187,7 @@ class StreamPlan:
         self._finite = None
         self._resume = (0, np.zeros(len(self.clip), dtype=np.int64))  # (position, counts)
         self._cdf = np.cumsum(np.where(self.live, self.weights, 0.0))
+        self._ahead = (0, np.zeros(0, dtype=np.int64))  # (first position, picks) drawn ahead
 
     @property
     def policy(self) -> str:
@@ -198,8 +215,15 @@ class StreamPlan:
         return c, self.starts[c] + self._within(c, k)
 
     def _choices(self, start, stop):
-        u = uniforms(self.key, np.arange(start, stop, dtype=np.int64), SLOT_SAMPLE)[:, 0]
-        return _choose(u, self._cdf)
+        """Tfrecord picks of positions [start, stop) of an infinite stream. Picks are
+        drawn :data:`CHOICES_AHEAD` positions at least at a time and kept, since a
+        draw's cost is mostly fixed: small sequential calls slice the kept ones."""
+        a, kept = self._ahead
+        if not (a <= start and stop <= a + len(kept)):
+            end = max(stop, start + CHOICES_AHEAD)
+            u = uniforms(self.key, np.arange(start, end, dtype=np.int64), SLOT_SAMPLE)[:, 0]
+            a, kept = self._ahead = (start, _choose(u, self._cdf))
+        return kept[start - a:stop - a].copy()  # callers may write into what they get
 
     def _counts_at(self, position: int) -> np.ndarray:
         """Picks of every tfrecord before ``position`` (replayed in blocks to resume)."""

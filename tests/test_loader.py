@@ -253,3 +253,24 @@ def test_indexed_clip_list_and_dict(ds):
         IndexedInterleaver(paths, clip={"/nowhere.tfrecords": 1})
     with pytest.raises(IndexError):
         IndexedInterleaver(paths, seed=0)[10_000]
+
+
+def test_infinite_plan_small_calls_equal_one_call_and_own_their_arrays():
+    """StreamPlan keeps picks drawn ahead (a performance cache): calls of any size, in
+    order, resumed or repeated, give the same records, and writing into a returned
+    array changes nothing later."""
+    from tilespec.sampling import StreamPlan
+    clip, w = np.array([7, 0, 30, 12]), np.array([1.0, 3.0, 0.5, 2.0])
+    want = StreamPlan(clip, w, 5, infinite=True, shuffle=True).records(0, 5000)
+    P = StreamPlan(clip, w, 5, infinite=True, shuffle=True)
+    cuts = [0, 1, 64, 65, 1100, 1100, 3000, 5000]
+    got = [P.records(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+    for t, j in got:
+        t[:] = 0  # the caller owns what it gets
+        j[:] = -1
+    t, j = P.records(0, 10)  # held ahead: the next calls slice what this one drew
+    t[:] = 0
+    for a, b in [(0, 10), (4000, 4100), (10, 20), (0, 5000), (999, 2100)]:
+        t, j = P.records(a, b)
+        np.testing.assert_array_equal(t, want[0][a:b])
+        np.testing.assert_array_equal(j, want[1][a:b])
