@@ -385,3 +385,43 @@ def test_two_iterators_of_one_dataset_read_independently(datasets):
     ref = ds.numpy(**opts)
     assert tt.assert_conforms(got_a, ref, options=opts) == len(ref)
     assert tt.assert_conforms(got_b, ref, options=opts) == len(ref)
+
+
+def _bad_tile_file(path, n, bad):
+    from tilespec.synthetic import encode_jpeg
+    recs = [tilespec.encode_tile(b"\xff\xd8\xff not a jpeg" if i in bad else
+                                 encode_jpeg(np.full((8, 8, 3), i * 20, np.uint8)),
+                                 os.path.basename(str(path)), i, 0) for i in range(n)]
+    tilespec.write_records(path, recs)
+    return str(path)
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_all_records_bad_raises_like_the_reference(tmp_path, batch_size):
+    """spec/reliability.md, 'on_error': an infinite stream that can never yield stops."""
+    from tilespec.loader import AllRecordsSkippedError
+    paths = [_bad_tile_file(tmp_path / f"{k}.tfrecords", 3, bad=range(3)) for k in range(2)]
+    ds = tilespec.Dataset(tfrecords=paths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = ds.tensorflow(infinite=True, seed=3, on_error="skip", batch_size=batch_size,
+                          standardize=False)
+        with pytest.raises(Exception, match="skipped all 6 records"):
+            next(iter(d))
+        with pytest.raises(AllRecordsSkippedError):
+            next(iter(ds.numpy(infinite=True, seed=3, on_error="skip")))
+
+
+def test_skip_log_is_bounded_and_count_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(tilespec.loader, "SKIP_LOG_LIMIT", 3)
+    path = _bad_tile_file(tmp_path / "s.tfrecords", 4, bad={1})
+    ds = tilespec.Dataset(tfrecords=[path])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = ds.tensorflow(infinite=True, seed=0, on_error="skip", batch_size=4,
+                          standardize=False)
+        got = list(d.take(30))  # each batch is one pass over the file: record 1 is skipped
+    assert all(b[0].shape[0] == 3 for b in got)
+    # 30 batches hold 30 skips (prefetching may have read further)
+    assert len(d.skipped) == 3 and d.tilespec.num_skipped >= 30
+    assert [s["record"] for s in d.skipped] == [1, 1, 1]

@@ -22,7 +22,8 @@ import tensorflow as tf
 from tilespec.annotations import LabelError
 from tilespec.errors import TFRecordError
 from tilespec.images import decode_image, image_format
-from tilespec.loader import NumpyLoader, TileSource
+from tilespec import loader as ref_loader
+from tilespec.loader import NumpyLoader, TileSource, _AllSkippedGuard
 from tilespec.sampling import num_batches
 
 from . import ops as tfops
@@ -43,8 +44,9 @@ class _PlanLoader(NumpyLoader):
 
 class LoaderInfo:
     """What a loader exposes besides its elements: ``seed`` (drawn when not given),
-    ``epoch`` (of the next finite iteration), ``skipped`` (records skipped with
-    ``on_error='skip'``: dicts of epoch, position, path, record, error), ``base``
+    ``epoch`` (of the next finite iteration), ``skipped`` (the first
+    ``SKIP_LOG_LIMIT`` records skipped with ``on_error='skip'``: dicts of epoch,
+    position, path, record, error), ``num_skipped`` (every skip), ``base``
     (the reference loader holding the options) and ``len`` (items or batches per
     epoch)."""
 
@@ -52,6 +54,7 @@ class LoaderInfo:
         self.base = base
         self.seed = base.seed
         self.skipped: list = []
+        self.num_skipped = 0
         self.len = length
         self._epochs = itertools.count()
         self.epoch = 0
@@ -154,11 +157,12 @@ class _Generator:
         # the record offsets are shared (read-only once loaded).
         source = TileSource(self.items.source.paths)
         source._offsets = self.items.source._offsets
+        guard = _AllSkippedGuard(plan, source.paths)
         try:
             start = 0
             while total is None or start < total:
                 stop = start + chunk if total is None else min(start + chunk, total)
-                out = self.chunk(source, plan, epoch, start, stop)
+                out = self.chunk(source, plan, epoch, start, stop, guard)
                 if out is not None:
                     yield out
                 start = stop
@@ -178,13 +182,16 @@ class _Generator:
         except TFRecordError as e:
             if self.items.on_error == "raise":
                 raise e.located(path=path, record=j) from None
-            self.info.skipped.append({"epoch": epoch, "position": position, "path": path,
-                                      "record": j, "error": str(e)})
-            warnings.warn(f"skipped {path} record {j} (stream position {position}): {e}",
-                          stacklevel=2)
+            info = self.info
+            info.num_skipped += 1
+            if len(info.skipped) < ref_loader.SKIP_LOG_LIMIT:  # the reference's bounded log
+                info.skipped.append({"epoch": epoch, "position": position, "path": path,
+                                     "record": j, "error": str(e)})
+                warnings.warn(f"skipped {path} record {j} (stream position {position}): {e}",
+                              stacklevel=2)
             return None
 
-    def chunk(self, source, plan, epoch, start, stop):
+    def chunk(self, source, plan, epoch, start, stop, guard=None):
         t, j = plan.records(start, stop)
         positions = np.arange(start, start + len(t))
         draws = self.pipeline.draw(plan.key, positions)
@@ -210,6 +217,11 @@ class _Generator:
             if draws.stain is not None:
                 row["stain"] = draws.stain[k]
             rows.append(row)
+        if guard is not None:  # every owned record skipped without a yield: raise
+            if any(r is not None for r in rows):
+                guard.reset()
+            else:
+                guard.skipped(t, j, self.info.skipped)
         if self.keep_invalid:
             # Batched with on_error='skip': a batch is one item shorter per skipped record.
             # A skipped slot holds a copy of a valid item of its batch, flagged invalid and
