@@ -13,7 +13,10 @@ Writes ``--records`` tile records (256x256 JPEG, quality 90, drawn with
   is not counted), median of ``--repeats`` runs, and the peak RSS of the main
   process plus its workers, sampled every 10 batches;
 * **limit** = bare tiles/s per core x max(1, W) worker processes, and the
-  loader's share of it (target: at least 85%);
+  loader's share of it (target: at least 85%); for W > 1 also W bare loops run
+  at the same time in W processes (what the machine gives W processes at that
+  moment, which on a shared machine can be far below W cores), and the main
+  process's CPU use while the loader runs;
 * **long run**: ``--long-tiles`` tiles (default 200,000) from one infinite
   loader with ``--long-workers`` workers, RSS (main + workers) sampled every
   50 batches: the value after 10% of the run, the peak and the last, to show
@@ -32,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -82,10 +86,36 @@ def write_dataset(folder: str, n_records: int, pool: list) -> tilespec.Dataset:
 def bare_loop(jpegs: list, steps: list) -> None:
     """Decode + the torch ops of each tile's drawn steps + standardize."""
     for data, st in zip(jpegs, steps):
-        x = torch.from_numpy(np.array(_decode(data), copy=False)).permute(2, 0, 1)
+        arr = _decode(data)
+        if arr.flags.writeable:
+            x = torch.from_numpy(arr)
+        else:  # a read-only decoder view, as the loader sees it (not written to)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.from_numpy(arr)
+        x = x.permute(2, 0, 1)
         for s in st:
             x = getattr(ops, s.op)(x, *s.args)
         ops.standardize(x, "unit")
+
+
+def _bare_worker(args):
+    jpegs, steps = args
+    torch.set_num_threads(1)
+    bare_loop(jpegs[:BATCH], steps[:BATCH])
+    t0 = time.perf_counter()
+    bare_loop(jpegs, steps)
+    return time.perf_counter() - t0
+
+
+def bare_parallel(jpegs: list, steps: list, processes: int) -> float:
+    """Aggregate tiles/s of ``processes`` bare loops running at the same time (forked
+    processes): what the machine gives W processes right now."""
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(processes) as pool:
+        times = pool.map(_bare_worker, [(jpegs, steps)] * processes)
+    return processes * len(jpegs) / max(times)
 
 
 def rss_tree() -> int:
@@ -107,14 +137,16 @@ def loader_run(ds, workers: int, batches: int) -> tuple:
     for _ in range(2 * max(1, workers)):
         next(it)
     peak = rss_tree()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for b in range(batches):
         imgs, _ = next(it)
         if b % 10 == 0:
             peak = max(peak, rss_tree())
     dt = time.perf_counter() - t0
+    main_cpu = time.process_time() - c0
     it.close()
-    return dt, peak
+    return dt, peak, main_cpu
 
 
 def long_run(ds, workers: int, tiles: int, log=None) -> dict:
@@ -161,29 +193,36 @@ def run(args) -> dict:
         bare_rate = n_bare / statistics.median(bare_times)
         rows, results = [], {"bare_tiles_per_s_per_core": bare_rate, "bare_times_s": bare_times}
         for w in args.workers:
-            times, peaks = [], []
+            times, peaks, cpus = [], [], []
             for _ in range(args.repeats):
-                dt, peak = loader_run(ds, w, args.batches)
+                dt, peak, cpu = loader_run(ds, w, args.batches)
                 times.append(dt)
                 peaks.append(peak)
+                cpus.append(cpu / dt)
                 if log:
                     print(f"  workers={w}: {args.batches * BATCH / dt:,.0f} tiles/s", file=log)
             rate = args.batches * BATCH / statistics.median(times)
             limit = bare_rate * max(1, w)
+            par = bare_parallel(jpegs, steps, w) if w > 1 else None
             results[f"workers_{w}"] = {"tiles_per_s": rate, "limit": limit,
                                        "fraction": rate / limit, "times_s": times,
-                                       "peak_rss": max(peaks)}
+                                       "peak_rss": max(peaks), "bare_parallel": par,
+                                       "main_cpu_fraction": statistics.median(cpus)}
             rows.append([f"loader num_workers={w}", f"{rate:,.0f}", f"{limit:,.0f}",
-                         f"{100 * rate / limit:.0f}%", f"{max(peaks) / MiB:.0f}",
+                         f"{100 * rate / limit:.0f}%",
+                         "-" if par is None else f"{par:,.0f} ({100 * rate / par:.0f}%)",
+                         f"{100 * statistics.median(cpus):.0f}%", f"{max(peaks) / MiB:.0f}",
                          f"{(max(times) - min(times)) / statistics.median(times) * 100:.0f}%"])
-        rows.insert(0, ["bare decode+ops, 1 core", f"{bare_rate:,.0f}", "-", "-", "-",
+        rows.insert(0, ["bare decode+ops, 1 core", f"{bare_rate:,.0f}", "-", "-", "-", "-",
+                        "-",
                         f"{(max(bare_times) - min(bare_times)) / statistics.median(bare_times) * 100:.0f}%"])
         print(f"{args.records} records, 256x256 JPEG q{QUALITY} (mean {np.mean(sizes) / 1e3:.1f} kB,"
               f" {min(sizes) / 1e3:.1f}-{max(sizes) / 1e3:.1f}), batch {BATCH}, augment "
               f"'{AUGMENT}' + standardize 'unit', {args.batches} batches per run, median of "
               f"{args.repeats}; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
-        print(format_table(["workload", "tiles/s", "limit", "of limit", "peak RSS MiB",
-                            "spread"], rows))
+        print(format_table(["workload", "tiles/s", "limit", "of limit",
+                            "W bare loops at once", "main CPU", "peak RSS MiB", "spread"],
+                           rows))
         if args.long_tiles:
             lr = long_run(ds, args.long_workers, args.long_tiles, log)
             results["long_run"] = lr

@@ -297,6 +297,7 @@ def test_stacked_batches_equal_stacked_ops(mode):
         stack_images([imgs[0], imgs[0][:, :5]], mode)
 
 
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")
 @pytest.mark.parametrize("pin", [False, True])
 def test_worker_buffers_never_change_a_batch_the_caller_still_holds(ds, pin):
     """Workers reuse shared-memory batch buffers only once the main process has freed
