@@ -183,3 +183,28 @@ def test_a_killed_worker_gives_a_clear_error_and_no_leaks(tmp_path):
     it.close()
     del it, L
     _assert_no_leaks(before)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_infinite_stream_of_only_corrupt_records_stops(tmp_path, num_workers):
+    from tilespec.loader import AllRecordsSkippedError
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    _write(folder / "a.tfrecords", "a", [0, 1, 2], corrupt={0, 1, 2})
+    ds = tilespec.Dataset(tfrecords=str(folder))
+    L = ds.torch(num_workers=num_workers, batch_size=2, seed=0, on_error="skip")
+    with pytest.warns(UserWarning):
+        with pytest.raises(Exception, match="skipped all 3 records"):
+            next(iter(L))
+    R = ds.numpy(batch_size=2, seed=0, on_error="skip")
+    with pytest.warns(UserWarning), pytest.raises(AllRecordsSkippedError):
+        next(iter(R))
+
+
+def test_num_skipped_counts_every_skip(corrupt_ds):
+    opts = dict(infinite=False, seed=8, on_error="skip", batch_size=3)
+    L = corrupt_ds.torch(num_workers=2, **opts)
+    with pytest.warns(UserWarning):
+        list(L)
+    assert L.num_skipped == 3 == len(L.skipped)

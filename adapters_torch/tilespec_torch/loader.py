@@ -25,6 +25,11 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 import tilespec
 from tilespec.loader import NumpyLoader, _ItemMaker
+
+try:  # the reference's guard against a stream whose every record is skipped
+    from tilespec.loader import _AllSkippedGuard
+except ImportError:  # pragma: no cover - older reference
+    _AllSkippedGuard = None
 from tilespec.sampling import StreamPlan, worker_batches
 
 from . import ops
@@ -301,6 +306,7 @@ class TileStream(IterableDataset):
                           shuffle=ref.shuffle)
         total = None if ref.infinite else len(plan)
         batched = ref.batch_size is not None
+        guard = _AllSkippedGuard(plan, ref.paths) if _AllSkippedGuard else None
         maker = _torch_items(ref._items, ref.pipeline, batched)
         view = copy.copy(ref)       # the reference's items() over the torch item maker
         view._items = maker
@@ -311,6 +317,7 @@ class TileStream(IterableDataset):
             for b, start, stop in worker_batches((w + start_batch) % W, W, ref.batch_size,
                                                  total, ref.drop_last, start_batch):
                 n_skipped = len(maker.skipped)
+                n_counted = getattr(maker, "num_skipped", None)
                 if info is None:
                     items = view.items(start, stop, plan)
                 else:  # skips are reported (and warned about) by the main process
@@ -318,11 +325,18 @@ class TileStream(IterableDataset):
                         warnings.simplefilter("ignore")
                         items = view.items(start, stop, plan)
                 payload = None
+                if guard is not None:   # the reference's rule: all owned records skipped
+                    if items:
+                        guard.reset()
+                    else:
+                        guard.skipped(*plan.records(start, stop), maker.skipped)
                 if items:
                     payload = (collate(items, ref.pipeline.standardize,
                                        pool and pool.tensor) if batched else items[0])
                 slot = pool.last if pool is not None and batched and items else None
-                yield b, payload, maker.skipped[n_skipped:], slot
+                counted = (len(maker.skipped) - n_skipped if n_counted is None
+                           else maker.num_skipped - n_counted)
+                yield b, payload, (maker.skipped[n_skipped:], counted), slot
         finally:
             maker.close()
 
@@ -352,6 +366,7 @@ class TorchLoader(DataLoader):
         self.reference = reference
         self.tile_batch_size = reference.batch_size
         self._skipped: list = []
+        self._num_skipped = 0
 
     # -- state (the reference's) ---------------------------------------------------------------
     @property
@@ -370,6 +385,12 @@ class TorchLoader(DataLoader):
     def skipped(self) -> list:
         """Records skipped with on_error='skip': dicts of position, path, record, error."""
         return self._skipped
+
+    @property
+    def num_skipped(self) -> int:
+        """Every record skipped with on_error='skip' (``skipped`` logs at most
+        tilespec's SKIP_LOG_LIMIT per worker)."""
+        return self._num_skipped
 
     def state_dict(self) -> dict:
         return self.reference.state_dict()
@@ -397,7 +418,8 @@ class TorchLoader(DataLoader):
         it = super().__iter__()
         in_worker = self.num_workers > 0
         try:
-            for b, payload, skipped, slot in it:
+            for b, payload, (skipped, counted), slot in it:
+                self._num_skipped += counted
                 if slot is not None and payload is not None:
                     weakref.finalize(payload[0].untyped_storage(), _release, flags, *slot)
                 for s in skipped:
