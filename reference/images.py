@@ -13,9 +13,10 @@ because Pillow would silently keep only the high byte of 16-bit RGB.
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError
 
@@ -61,6 +62,35 @@ def _unsupported(data) -> ImageDecodeError:
                             f"{head[:8].hex(' ')}, {n} bytes)")
 
 
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _reason(e: BaseException) -> str:
+    """A decoder exception as text that is the same on every run: object reprs that
+    carry a memory address (Pillow names its file object) are replaced by 'the data'."""
+    text = _ADDRESS.sub("the data", str(e)).strip() or type(e).__name__
+    return text
+
+
+def _open(data, fmt: str):
+    """``Image.open`` of ``data`` as ``fmt``, or :class:`ImageDecodeError` saying why the
+    header cannot be read (format, byte count, first bytes, the decoder's reason)."""
+    try:
+        return Image.open(io.BytesIO(data), formats=[fmt.upper()])
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = _reason(e)
+        if isinstance(e, UnidentifiedImageError):
+            # Pillow's own message only says it cannot identify the data; its format
+            # plugin says why (e.g. 'no marker found', 'broken PNG file').
+            try:
+                Image.OPEN[fmt.upper()][0](io.BytesIO(data)).close()
+            except Exception as inner:  # noqa: BLE001 - only its message is used
+                reason = _reason(inner)
+        raise ImageDecodeError(f"cannot decode {fmt.upper()} image of {len(data)} bytes "
+                               f"(first bytes {bytes(data[:8]).hex(' ')}): its header "
+                               f"cannot be read: {reason}") from None
+
+
 def decode_image(data) -> np.ndarray:
     """Decode JPEG or PNG bytes to a new HWC uint8 RGB array (writeable, C-contiguous).
 
@@ -74,9 +104,16 @@ def decode_image(data) -> np.ndarray:
     if fmt == "png" and len(data) >= 26 and bytes(data[12:16]) == b"IHDR" and data[24] == 16:
         raise ImageDecodeError(f"PNG image has 16 bits per sample (colour type {data[25]}); "
                                "only 8-bit images are supported")
+    im = _open(data, fmt)
     try:
-        with Image.open(io.BytesIO(data), formats=[fmt.upper()]) as im:
-            im.load()
+        with im:
+            size = f"{im.width}x{im.height} {im.mode}"
+            try:
+                im.load()
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                raise ImageDecodeError(f"cannot decode {fmt.upper()} image of {len(data)} "
+                                       f"bytes ({size}): its pixel data cannot be read: "
+                                       f"{_reason(e)}") from None
             mode = im.mode
             if mode not in _MODES_8BIT:
                 raise ImageDecodeError(f"{fmt.upper()} image has mode {mode!r}; only 8-bit "
@@ -88,9 +125,10 @@ def decode_image(data) -> np.ndarray:
             arr = np.asarray(im)
     except ImageDecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(f"cannot decode {fmt.upper()} image of {len(data)} bytes: "
-                               f"{e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(f"cannot decode {fmt.upper()} image of {len(data)} bytes "
+                               f"({size}): its pixels cannot be converted to RGB: "
+                               f"{_reason(e)}") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:  # pragma: no cover
         raise ImageDecodeError(f"decoded image has shape {arr.shape}, dtype {arr.dtype}")
     if not (arr.flags.writeable and arr.flags.c_contiguous and arr.flags.owndata):
@@ -106,11 +144,8 @@ def image_size(data):
     fmt = image_format(data)
     if fmt is None:
         raise _unsupported(data)
-    try:
-        with Image.open(io.BytesIO(data), formats=[fmt.upper()]) as im:
-            return fmt, im.width, im.height
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(f"cannot read {fmt.upper()} header: {e}") from None
+    with _open(data, fmt) as im:
+        return fmt, im.width, im.height
 
 
 __all__ = ["decode_image", "image_format", "image_size"]

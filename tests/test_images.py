@@ -275,3 +275,44 @@ def test_png_equals_tensorflow(tf):
     for data in datas:
         assert np.array_equal(tilespec.decode_image(data),
                               tf.io.decode_png(data, channels=3).numpy())
+
+
+def _damaged(kind):
+    """Bad image bytes of several kinds, each failing at a known stage."""
+    img = _rng(11).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    jpg = _save(Image.fromarray(img), "JPEG", quality=90)
+    png = _save(Image.fromarray(img), "PNG")
+    return {"jpeg header cut": jpg[:20], "jpeg magic only": jpg[:3],
+            "jpeg no markers": jpg[:3] + b"x" * 100, "jpeg pixels cut": jpg[:len(jpg) // 2],
+            "png header cut": png[:30], "png magic only": png[:8],
+            "png idat cut": png[:len(png) // 2]}[kind]
+
+
+@pytest.mark.parametrize("kind", ["jpeg header cut", "jpeg magic only", "jpeg no markers",
+                                  "jpeg pixels cut", "png header cut", "png magic only",
+                                  "png idat cut"])
+def test_decode_errors_are_deterministic_and_say_what_failed(kind):
+    # Pillow's own message names its file object with a memory address
+    # ('<_io.BytesIO object at 0x...>'), different on every run; the error must not.
+    data = _damaged(kind)
+    fmt = kind.split()[0].upper()
+    messages = []
+    header_stage = not kind.endswith("cut") or "header" in kind
+    for f in (tilespec.decode_image, tilespec.decode_image) + ((image_size,) if header_stage
+                                                               else ()):
+        with pytest.raises(tilespec.ImageDecodeError) as e:
+            f(bytes(bytearray(data)))  # a new object each time
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+    for m in messages:
+        assert " at 0x" not in m and "BytesIO" not in m, m
+        assert m.startswith(f"cannot decode {fmt} image of {len(data)} bytes"), m
+        assert m.count(":") >= 1 and m.rsplit(":", 1)[1].strip(), m  # a reason is given
+    if not header_stage:
+        # the header was read: the message has the image's size and says the pixels failed
+        assert "(64x48 RGB): its pixel data cannot be read" in messages[0]
+        assert image_size(data)[1:] == (64, 48)
+    else:
+        assert f"(first bytes {data[:8].hex(' ')}): its header cannot be read" in messages[0]
+    if kind == "jpeg no markers":
+        assert messages[0].endswith("no marker found")
