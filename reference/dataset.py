@@ -27,6 +27,7 @@ from . import balance as bal
 from .annotations import (AnnotationError, Annotations, BalanceError, ClipError, DatasetError,
                           DatasetMismatchWarning, SplitError, normalize_filters, passes,
                           read_annotations)
+from .errors import TFRecordError
 from .index import load_index
 from .labels import as_header_list, category_keys, is_float_values, make_labels
 
@@ -202,7 +203,8 @@ def fixed_split_patients(patients: Sequence[str], val_fraction, *, seed: int = 0
 class Dataset:
     """Tfrecords matched to annotation rows, with balancing and clipping (spec/dataset.md).
 
-    ``Dataset(tfrecords, annotations=None, filters=None, filter_blank=None)``:
+    ``Dataset(tfrecords, annotations=None, filters=None, filter_blank=None,
+    on_error='raise')``:
 
     - ``tfrecords``: a folder, a tfrecord path, or a list of folders/paths.
     - ``annotations``: a CSV path or a list of row dicts with columns
@@ -210,6 +212,13 @@ class Dataset:
       unannotated tfrecords (each tfrecord its own slide, no patients).
     - ``filters``: ``{header: [allowed values]}``; ``filter_blank``: header(s)
       whose blank values exclude a slide.
+    - ``on_error``: what a tfrecord whose index cannot be loaded or built (a
+      damaged record, no index yet; an empty or GZIP file) does to construction.
+      'raise' (default): the index error, naming the file. 'skip': its count n_t
+      is the number of records its headers locate (the scan the loaders make
+      with ``on_error='skip'``), with a warning naming the file; read it with a
+      loader given ``on_error='skip'``. Derived datasets keep the setting.
+      spec/dataset.md, "Counts".
 
     Tfrecords are matched to rows by file stem. Tfrecords without a row and
     rows (passing the filters) without a tfrecord are left out and reported
@@ -217,7 +226,10 @@ class Dataset:
     ``unmatched_tfrecords`` / ``missing_slides``. An empty result is an error.
     """
 
-    def __init__(self, tfrecords, annotations=None, filters=None, filter_blank=None):
+    def __init__(self, tfrecords, annotations=None, filters=None, filter_blank=None, *,
+                 on_error: str = "raise"):
+        if on_error not in ("raise", "skip"):
+            raise DatasetError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         found = find_tfrecords(tfrecords)
         if not found:
             raise DatasetError(f"no tfrecords found in {tfrecords!r}")
@@ -252,15 +264,17 @@ class Dataset:
                 + (f" and applying filters={filters!r}" if filters else "")
                 + (f" and filter_blank={filter_blank!r}" if filter_blank else ""),
                 path=ann.source if ann is not None else None)
-        self._setup(ann, tuple(paths), f_norm, blank, {}, None, None)
+        self._setup(ann, tuple(paths), f_norm, blank, {}, None, None, on_error)
         self.unmatched_tfrecords = unmatched
         self.missing_slides = missing
         self._counts()      # read every n_t now: a bad tfrecord is a construction error
 
     # -- internal state ------------------------------------------------------------------------
 
-    def _setup(self, ann, paths, filters, blank, counts_cache, balance_cfg, clip_cfg):
+    def _setup(self, ann, paths, filters, blank, counts_cache, balance_cfg, clip_cfg,
+               on_error):
         self._ann: Annotations | None = ann
+        self._on_error: str = on_error
         self._paths: tuple = paths
         self._path_set = frozenset(paths)
         self._filters = filters
@@ -285,7 +299,8 @@ class Dataset:
                 b = {p: v / total for p, v in b.items() if p in keep}
             if isinstance(c, dict):
                 c = {p: v for p, v in c.items() if p in keep}
-        new._setup(self._ann, paths, self._filters, self._filter_blank, self._counts_cache, b, c)
+        new._setup(self._ann, paths, self._filters, self._filter_blank, self._counts_cache, b, c,
+                   self._on_error)
         new.unmatched_tfrecords = list(self.unmatched_tfrecords)
         new.missing_slides = list(self.missing_slides)
         return new
@@ -329,19 +344,49 @@ class Dataset:
         """The tfrecord paths, absolute and sorted (spec/dataset.md, "Building")."""
         return list(self._paths)
 
+    @property
+    def on_error(self) -> str:
+        """'raise' or 'skip': how a tfrecord that cannot be indexed was counted
+        (spec/dataset.md, "Counts")."""
+        return self._on_error
+
     def _counts(self) -> np.ndarray:
         if "counts" not in self._cache:
             out = []
             for p in self._paths:
                 if p not in self._counts_cache:
-                    offsets, _ = load_index(p)
-                    self._counts_cache[p] = len(offsets)
+                    self._counts_cache[p] = self._count(p)
                 out.append(self._counts_cache[p])
             self._cache["counts"] = np.array(out, dtype=np.int64)
         return self._cache["counts"]
 
+    def _count(self, path: str) -> int:
+        """n_t of one tfrecord: its index's length; with on_error='skip', when no index
+        can be loaded or built, the records located by the loaders' header scan."""
+        try:
+            offsets, _ = load_index(path)
+            return len(offsets)
+        except TFRecordError as e:
+            if self._on_error != "skip":
+                e.add_note("the dataset cannot count this tfrecord's records; "
+                           "Dataset(..., on_error='skip') counts the records its headers "
+                           "locate instead (read it with on_error='skip')")
+                raise
+        from .loader import TileSource
+
+        source = TileSource([path], on_error="skip")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            n = len(source.offsets(0))  # the very scan a skipping loader makes
+        source.close()
+        why = "; ".join(str(w.message) for w in seen) or f"{path}: no index can be built"
+        warnings.warn(f"{why}. Dataset(on_error='skip') counts {n} record(s) for it",
+                      UserWarning, stacklevel=4)
+        return n
+
     def manifest(self, key: str = "path") -> dict:
-        """``{path: {'total': n_t, 'clipped': c_t}}`` from the index files.
+        """``{path: {'total': n_t, 'clipped': c_t}}`` from the index files (with
+        on_error='skip', header scans for tfrecords that cannot be indexed).
 
         spec/dataset.md, "Counts". ``key='name'`` keys it by slide name instead.
         """

@@ -393,3 +393,108 @@ def test_close_then_iterate_again_reopens(datasets):
     L.close()
     folder = os.path.dirname(clean.tfrecords()[0])
     assert _open_tfrecords(folder) == []
+
+
+# ------------------------------------------------ a Dataset holding a file that cannot be indexed
+
+def _locs(path):
+    source = tilespec.loader.TileSource([path])
+    n = len(source.offsets(0))
+    out = [(t.loc_x, t.loc_y) for t in (source.read(0, j) for j in range(n))]
+    source.close()
+    return out
+
+
+def _folder_with(demo_dataset, tmp_path, damage=None, slides=("slide-b1", "slide-c1")):
+    """A folder of copies (no index files) of ``slides``; ``damage`` = (slide, k, how)."""
+    folder = tmp_path / "tf"
+    folder.mkdir()
+    for s in slides:
+        _copy_without_index(demo_dataset, folder, s)
+    if damage is not None:
+        _damage(folder / f"{damage[0]}.tfrecords", damage[1], damage[2])
+    return folder
+
+
+def _ann(demo_dataset, tmp_path, slides):
+    import csv
+    rows = list(csv.DictReader(open(demo_dataset["annotations"])))
+    path = tmp_path / "ann.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["slide"] in slides)
+    return str(path)
+
+
+def test_dataset_default_refuses_a_file_that_cannot_be_indexed(demo_dataset, tmp_path):
+    folder = _folder_with(demo_dataset, tmp_path, ("slide-c1", 4, "payload"))
+    bad = str(folder / "slide-c1.tfrecords")
+    with pytest.raises(tilespec.CorruptDataError, match=rf"{bad}, record 4") as e:
+        tilespec.Dataset(tfrecords=str(folder))
+    assert any("on_error='skip'" in n for n in e.value.__notes__)
+    with pytest.raises(tilespec.annotations.DatasetError, match="on_error must be 'raise' or 'skip'"):
+        tilespec.Dataset(tfrecords=str(folder), on_error="ignore")
+
+
+def test_dataset_skip_counts_a_damaged_file_by_its_headers(demo_dataset, tmp_path):
+    slides = ("slide-b1", "slide-c1")
+    folder = _folder_with(demo_dataset, tmp_path, ("slide-c1", 4, "payload"), slides)
+    bad = str(folder / "slide-c1.tfrecords")
+    src = [p for p in demo_dataset["paths"] if p.endswith("slide-c1.tfrecords")][0]
+    n_c1 = len(compute_index(src, locations=False)[0])  # the damaged copy's headers are sound
+    with pytest.warns(UserWarning, match=rf"{bad}: no index can be built .*counts {n_c1} "
+                      r"record\(s\) for it") as rec:
+        ds = tilespec.Dataset(tfrecords=str(folder), annotations=_ann(demo_dataset, tmp_path,
+                                                                     slides), on_error="skip")
+    assert rec[0].filename == __file__  # the warning points at the caller
+    assert ds.on_error == "skip"
+    assert not os.path.exists(tilespec.index.index_path(bad))  # nothing written
+    counts = {os.path.basename(p): v["total"] for p, v in ds.manifest().items()}
+    assert counts["slide-c1.tfrecords"] == n_c1
+    # a skipping loader yields every good record exactly once
+    got = _quiet(lambda: list(ds.numpy(on_error="skip", infinite=False, **OPTS)))
+    ids = _ids(got)
+    assert len(ids) == len(set(ids)) == ds.num_tiles - 1
+    locs = _locs(src)
+    assert sorted((x, y) for s, x, y in ids if s == "slide-c1") == \
+        sorted(locs[:4] + locs[5:])
+    # a loader that does not skip still refuses the file when it reaches it
+    with pytest.raises(tilespec.CorruptDataError, match=rf"{bad}"):
+        list(ds.numpy(infinite=False, **OPTS))
+    # derived datasets keep the setting (and the counts)
+    derived = [ds.clip(5), ds.balance("category"), ds.filter({"category": ["tumor"]}),
+               *ds.kfold_split(2)[0], ds.unclip()]
+    for d in derived:
+        assert d.on_error == "skip"
+        assert "Dataset" in repr(d)
+    tumor = ds.filter({"category": ["tumor"]})
+    assert tumor.tfrecords() == [bad] and tumor.num_tiles == n_c1
+    got = _quiet(lambda: list(tumor.clip(6).numpy(on_error="skip", infinite=False, **OPTS)))
+    assert sorted((x, y) for _, x, y in _ids(got)) == sorted(locs[:4] + locs[5:6])
+
+
+def test_dataset_skip_with_a_damaged_length_counts_up_to_the_cut(demo_dataset, tmp_path):
+    folder = _folder_with(demo_dataset, tmp_path, ("slide-c1", 7, "length"), ("slide-c1",))
+    with pytest.warns(UserWarning, match=r"the scan stops at record 7.*counts 8 record\(s\)"):
+        ds = tilespec.Dataset(tfrecords=str(folder), on_error="skip")
+    assert ds.num_tiles == 8  # records 0-6 and the damaged one, skipped when read
+    L = ds.numpy(on_error="skip", infinite=False, **OPTS)
+    got = _quiet(lambda: list(L))
+    src = [p for p in demo_dataset["paths"] if p.endswith("slide-c1.tfrecords")][0]
+    assert sorted((x, y) for _, x, y in _ids(got)) == sorted(_locs(src)[:7])
+    assert [s["record"] for s in L.skipped] == [7]
+
+
+def test_dataset_skip_with_an_empty_file(demo_dataset, tmp_path):
+    folder = _folder_with(demo_dataset, tmp_path, slides=("slide-c1",))
+    (folder / "slide-z9.tfrecords").write_bytes(b"")
+    with pytest.raises(tilespec.EmptyFileError, match="slide-z9"):
+        tilespec.Dataset(tfrecords=str(folder))
+    with pytest.warns(UserWarning, match=r"slide-z9.tfrecords: no index can be built "
+                      r"\(empty file.*counts 0 record\(s\)"):
+        ds = tilespec.Dataset(tfrecords=str(folder), on_error="skip")
+    assert [v["total"] for v in ds.manifest(key="name").values()] == [12, 0]
+    got = _quiet(lambda: list(ds.numpy(on_error="skip", infinite=False, **OPTS)))
+    src = [p for p in demo_dataset["paths"] if p.endswith("slide-c1.tfrecords")][0]
+    assert sorted((x, y) for _, x, y in _ids(got)) == sorted(_locs(src))
