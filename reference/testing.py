@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -30,6 +31,10 @@ LEVELS = {"resize": 1, "blur": 1, "reinhard": 1, "reinhard_fast": 1, "macenko": 
 #: Bounds when a JPEG round trip follows an inexact operation: a one-level change can
 #: move a DCT coefficient across a quantization step.
 JPEG_AFTER_INEXACT = (32, 0.5)  # (max |diff|, mean |diff|) in grey levels
+#: Pixels one JPEG coding decision can change: a 4:2:0 MCU (16 x 16; the reference's
+#: JPEG uses subsampling 4:2:0) plus the one-pixel ring that libjpeg's fancy chroma
+#: upsampling reaches into the neighbouring MCUs: 18 x 18.
+JPEG_DECISION_PX = 18 * 18
 
 
 class ConformanceError(AssertionError):
@@ -38,14 +43,55 @@ class ConformanceError(AssertionError):
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Allowed image difference in grey levels: max and mean absolute difference."""
+    """Allowed difference of the uint8 images a pipeline makes, in grey levels: max and
+    mean absolute difference (spec/adapters.md, "Conformance").
+
+    ``block_px`` > 0 (a JPEG round trip after an inexact step): one JPEG coding
+    decision changes up to ``block_px`` pixels by up to ``max_abs``, so the mean
+    bound of an image of P pixels is at least ``max_abs * block_px / P``
+    (:meth:`mean_bound`). Standardized images are compared in grey levels of the
+    reference; for 'per_image' the bounds are carried through the standardization
+    (:meth:`per_image_bounds`).
+    """
 
     max_abs: float = 0.0
     mean_abs: float = 0.0
+    block_px: int = 0
 
     @property
     def exact(self) -> bool:
         return self.max_abs == 0
+
+    def mean_bound(self, pixels: int) -> float:
+        """The mean bound for an image of ``pixels`` pixels (H x W): ``mean_abs``,
+        raised to one coding decision's worth, ``max_abs * block_px / pixels``, and
+        at most ``max_abs``."""
+        if not self.block_px or pixels <= 0:
+            return self.mean_abs
+        return min(self.max_abs, max(self.mean_abs, self.max_abs * self.block_px / pixels))
+
+    def per_image_bounds(self, z: np.ndarray, sigma: float) -> tuple:
+        """Bounds, in the reference's grey levels, on ``|got - ref| * sigma`` for
+        'per_image' standardized images whose uint8 sources differ within this
+        tolerance: ``(per-element max bounds, mean bound)``.
+
+        ``z`` is the reference's standardized image (one image, HWC) and ``sigma``
+        its adjusted std in grey levels. With d = max_abs, m = the mean bound of
+        the image and s = sqrt(d * m) (the largest std the uint8 difference can
+        have, since its mean square is at most d * m), the means differ by at most
+        m and the adjusted stds by at most s, so element i differs by at most
+        ``r * (d + m + |z_i| * s)`` levels and the mean by ``r * (2 m + s *
+        rms(z))``, where r = sigma / (sigma - s) (unbounded when sigma <= s).
+        """
+        z = np.abs(np.asarray(z, dtype=np.float64))
+        d = float(self.max_abs)
+        if d == 0:
+            return np.zeros(z.shape), 0.0
+        m = self.mean_bound(z.shape[-3] * z.shape[-2] if z.ndim >= 3 else z.size)
+        s = math.sqrt(d * m)
+        r = sigma / (sigma - s) if sigma > s else math.inf
+        rms = float(np.sqrt(np.mean(z * z))) if z.size else 0.0
+        return r * (d + m + z * s), r * (2 * m + s * rms)
 
 
 def image_tolerance(options: Mapping | None = None) -> Tolerance:
@@ -54,7 +100,10 @@ def image_tolerance(options: Mapping | None = None) -> Tolerance:
     Exact (0) unless the pipeline has inexact steps: resize (other than
     'nearest'), blur ('b'), stain normalization. Their bounds add up; a JPEG
     round trip ('j') after an inexact step widens the bound to
-    :data:`JPEG_AFTER_INEXACT`.
+    :data:`JPEG_AFTER_INEXACT`, with a mean bound of at least one JPEG coding
+    decision's worth on small images (``block_px`` = :data:`JPEG_DECISION_PX`);
+    inexact steps after it add to both bounds. The bounds are on the uint8
+    images; standardized images are compared through them (spec/adapters.md).
     """
     options = dict(options or {})
     augment = parse_augment(options.get("augment", False))
@@ -66,17 +115,21 @@ def image_tolerance(options: Mapping | None = None) -> Tolerance:
     if norm is not None:
         method = norm if isinstance(norm, str) else getattr(norm, "method", "macenko")
         inexact += LEVELS.get(method, 2)
-    levels = float(inexact)
+    top, mean, block = float(inexact), float(inexact), 0
     for c in augment:
         if c == "b":
-            levels += LEVELS["blur"]
-        elif c == "j" and levels > 0:
-            return Tolerance(*JPEG_AFTER_INEXACT)
-    return Tolerance(levels, levels)
+            top += LEVELS["blur"]
+            mean += LEVELS["blur"]
+        elif c == "j" and top > 0:
+            top, mean, block = *map(float, JPEG_AFTER_INEXACT), JPEG_DECISION_PX
+    return Tolerance(top, mean, block)
 
 
 def to_numpy(x):
-    """NumPy view of a torch tensor, TF tensor, array, scalar; str for bytes; None stays."""
+    """NumPy view of a torch tensor, TF tensor, array or scalar; None stays None.
+
+    Bytes become str: a bytes scalar (a TF scalar ``tf.string``) a 0-d str array,
+    like a str gives; arrays of bytes str arrays of the same shape."""
     if x is None:
         return None
     if hasattr(x, "detach"):              # torch
@@ -117,6 +170,12 @@ def _levels_per_unit(ref: np.ndarray, mode: str) -> float:
     return 1.0 / gaps.min() if len(gaps) else 1.0
 
 
+def _describe_bound(top) -> str:
+    if np.ndim(top) == 0:
+        return f"{float(top):g}"
+    return f"{float(np.min(top)):.4g} to {float(np.max(top)):.4g} (per element)"
+
+
 def _compare_image(got, ref, tol: Tolerance, layout: str, where: str, batched: bool):
     if layout == "CHW":
         got = np.moveaxis(got, -3, -1)
@@ -131,6 +190,8 @@ def _compare_image(got, ref, tol: Tolerance, layout: str, where: str, batched: b
         g = got if r is None else got[r]
         f = ref if r is None else ref[r]
         at = where if r is None else f"{where}, row {r}"
+        pixels = f.shape[-3] * f.shape[-2] if f.ndim >= 3 else f.size
+        top, mean_bound, how = tol.max_abs, tol.mean_bound(pixels), ""
         if f.dtype == np.uint8:
             diff = np.abs(g.astype(np.int16) - f.astype(np.int16)).astype(np.float64)
             slack = 0.0
@@ -141,14 +202,21 @@ def _compare_image(got, ref, tol: Tolerance, layout: str, where: str, batched: b
             scale = _levels_per_unit(f, mode)
             diff = np.abs(g.astype(np.float64) - f.astype(np.float64)) * scale
             slack = 1e-3  # float32 rounding, in grey levels
+            if mode == "per_image" and not tol.exact:
+                top, mean_bound = tol.per_image_bounds(f, scale)
+                how = " (the uint8 bounds carried through 'per_image')"
+        excess = diff - top
         worst = float(diff.max()) if diff.size else 0.0
         mean = float(diff.mean()) if diff.size else 0.0
-        if worst > tol.max_abs + slack or mean > tol.mean_abs + slack:
-            idx = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape))
+        if (diff.size and float(excess.max()) > slack) or mean > mean_bound + slack:
+            k = int(excess.argmax()) if diff.size else 0
+            idx = tuple(int(i) for i in np.unravel_index(k, diff.shape))
+            allowed = top if np.ndim(top) == 0 else float(top[idx])
             raise ConformanceError(
-                f"{at}, field 'image': max |diff| {worst:.4g} grey levels at (h, w, c) "
-                f"{idx} (got {g[idx]!r}, reference {f[idx]!r}), mean {mean:.4g}; allowed "
-                f"max {tol.max_abs:g}, mean {tol.mean_abs:g}")
+                f"{at}, field 'image': max |diff| {worst:.4g} grey levels, mean {mean:.4g}; "
+                f"allowed max {_describe_bound(top)}, mean {mean_bound:.4g}{how}; worst "
+                f"against its bound at (h, w, c) {idx}: got {g[idx]!r}, reference "
+                f"{f[idx]!r}, |diff| {float(diff[idx]):.4g}, allowed there {allowed:.4g}")
 
 
 def _compare_field(name, got, ref, where):
@@ -326,4 +394,5 @@ def sampling_configs(max_replicas: int = 3, max_batch: int = 5):
 
 __all__ = ["assert_conforms", "image_tolerance", "Tolerance", "ConformanceError", "to_numpy",
            "TileDatasetLayout", "write_tile_dataset", "images", "augment_strings",
-           "tile_dataset_layouts", "sampling_configs", "LEVELS", "JPEG_AFTER_INEXACT"]
+           "tile_dataset_layouts", "sampling_configs", "LEVELS", "JPEG_AFTER_INEXACT",
+           "JPEG_DECISION_PX"]
