@@ -208,3 +208,50 @@ def test_num_skipped_counts_every_skip(corrupt_ds):
     with pytest.warns(UserWarning):
         list(L)
     assert L.num_skipped == 3 == len(L.skipped)
+
+
+def _small_ds(tmp_path, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    for s in range(2):
+        _write(folder / f"s{s}.tfrecords", f"s{s}", [s * 40 + i for i in range(6)])
+    ds = tilespec.Dataset(tfrecords=str(folder))
+    for f in ds.tfrecords():
+        tilespec.load_index(f)
+    return ds
+
+
+def test_keyboard_interrupt_in_a_transform_propagates_and_leaks_nothing(tmp_path):
+    """Ctrl-C while the loader works (num_workers=0): KeyboardInterrupt itself reaches
+    the caller (never wrapped or swallowed) and files are released."""
+    ds = _small_ds(tmp_path, "ki")
+    calls = []
+
+    def transform(img):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return img
+
+    before = _resources()
+    L = ds.torch(num_workers=0, batch_size=2, infinite=True, seed=0, transform=transform)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in L:
+            pass
+    del L
+    _assert_no_leaks(before)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_keyboard_interrupt_in_the_training_loop_leaks_nothing(tmp_path, num_workers):
+    """Ctrl-C in the user's loop over an infinite loader with workers: the workers, their
+    files and threads are gone once the loader is dropped."""
+    ds = _small_ds(tmp_path, f"kl{num_workers}")
+    before = _resources()
+    L = ds.torch(num_workers=num_workers, batch_size=2, infinite=True, seed=0, augment="x")
+    with pytest.raises(KeyboardInterrupt):
+        for i, batch in enumerate(L):
+            if i == 7:
+                raise KeyboardInterrupt
+    del L, batch
+    _assert_no_leaks(before)
