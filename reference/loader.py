@@ -334,6 +334,16 @@ class _ItemMaker:
         self.source.close()
 
 
+def _pipeline_and_items(paths, default_standardize, *, labels, incl_slidenames, incl_loc,
+                        on_error, **image_options):
+    """The image pipeline of a loader's options and the item maker applying it: what
+    :class:`NumpyLoader` and :class:`IndexedInterleaver` build the same way."""
+    pipeline = Pipeline.from_options(**image_options, default_standardize=default_standardize)
+    items = _ItemMaker(paths, labels=labels, pipeline=pipeline,
+                       incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error)
+    return pipeline, items
+
+
 def collate(items, images=None):
     """Stack items into a batch: images (N, ...), labels array (or None), slides
     (str array), loc_x and loc_y (int64 arrays).
@@ -385,14 +395,12 @@ class NumpyLoader:
         self.shuffle = bool(shuffle)
         self.rank, self.num_replicas = int(rank), int(num_replicas)
         self.drop_last = bool(drop_last)
-        self.pipeline = Pipeline.from_options(
+        self.pipeline, self._items = _pipeline_and_items(
+            self.paths, self.default_standardize, labels=labels,
+            incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error,
             augment=augment, normalizer=normalizer, transform=transform,
             standardize=standardize, crop_left=crop_left, crop_width=crop_width,
-            resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa,
-            default_standardize=self.default_standardize)
-        self._items = _ItemMaker(self.paths, labels=labels, pipeline=self.pipeline,
-                                 incl_slidenames=incl_slidenames, incl_loc=incl_loc,
-                                 on_error=on_error)
+            resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa)
         self.epoch = 0
         self.position = 0
         self._plan = self.plan(0)  # validates clip/weights now
@@ -609,14 +617,12 @@ class IndexedInterleaver:
         self.seed = new_seed() if seed is None else check_seed(seed)
         self.rank, self.num_replicas = int(rank), int(num_replicas)
         self.shuffle = bool(shuffle)
-        self.pipeline = Pipeline.from_options(
+        self.pipeline, self._items = _pipeline_and_items(
+            self.paths, self.default_standardize, labels=labels,
+            incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error,
             augment=augment, normalizer=normalizer, transform=transform,
             standardize=standardize, crop_left=crop_left, crop_width=crop_width,
-            resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa,
-            default_standardize=self.default_standardize)
-        self._items = _ItemMaker(self.paths, labels=labels, pipeline=self.pipeline,
-                                 incl_slidenames=incl_slidenames, incl_loc=incl_loc,
-                                 on_error="raise" if on_error == "raise" else on_error)
+            resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa)
         counts = np.array([len(self._items.source.offsets(t)) for t in range(len(self.paths))],
                           dtype=np.int64)
         self.clip = _clip_array(clip, self.paths, counts)

@@ -116,6 +116,20 @@ def rot90(img, k) -> np.ndarray:
     return _pillow_transpose(img, _ROTATIONS[k])
 
 
+def check_crop_box(left, width, height, img_width) -> tuple[int, int]:
+    """``(left, width)`` as ints once the box rows and columns [left, left+width) is
+    inside an image of ``height`` x ``img_width``; ValueError naming the box and the
+    image size otherwise (spec/images.md, "Crop"). Shared by the adapters' crops."""
+    left = _check_int(left, "crop left")
+    width = _check_int(width, "crop width")
+    if width <= 0:
+        raise ValueError(f"crop width must be positive, got {width}")
+    if left < 0 or left + width > height or left + width > img_width:
+        raise ValueError(f"crop box rows and columns [{left}, {left + width}) is outside the "
+                         f"image of height {height}, width {img_width}")
+    return left, width
+
+
 def crop(img, left, width) -> np.ndarray:
     """The square box rows [left, left+width), columns [left, left+width).
 
@@ -123,14 +137,7 @@ def crop(img, left, width) -> np.ndarray:
     size. See spec/images.md, "Crop".
     """
     _check_image(img)
-    left = _check_int(left, "crop left")
-    width = _check_int(width, "crop width")
-    h, w = img.shape[-3], img.shape[-2]
-    if width <= 0:
-        raise ValueError(f"crop width must be positive, got {width}")
-    if left < 0 or left + width > h or left + width > w:
-        raise ValueError(f"crop box rows and columns [{left}, {left + width}) is outside the "
-                         f"image of height {h}, width {w}")
+    left, width = check_crop_box(left, width, img.shape[-3], img.shape[-2])
     return _copy(img[..., left:left + width, left:left + width, :])
 
 
@@ -341,6 +348,15 @@ def jpeg(img, quality) -> np.ndarray:
 
 # --------------------------------------------------------------------------- standardize
 
+def check_standardize_mode(mode) -> str:
+    """``mode`` when it is one of :data:`STANDARDIZE_MODES`, else ValueError listing
+    them (spec/images.md, "Standardization"). Shared by the adapters' standardize."""
+    if mode not in STANDARDIZE_MODES:
+        raise ValueError(f"unknown standardize mode {mode!r}; valid modes are "
+                         f"{', '.join(STANDARDIZE_MODES)}")
+    return mode
+
+
 def standardize(img, mode) -> np.ndarray:
     """Standardize to float32 (spec/images.md, "Standardization").
 
@@ -348,9 +364,7 @@ def standardize(img, mode) -> np.ndarray:
     mean and (population) std over each image, as tf.image.per_image_standardization.
     """
     _check_image(img)
-    if mode not in STANDARDIZE_MODES:
-        raise ValueError(f"unknown standardize mode {mode!r}; valid modes are "
-                         f"{', '.join(STANDARDIZE_MODES)}")
+    check_standardize_mode(mode)
     x = img.astype(np.float32)
     if mode == "unit":
         # In place: the same float32 division and subtraction, no temporaries.

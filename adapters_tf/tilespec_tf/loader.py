@@ -24,7 +24,6 @@ from tilespec.errors import TFRecordError
 from tilespec.images import decode_image, image_format
 from tilespec import loader as ref_loader
 from tilespec.loader import NumpyLoader, TileSource, _AllSkippedGuard
-from tilespec.sampling import num_batches
 
 from . import ops as tfops
 

@@ -63,12 +63,6 @@ def _check_image(img, what="image") -> tf.Tensor:
     return img
 
 
-def _check_int(value, name) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
 def to_uint8(x) -> tf.Tensor:
     """Round to nearest (ties to even, ``tf.round``) and clip to [0, 255], as uint8
     (spec/images.md, "uint8 conversion"). Never a bare cast."""
@@ -119,7 +113,7 @@ def rot90(img, k) -> tf.Tensor:
     ``k`` is an integer (taken modulo 4) or an int32 scalar tensor."""
     img = _check_image(img)
     if not tf.is_tensor(k):
-        k = _check_int(k, "k") % 4
+        k = _ref._check_int(k, "k") % 4
     return tf.image.rot90(img, k)
 
 
@@ -129,7 +123,7 @@ def crop(img, left, width) -> tf.Tensor:
     A box outside the image raises ValueError (eager) or InvalidArgumentError
     (in a graph) naming the box and the image height and width."""
     img = _check_image(img)
-    left, width = _check_int(left, "crop left"), _check_int(width, "crop width")
+    left, width = _ref._check_int(left, "crop left"), _ref._check_int(width, "crop width")
     if width <= 0 or left < 0:
         raise ValueError(f"crop needs left >= 0 and width > 0, got left={left}, width={width}")
     shape = tf.shape(img)
@@ -155,7 +149,7 @@ def _size_pair(size):
     if isinstance(size, numbers.Integral):
         pair = (int(size), int(size))
     else:
-        pair = tuple(int(_check_int(v, "resize size")) for v in size)
+        pair = tuple(int(_ref._check_int(v, "resize size")) for v in size)
         if len(pair) != 2:
             raise ValueError(f"resize size must be an integer or (height, width), got {size!r}")
     if min(pair) <= 0:
@@ -247,7 +241,7 @@ def jpeg(img, quality) -> tf.Tensor:
     img = _check_image(img)
     if tf.is_tensor(quality):
         return jpeg_variable(img, quality)
-    quality = _check_int(quality, "JPEG quality")
+    quality = _ref._check_int(quality, "JPEG quality")
     if not 0 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 0..100, got {quality}")
     if img.shape.rank == 4:
@@ -274,9 +268,7 @@ def standardize(img, mode) -> tf.Tensor:
     """Standardize to float32 (spec/images.md, "Standardization"): 'unit' is
     x / 127.5 - 1; 'per_image' is ``tf.image.per_image_standardization``."""
     img = _check_image(img)
-    if mode not in STANDARDIZE_MODES:
-        raise ValueError(f"unknown standardize mode {mode!r}; valid modes are "
-                         f"{', '.join(STANDARDIZE_MODES)}")
+    _ref.check_standardize_mode(mode)
     if mode == "unit":
         return tf.cast(img, tf.float32) / tf.constant(127.5, tf.float32) - 1.0
     return tf.image.per_image_standardization(img)

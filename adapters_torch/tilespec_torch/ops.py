@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import numpy as np
 import torch
@@ -67,12 +66,6 @@ def _check_image(img, what="image"):
     return img
 
 
-def _check_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Round to nearest, ties to even (torch.round), clip to [0, 255], as uint8
     (spec/images.md, "uint8 conversion"). NaN is rejected."""
@@ -103,21 +96,14 @@ def rot90(img, k) -> torch.Tensor:
     "Rotation"). torch.rot90 over (H, W) turns from the first axis towards the second,
     the same direction."""
     _check_image(img)
-    k = _check_int(k, "k") % 4
+    k = _ref._check_int(k, "k") % 4
     return torch.rot90(img, k, dims=(-2, -1)) if k else img.clone()  # flip: a new tensor
 
 
 def crop(img, left, width) -> torch.Tensor:
     """The square box rows and columns [left, left+width) (spec/images.md, "Crop")."""
     _check_image(img)
-    left = _check_int(left, "crop left")
-    width = _check_int(width, "crop width")
-    h, w = img.shape[-2], img.shape[-1]
-    if width <= 0:
-        raise ValueError(f"crop width must be positive, got {width}")
-    if left < 0 or left + width > h or left + width > w:
-        raise ValueError(f"crop box rows and columns [{left}, {left + width}) is outside the "
-                         f"image of height {h}, width {w}")
+    left, width = _ref.check_crop_box(left, width, img.shape[-2], img.shape[-1])
     return img[..., left:left + width, left:left + width].clone(memory_format=torch.contiguous_format)
 
 
@@ -207,9 +193,7 @@ def standardize(img, mode) -> torch.Tensor:
     as the reference.
     """
     _check_image(img)
-    if mode not in STANDARDIZE_MODES:
-        raise ValueError(f"unknown standardize mode {mode!r}; valid modes are "
-                         f"{', '.join(STANDARDIZE_MODES)}")
+    _ref.check_standardize_mode(mode)
     x = img.to(torch.float32)
     if mode == "unit":
         return x.div_(_HALF_255).sub_(1.0)
