@@ -106,6 +106,28 @@ def test_unit_standardize_is_bit_exact():
     np.testing.assert_array_equal(got, ref.standardize(img, "unit"))
 
 
+@FEW
+@given(img=tt.images(1, 24), mode=st.sampled_from(["unit", "per_image"]),
+       k=st.integers(0, 3))
+def test_standardize_into_out_equals_a_new_result(img, mode, k):
+    """out= (a batch row) holds exactly what a new tensor would, also for the
+    non-contiguous layout a rotation leaves."""
+    x = ops.rot90(ops.from_numpy(img), k)
+    batch = torch.full((2,) + tuple(x.shape), float("nan"))
+    got = ops.standardize(x, mode, out=batch[1])
+    assert got.data_ptr() == batch[1].data_ptr()
+    assert torch.equal(batch[1], ops.standardize(x, mode))
+    assert torch.isnan(batch[0]).all()
+
+
+def test_standardize_rejects_a_bad_out():
+    img = ops.from_numpy(np.zeros((4, 4, 3), np.uint8))
+    for bad in (torch.empty((3, 4, 5)), torch.empty((3, 4, 4), dtype=torch.float64),
+                np.empty((3, 4, 4), np.float32)):
+        with pytest.raises(ValueError, match="out= must be a float32 tensor"):
+            ops.standardize(img, "unit", out=bad)
+
+
 def test_to_uint8_rounds_ties_to_even_and_clips():
     x = torch.tensor([0.5, 1.5, 2.5, -3.0, 300.0, 254.5], dtype=torch.float64)
     assert ops.to_uint8(x).tolist() == [0, 2, 2, 0, 255, 254]

@@ -185,25 +185,36 @@ def jpeg(img, quality) -> torch.Tensor:
 _HALF_255 = 127.5
 
 
-def standardize(img, mode) -> torch.Tensor:
+def standardize(img, mode, *, out=None) -> torch.Tensor:
     """Standardize to float32 (spec/images.md, "Standardization").
 
     'unit': x / 127.5 - 1. 'per_image': (x - mean) / max(std, 1/sqrt(H*W*C)) with
     mean and population std over each image taken in float64 and rounded to float32,
-    as the reference.
+    as the reference. ``out``, a float32 tensor of the image's shape (a batch row, for
+    the loader's collate), receives the result, which is then ``out`` itself: for
+    'unit' the conversion is done in place there, one pass fewer than a new tensor
+    copied in (and the fastest way to read a rotated, non-contiguous image).
     """
     _check_image(img)
     _ref.check_standardize_mode(mode)
-    x = img.to(torch.float32)
+    if out is not None and (not isinstance(out, torch.Tensor) or out.dtype != torch.float32
+                            or tuple(out.shape) != tuple(img.shape)):
+        raise ValueError(f"standardize out= must be a float32 tensor of the image's shape "
+                         f"{tuple(img.shape)}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} "
+                         f"{tuple(getattr(out, 'shape', ()))}")
     if mode == "unit":
+        x = img.to(torch.float32) if out is None else out.copy_(img)
         return x.div_(_HALF_255).sub_(1.0)
+    x = img.to(torch.float32)
     n = img.shape[-3] * img.shape[-2] * img.shape[-1]
     rows = img.reshape(-1, n).to(torch.float64)
     mean = rows.mean(dim=1, keepdim=True)
     std = torch.sqrt(((rows - mean) ** 2).mean(dim=1, keepdim=True))
     adjusted = torch.clamp(std, min=1.0 / math.sqrt(n))
-    out = (x.reshape(-1, n) - mean.to(torch.float32)) / adjusted.to(torch.float32)
-    return out.reshape(img.shape)
+    result = ((x.reshape(-1, n) - mean.to(torch.float32)) / adjusted.to(torch.float32)
+              ).reshape(img.shape)
+    return result if out is None else out.copy_(result)
 
 
 # --------------------------------------------------------------------------- stain
