@@ -13,7 +13,10 @@ Writes ``--records`` tile records (256x256 JPEG, quality 90, drawn with
   is not counted), median of ``--repeats`` runs, and the peak RSS of the main
   process plus its workers, sampled every 10 batches;
 * **limit** = bare tiles/s per core x max(1, W) worker processes, and the
-  loader's share of it (target: at least 85%); for W > 1 also W bare loops run
+  loader's share of it (target: at least 85%): each repeat runs the bare loop
+  and then every loader, and the share is the median over repeats of the
+  loader's rate over that repeat's limit (its range is shown too), so a
+  drift of the machine's speed between runs does not enter it; for W > 1 also W bare loops run
   at the same time in W processes (what the machine gives W processes at that
   moment, which on a shared machine can be far below W cores), and the main
   process's CPU use while the loader runs;
@@ -185,31 +188,40 @@ def run(args) -> dict:
         jpegs = [pool[i % len(pool)] for i in range(n_bare)]
         steps = draw_augmentations(AUGMENT, stream_key(0, 0, 0), np.arange(n_bare)).steps
         bare_loop(jpegs[:BATCH], steps[:BATCH])                       # warm-up
+        # Repeats interleave the bare loop and the loaders, so each repeat's fraction
+        # compares runs made moments apart (the machine's speed drifts by 20-50%).
         bare_times = []
+        runs = {w: [] for w in args.workers}
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             bare_loop(jpegs, steps)
             bare_times.append(time.perf_counter() - t0)
+            for w in args.workers:
+                runs[w].append(loader_run(ds, w, args.batches))
+                if log:
+                    print(f"  workers={w}: {args.batches * BATCH / runs[w][-1][0]:,.0f} tiles/s "
+                          f"(bare {n_bare / bare_times[-1]:,.0f})", file=log)
         bare_rate = n_bare / statistics.median(bare_times)
         rows, results = [], {"bare_tiles_per_s_per_core": bare_rate, "bare_times_s": bare_times}
         for w in args.workers:
-            times, peaks, cpus = [], [], []
-            for _ in range(args.repeats):
-                dt, peak, cpu = loader_run(ds, w, args.batches)
-                times.append(dt)
-                peaks.append(peak)
-                cpus.append(cpu / dt)
-                if log:
-                    print(f"  workers={w}: {args.batches * BATCH / dt:,.0f} tiles/s", file=log)
+            times = [r[0] for r in runs[w]]
+            peaks = [r[1] for r in runs[w]]
+            cpus = [r[2] / r[0] for r in runs[w]]
+            # each repeat: loader tiles/s over (that repeat's bare tiles/s x workers)
+            fractions = [(args.batches * BATCH / dt) / (n_bare / bt * max(1, w))
+                         for dt, bt in zip(times, bare_times)]
             rate = args.batches * BATCH / statistics.median(times)
             limit = bare_rate * max(1, w)
             par = bare_parallel(jpegs, steps, w) if w > 1 else None
+            frac = statistics.median(fractions)
             results[f"workers_{w}"] = {"tiles_per_s": rate, "limit": limit,
-                                       "fraction": rate / limit, "times_s": times,
+                                       "fraction": frac, "fractions": fractions,
+                                       "times_s": times,
                                        "peak_rss": max(peaks), "bare_parallel": par,
                                        "main_cpu_fraction": statistics.median(cpus)}
             rows.append([f"loader num_workers={w}", f"{rate:,.0f}", f"{limit:,.0f}",
-                         f"{100 * rate / limit:.0f}%",
+                         f"{100 * frac:.0f}% ({100 * min(fractions):.0f}-"
+                         f"{100 * max(fractions):.0f})",
                          "-" if par is None else f"{par:,.0f} ({100 * rate / par:.0f}%)",
                          f"{100 * statistics.median(cpus):.0f}%", f"{max(peaks) / MiB:.0f}",
                          f"{(max(times) - min(times)) / statistics.median(times) * 100:.0f}%"])
@@ -220,7 +232,7 @@ def run(args) -> dict:
               f" {min(sizes) / 1e3:.1f}-{max(sizes) / 1e3:.1f}), batch {BATCH}, augment "
               f"'{AUGMENT}' + standardize 'unit', {args.batches} batches per run, median of "
               f"{args.repeats}; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
-        print(format_table(["workload", "tiles/s", "limit", "of limit",
+        print(format_table(["workload", "tiles/s", "limit", "of limit (range)",
                             "W bare loops at once", "main CPU", "peak RSS MiB", "spread"],
                            rows))
         if args.long_tiles:

@@ -178,8 +178,10 @@ def decode_view(data) -> np.ndarray:
 
 
 def decode_into(data, out: np.ndarray) -> bool:
-    """Decode an 8-bit RGB JPEG straight into ``out``, an (H, W, 3) uint8 C-contiguous
-    array of the image's size; True when done (spec/images.md, "Decode").
+    """Decode an 8-bit RGB JPEG straight into ``out``, an (H, W, 3) uint8 array of the
+    image's size laid out either pixel by pixel (C-contiguous) or plane by plane (the
+    transpose of a C-contiguous (3, H, W) array, as :func:`decode_planar` returns);
+    True when done (spec/images.md, "Decode").
 
     The same decode as :func:`decode_view`, with Pillow's packing of the
     decoded pixels (what ``tobytes`` does) written into ``out`` chunk by chunk
@@ -200,7 +202,28 @@ def decode_new(data) -> np.ndarray | None:
     return _decode_packed(data, None)
 
 
-def _decode_packed(data, out):
+def decode_planar(data) -> np.ndarray:
+    """The image :func:`decode_image` returns, (H, W, 3) uint8 and writeable, but laid
+    out plane by plane: the transpose ``(1, 2, 0)`` of a new C-contiguous (3, H, W)
+    array (spec/images.md, "Decode").
+
+    The same pixels in another memory order: for a framework whose images are CHW
+    (the torch adapter), ``transpose(2, 0, 1)`` of the result is contiguous, so no
+    pass over the image is spent changing the layout (Pillow packs each channel
+    straight into its plane). Anything :func:`decode_new` cannot do goes through
+    :func:`decode_view`, so results and errors are exactly ``decode_image``'s.
+    """
+    img = _decode_packed(data, None, planar=True)
+    return decode_view(data) if img is None else img
+
+
+def _planar_shape(out):
+    """(H, W) when ``out`` is the (1, 2, 0) transpose of a C-contiguous (3, H, W) array."""
+    chw = out.transpose(2, 0, 1)
+    return chw.shape[1:] if chw.flags.c_contiguous else None
+
+
+def _decode_packed(data, out, planar=False):
     if bytes(data[:3]) != JPEG_MAGIC:
         return None
     try:
@@ -209,36 +232,52 @@ def _decode_packed(data, out):
                 return None
             w, h = im.size
             if out is None:
-                out = np.empty((h, w, 3), dtype=np.uint8)
-            elif out.shape != (h, w, 3) or out.dtype != np.uint8 or \
-                    not out.flags.c_contiguous or not out.flags.writeable:
+                out = (np.empty((3, h, w), dtype=np.uint8).transpose(1, 2, 0) if planar
+                       else np.empty((h, w, 3), dtype=np.uint8))
+            elif out.shape != (h, w, 3) or out.dtype != np.uint8 or not out.flags.writeable:
                 return None
+            elif not out.flags.c_contiguous:
+                if _planar_shape(out) != (h, w):
+                    return None
+                planar = True
             im.load()
             if im.mode != "RGB" or im.size != (w, h):
                 return None
-            enc = Image._getencoder("RGB", "raw", "RGB")
-            enc.setimage(im.im, (0, 0, w, h))
-            dest = memoryview(out).cast("B")
-            end = dest.nbytes
-            at = 0
-            while True:
-                _, status, chunk = enc.encode(1 << 16)
-                stop = at + len(chunk)
-                if stop > end:
-                    return None
-                dest[at:stop] = chunk
-                at = stop
-                if status:
-                    return out if status > 0 and at == end else None
+            if planar:   # each channel into its own plane
+                chw = out.transpose(2, 0, 1)
+                ok = all(_pack(im, band, chw[c]) for c, band in enumerate("RGB"))
+            else:
+                ok = _pack(im, "RGB", out)
+            return out if ok else None
     except Exception:  # noqa: BLE001 - the caller falls back to decode_image
         return None
+
+
+def _pack(im, rawmode: str, dest: np.ndarray) -> bool:
+    """Pillow's packing of the loaded image ``im`` in ``rawmode`` ('RGB', or one
+    band 'R', 'G', 'B') into the C-contiguous ``dest``; True when it filled it exactly."""
+    w, h = im.size
+    enc = Image._getencoder("RGB", "raw", rawmode)
+    enc.setimage(im.im, (0, 0, w, h))
+    view = memoryview(dest).cast("B")
+    end = view.nbytes
+    at = 0
+    while True:
+        _, status, chunk = enc.encode(1 << 16)
+        stop = at + len(chunk)
+        if stop > end:
+            return False
+        view[at:stop] = chunk
+        at = stop
+        if status:
+            return status > 0 and at == end
 
 
 class _ItemMaker:
     """Shared by both loaders: (t, j, draws) -> the yielded tuple."""
 
     def __init__(self, paths, *, labels, pipeline: Pipeline, incl_slidenames, incl_loc,
-                 on_error):
+                 on_error, decode=None):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if labels is not None and not isinstance(labels, Mapping):
@@ -250,6 +289,9 @@ class _ItemMaker:
         self.incl_slidenames = bool(incl_slidenames)
         self.incl_loc = bool(incl_loc)
         self.on_error = on_error
+        # bytes -> the (H, W, 3) uint8 image decode_image returns, in any memory layout
+        # (possibly a read-only view): decode_view, or an adapter's (decode_planar)
+        self.decode = decode or decode_view
         self.skipped: list = []  # the first SKIP_LOG_LIMIT skips
         self.num_skipped = 0     # every skip
         p = pipeline
@@ -279,7 +321,7 @@ class _ItemMaker:
                 elif owned:
                     img = decode_new(tile.image_raw)
             if img is None:
-                img = decode_view(tile.image_raw)
+                img = self.decode(tile.image_raw)
             raw = img
         except TFRecordError as e:
             # image and parsing errors learn the record's byte offset here
@@ -359,6 +401,44 @@ def collate(items, images=None):
         out.append(np.asarray(col, dtype=np.int64 if isinstance(col[0], (int, np.integer))
                               else str))
     return tuple(out)
+
+
+class ArrayStacker:
+    """The batch array a batched loader fills while it makes a batch's n items
+    (``NumpyLoader._make_items``): each image is copied into its row as soon as it
+    is made. An adapter gives the loader its own stacker with these four methods
+    (the torch adapter's writes CHW tensors into a batch tensor)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.buf = None   # (n, ...) once the first image gave the shape and dtype
+
+    def slot(self, k: int):
+        """Row k to decode straight into, once the batch exists (else None)."""
+        return None if self.buf is None else self.buf[k]
+
+    def put(self, k: int, img) -> bool:
+        """Copy image k into row k; False (nothing copied) when it is not an array of
+        the batch's shape and dtype."""
+        if not isinstance(img, np.ndarray):
+            return False
+        if self.buf is None:
+            self.buf = np.empty((self.n,) + img.shape, dtype=img.dtype)
+        elif img.shape != self.buf.shape[1:] or img.dtype != self.buf.dtype:
+            return False
+        self.buf[k] = img
+        return True
+
+    def take_back(self, count: int) -> list:
+        """The first ``count`` images, as copies; the batch is dropped."""
+        imgs = [] if self.buf is None else [self.buf[i].copy() for i in range(count)]
+        self.buf = None
+        return imgs
+
+    def images(self, count: int):
+        """The stacked images of the ``count`` items made (fewer than n when some were
+        skipped: then a copy, so the unused rows are not kept)."""
+        return self.buf if count == self.n else self.buf[:count].copy()
 
 
 class NumpyLoader:
@@ -467,18 +547,20 @@ class NumpyLoader:
         a, b = start - w[1], stop - w[1]
         return w[2][a:b], w[3][a:b]
 
-    def _make_items(self, start, stop, plan=None, *, owned=True, stack=False):
+    def _make_items(self, start, stop, plan=None, *, owned=True, stack=None):
         """``(items, images)``: the items of positions [start, stop) and, with ``stack``,
         their images already stacked as :func:`collate` would (else None).
 
-        With ``stack`` every image is copied into the batch array as soon as it is
-        made, and the item keeps None in its place: the decoder's buffer is then
-        free for the next tile (it stays in cache and in memory the process
-        already holds) instead of 64 tiles' worth of fresh memory per batch.
-        When the pipeline does nothing after decode, tiles are decoded straight
-        into their batch slot (:func:`decode_into`) and not copied at all.
-        Should the images differ in shape or dtype, the images are put back and
-        ``images`` is None, so :func:`collate` stacks (or fails) exactly as before.
+        ``stack`` (batched loaders) makes a stacker for n images
+        (:class:`ArrayStacker`, or an adapter's): every image goes into the batch
+        as soon as it is made, and the item keeps None in its place, so the
+        decoder's buffer is free again for the next tile (it stays in cache and in
+        memory the process already holds) instead of 64 tiles' worth of fresh
+        memory per batch. When the pipeline does nothing after decode, tiles are
+        decoded straight into the slot the stacker offers (:func:`decode_into`).
+        Should the stacker refuse an image (another shape or type), the images
+        are put back and ``images`` is None, so :func:`collate` stacks (or fails)
+        exactly as before.
         """
         plan = plan or self._plan
         t, j = self._records(plan, start, stop)
@@ -487,34 +569,25 @@ class NumpyLoader:
         draws = self.pipeline.draw(plan.key, positions)
         stain = draws.stain
         make = self._items.make
-        direct = stack and self._items.identity  # decode straight into the batch
+        stacker = stack(n) if stack is not None else None
+        direct = stacker is not None and self._items.identity  # decode into the batch
         out = []
-        buf = None
         for k, (tk, jk, pk) in enumerate(zip(t.tolist(), j.tolist(), positions.tolist())):
-            slot = buf[len(out)] if buf is not None and direct else None
+            slot = stacker.slot(len(out)) if direct and stacker is not None else None
             item = make(tk, jk, pk, draws.steps[k], None if stain is None else stain[k],
                         owned=owned, into=slot)
             if item is None:
                 continue
-            if stack:
-                img = item[0]
-                if buf is None and isinstance(img, np.ndarray):
-                    buf = np.empty((n,) + img.shape, dtype=img.dtype)
-                if slot is not None and img is slot:
-                    item = (None,) + item[1:]
-                elif (buf is not None and isinstance(img, np.ndarray) and
-                        img.shape == buf.shape[1:] and img.dtype == buf.dtype):
-                    buf[len(out)] = img
+            if stacker is not None:
+                if (slot is not None and item[0] is slot) or stacker.put(len(out), item[0]):
                     item = (None,) + item[1:]
                 else:  # not stackable here: put the images back, collate decides
-                    stack = False
-                    if buf is not None:
-                        out = [(buf[i].copy(),) + it[1:] for i, it in enumerate(out)]
-                    buf = None
+                    out = [(img,) + it[1:] for img, it in zip(stacker.take_back(len(out)), out)]
+                    stacker = None
             out.append(item)
-        if not stack or buf is None:
+        if stacker is None or not out:
             return out, None
-        return out, (buf if len(out) == n else buf[:len(out)].copy())
+        return out, stacker.images(len(out))
 
     def __iter__(self):
         if self._plan.epoch != self.epoch:
@@ -529,9 +602,9 @@ class NumpyLoader:
                 stop = start + B if total is None else min(start + B, total)
                 if total is not None and self.drop_last and stop - start < B:
                     break
-                items, images = self._make_items(start, stop, plan,
-                                                 owned=self.batch_size is None,
-                                                 stack=self.batch_size is not None)
+                items, images = self._make_items(
+                    start, stop, plan, owned=self.batch_size is None,
+                    stack=None if self.batch_size is None else ArrayStacker)
                 self.position = stop
                 if not items:
                     guard.skipped(*self._records(plan, start, stop), self._items.skipped)
@@ -693,4 +766,4 @@ def _clip_array(clip, paths, counts) -> np.ndarray:
 
 __all__ = ["NumpyLoader", "IndexedInterleaver", "TileSource", "collate", "ON_ERROR",
            "AllRecordsSkippedError", "SKIP_LOG_LIMIT",
-           "decode_view", "decode_into", "decode_new"]
+           "decode_view", "decode_into", "decode_new", "decode_planar", "ArrayStacker"]

@@ -274,3 +274,25 @@ def test_infinite_plan_small_calls_equal_one_call_and_own_their_arrays():
         t, j = P.records(a, b)
         np.testing.assert_array_equal(t, want[0][a:b])
         np.testing.assert_array_equal(j, want[1][a:b])
+
+
+def test_array_stacker_fills_rows_and_gives_back_what_it_took():
+    from tilespec.loader import ArrayStacker
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (4, 5, 3), dtype=np.uint8) for _ in range(3)]
+    s = ArrayStacker(3)
+    assert s.slot(0) is None                       # no batch before the first image
+    assert s.put(0, imgs[0]) and s.put(1, imgs[1])
+    assert s.slot(2).shape == (4, 5, 3)
+    part = s.images(2)                              # fewer made (skips): a copy
+    np.testing.assert_array_equal(part, np.stack(imgs[:2]))
+    assert part.base is None or part.base is not s.buf
+    assert not s.put(2, imgs[2][:, :4])            # another shape: refused, nothing written
+    assert not s.put(2, imgs[2].astype(np.int16))  # another dtype
+    assert not s.put(2, list(imgs[2]))             # not an array
+    back = s.take_back(2)
+    assert s.buf is None and len(back) == 2
+    for b, im in zip(back, imgs):
+        np.testing.assert_array_equal(b, im)
+    assert s.take_back(0) == []

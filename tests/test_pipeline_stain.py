@@ -19,7 +19,8 @@ import tilespec
 from tilespec import ops
 from tilespec.augment import apply_steps
 from tilespec.errors import ImageDecodeError
-from tilespec.loader import PLAN_WINDOW, IndexedInterleaver, decode_into, decode_new, decode_view
+from tilespec.loader import (PLAN_WINDOW, IndexedInterleaver, decode_into, decode_new,
+                             decode_planar, decode_view)
 from tilespec.rng import augment_slot, normals, stream_key, uniforms
 from tilespec.stain import StainNormalizer, draw_stain_perturbation
 
@@ -323,9 +324,22 @@ def test_loader_decode_paths_equal_decode_image(samples, name):
         np.testing.assert_array_equal(out, ref)
         np.testing.assert_array_equal(new, ref)
         assert new.flags.writeable and new.flags.owndata and new.flags.c_contiguous
-    # a slot of another size is refused, never written past
+    # plane by plane: the same pixels, each channel contiguous
+    planar = decode_planar(data)
+    np.testing.assert_array_equal(planar, ref)
+    assert planar.flags.writeable or not done
+    assert planar.transpose(2, 0, 1).flags.c_contiguous == done
+    slot = np.full((3,) + ref.shape[:2], 7, np.uint8)
+    assert decode_into(data, slot.transpose(1, 2, 0)) == done
+    if done:
+        np.testing.assert_array_equal(slot.transpose(1, 2, 0), ref)
+    # a slot of another size, or of any other layout, is refused, never written past
     big = np.zeros((ref.shape[0] + 1,) + ref.shape[1:], np.uint8)
     assert not decode_into(data, big)
+    wide = np.zeros((ref.shape[0], ref.shape[1] * 2, 3), np.uint8)[:, ::2]
+    assert not decode_into(data, wide) and not wide.any()
+    twisted = np.zeros((ref.shape[1], ref.shape[0], 3), np.uint8).transpose(1, 0, 2)
+    assert not decode_into(data, twisted) and not twisted.any()
 
 
 @pytest.mark.parametrize("cut", [0, 3, 100, -10])
@@ -343,6 +357,9 @@ def test_loader_decode_paths_raise_decode_image_errors(samples, cut):
     out = np.zeros((37, 53, 3), np.uint8)
     assert not decode_into(bad, out)
     assert decode_new(bad) is None
+    with pytest.raises(ImageDecodeError) as planar:
+        decode_planar(bad)
+    assert addr(planar) == addr(ref)
 
 
 def test_batched_identity_loader_equals_decode_image(ds, records):

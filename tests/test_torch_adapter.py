@@ -318,3 +318,56 @@ def test_worker_buffers_never_change_a_batch_the_caller_still_holds(ds, pin):
     for b, t in kept.items():
         ref = ref_batches[b] if b % 5 == 0 else ref_batches[b][1:3]
         np.testing.assert_array_equal(t.permute(0, 2, 3, 1).numpy(), ref, err_msg=f"batch {b}")
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_a_tile_of_another_shape_in_a_batch_is_an_error_naming_rows(ds, standardize):
+    """The stacker puts tiles into the batch as they are made; a tile of another
+    shape raises as stacking them afterwards would (with standardize=False the
+    images are taken back and stack_images raises)."""
+    calls = []
+
+    def transform(img):
+        calls.append(1)
+        return img[:, :-1] if len(calls) == 3 else img
+
+    L = ds.torch(seed=1, batch_size=4, transform=transform, standardize=standardize)
+    with pytest.raises(ValueError, match=r"different shapes: row 0 is \(3, 16, 16\), row 2 "
+                                         r"is \(3, 15, 16\)"):
+        next(iter(L))
+
+
+def test_a_tile_of_another_dtype_is_stacked_as_torch_stacks_it(ds):
+    """Without standardization a transform may change the dtype of some tiles: the
+    images made so far are taken back exactly and torch.stack decides (it promotes),
+    as NumPy does in the reference."""
+    def t_torch(img):
+        return img.to(torch.float32) + 0.5 if int(img[0, 0, 0]) % 2 else img
+
+    def t_numpy(img):
+        return img.astype(np.float32) + 0.5 if int(img[0, 0, 0]) % 2 else img
+
+    opts = dict(seed=5, batch_size=6, standardize=False, infinite=False)
+    got = [b[0] for b in ds.torch(transform=t_torch, **opts)]
+    want = [b[0] for b in ds.numpy(transform=t_numpy, **opts)]
+    assert len(got) == len(want)
+    mixed = 0
+    for g, w in zip(got, want):
+        mixed += w.dtype == np.float32
+        assert g.dtype == (torch.float32 if w.dtype == np.float32 else torch.uint8)
+        np.testing.assert_array_equal(g.permute(0, 2, 3, 1).numpy(), w)
+    assert mixed                                   # the case was exercised
+
+
+def test_a_dropped_worker_batch_frees_its_buffer_slot():
+    from tilespec_torch.loader import _WorkerPool
+
+    flags = torch.zeros((2, 3), dtype=torch.int64)
+    pool = _WorkerPool(flags, 1, generation=7)
+    pool.tensor((4, 3, 32, 32), torch.float32)
+    _, slot, token = pool.last
+    assert int(flags[1, slot]) == token != 0
+    pool.release_last()
+    assert int(flags[1, slot]) == 0 and pool.last is None
+    pool.release_last()                            # nothing handed out: no effect
+    assert not flags.any()

@@ -13,6 +13,7 @@ wires the stream into ``torch.utils.data``.
 from __future__ import annotations
 
 import copy
+import functools
 import mmap
 import os
 import sys
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 import tilespec
-from tilespec.loader import NumpyLoader, _ItemMaker
+from tilespec.loader import NumpyLoader, _ItemMaker, decode_planar
 
 try:  # the reference's guard against a stream whose every record is skipped
     from tilespec.loader import _AllSkippedGuard
@@ -102,11 +103,13 @@ def _data_ptr(img) -> int:
 
 
 def _torch_items(ref_items: _ItemMaker, pipeline, batched: bool = False) -> _ItemMaker:
-    """A fresh reference item maker (own open files) with the torch pipeline."""
+    """A fresh reference item maker (own open files) with the torch pipeline. It
+    decodes plane by plane (:func:`tilespec.loader.decode_planar`): the HWC image
+    the reference decodes, whose CHW view is contiguous."""
     return _ItemMaker(ref_items.source.paths, labels=ref_items.labels,
                       pipeline=TorchPipeline(pipeline, defer_standardize=batched),
                       incl_slidenames=ref_items.incl_slidenames, incl_loc=ref_items.incl_loc,
-                      on_error=ref_items.on_error)
+                      on_error=ref_items.on_error, decode=decode_planar)
 
 
 def _labels(col):
@@ -181,35 +184,81 @@ def _main_tensor(shape, dtype) -> torch.Tensor:
     return _POOL.tensor(shape, dtype)
 
 
+def _shape_error(first, k, shape) -> ValueError:
+    return ValueError(f"cannot batch images of different shapes: row 0 is {tuple(first)}, "
+                      f"row {k} is {tuple(shape)}")
+
+
 def stack_images(images, standardize=None, alloc=None) -> torch.Tensor:
     """Stack CHW images into (N, 3, H, W), standardizing with ``standardize`` ('unit',
     'per_image' or None) while copying, with the results of :func:`ops.standardize`."""
     first = images[0]
     for k, im in enumerate(images):
         if im.shape != first.shape:
-            raise ValueError(f"cannot batch images of different shapes: row 0 is "
-                             f"{tuple(first.shape)}, row {k} is {tuple(im.shape)}")
-    shape = (len(images),) + tuple(first.shape)
-    alloc = alloc or _batch_tensor
-    if standardize is None:
-        return torch.stack(images, out=alloc(shape, first.dtype))
-    out = alloc(shape, torch.float32)
-    if standardize == "unit":
-        for k, im in enumerate(images):
-            torch.div(im, ops._HALF_255, out=out[k])
-        return out.sub_(1.0)
+            raise _shape_error(first.shape, k, im.shape)
+    stacker = TensorStacker(len(images), standardize, alloc)
     for k, im in enumerate(images):
-        out[k].copy_(ops.standardize(im, standardize))
-    return out
+        if not stacker.put(k, im):   # not a tensor, or another dtype: torch decides
+            return torch.stack(stacker.take_back(k) + list(images[k:]))
+    return stacker.images(len(images))
 
 
-def collate(items, standardize=None, alloc=None):
+class TensorStacker:
+    """The torch form of :class:`tilespec.loader.ArrayStacker`: each CHW image goes
+    into its row of an (n, 3, H, W) batch tensor as soon as it is made, standardized
+    on the way when ``standardize`` names a mode (:func:`ops.standardize` with
+    ``out=``: one pass over the tile while it is in cache, no per-tile float copy).
+    ``alloc(shape, dtype)`` gives the batch tensor (a worker's shared-memory pool);
+    ``release()``, when given, is called if the batch is dropped."""
+
+    def __init__(self, n: int, standardize=None, alloc=None, release=None):
+        self.n = n
+        self.standardize = standardize
+        self.alloc = alloc or _batch_tensor
+        self.release = release
+        self.out = None
+
+    def slot(self, k: int):
+        return None   # images are CHW tensors; decode_into writes HWC arrays
+
+    def put(self, k: int, img) -> bool:
+        if not isinstance(img, torch.Tensor):
+            return False
+        if self.out is None:
+            dtype = img.dtype if self.standardize is None else torch.float32
+            self.out = self.alloc((self.n,) + tuple(img.shape), dtype)
+        elif img.shape != self.out.shape[1:]:
+            if self.standardize is not None:   # float rows cannot be put back
+                raise _shape_error(self.out.shape[1:], k, img.shape)
+            return False
+        elif self.standardize is None and img.dtype != self.out.dtype:
+            return False
+        if self.standardize is None:
+            self.out[k].copy_(img)
+        else:
+            ops.standardize(img, self.standardize, out=self.out[k])
+        return True
+
+    def take_back(self, count: int) -> list:
+        imgs = [] if self.out is None else [self.out[i].clone() for i in range(count)]
+        if self.out is not None and self.release is not None:
+            self.release()
+        self.out = None
+        return imgs
+
+    def images(self, count: int) -> torch.Tensor:
+        return self.out if count == self.n else self.out[:count]
+
+
+def collate(items, standardize=None, alloc=None, images=None):
     """Stack items into a batch (spec/adapter_torch.md, "Items and batches"): images
     (N, 3, H, W) (standardized here when ``standardize`` names a mode); labels a
     tensor (N,) or (N, k) for multi-outcome labels, None without labels, a list when
-    labels are not numbers; slide names a list of str; loc_x, loc_y int64 tensors."""
+    labels are not numbers; slide names a list of str; loc_x, loc_y int64 tensors.
+    ``images``, when given, is the image column already stacked (by a
+    :class:`TensorStacker` while the items were made)."""
     cols = list(zip(*items))
-    out = [stack_images(cols[0], standardize, alloc)]
+    out = [stack_images(cols[0], standardize, alloc) if images is None else images]
     out.append(None if cols[1][0] is None else _labels(cols[1]))
     for col in cols[2:]:
         if isinstance(col[0], (int, np.integer)):
@@ -258,6 +307,14 @@ class _WorkerPool:
                 self.last = (self.worker, i, token)
                 return buf[:nbytes].view(dtype).view(shape)
         return _batch_tensor(shape, dtype)
+
+    def release_last(self) -> None:
+        """Free the slot of the last batch tensor handed out (a batch not sent)."""
+        if self.last is not None:
+            _, slot, token = self.last
+            if int(self.flags[slot]) == token:
+                self.flags[slot] = 0
+            self.last = None
 
 
 def _release(flags: torch.Tensor, worker: int, slot: int, token: int) -> None:
@@ -318,12 +375,21 @@ class TileStream(IterableDataset):
                                                  total, ref.drop_last, start_batch):
                 n_skipped = len(maker.skipped)
                 n_counted = getattr(maker, "num_skipped", None)
+                if pool is not None:
+                    pool.last = None
+                stack = None
+                if batched:
+                    stack = functools.partial(
+                        TensorStacker, standardize=ref.pipeline.standardize,
+                        alloc=pool and pool.tensor, release=pool and pool.release_last)
                 if info is None:
-                    items = view.items(start, stop, plan)
+                    items, images = view._make_items(start, stop, plan, owned=not batched,
+                                                     stack=stack)
                 else:  # skips are reported (and warned about) by the main process
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        items = view.items(start, stop, plan)
+                        items, images = view._make_items(start, stop, plan,
+                                                         owned=not batched, stack=stack)
                 payload = None
                 if guard is not None:   # the reference's rule: all owned records skipped
                     if items:
@@ -332,7 +398,7 @@ class TileStream(IterableDataset):
                         guard.skipped(*plan.records(start, stop), maker.skipped)
                 if items:
                     payload = (collate(items, ref.pipeline.standardize,
-                                       pool and pool.tensor) if batched else items[0])
+                                       pool and pool.tensor, images) if batched else items[0])
                 slot = pool.last if pool is not None and batched and items else None
                 counted = (len(maker.skipped) - n_skipped if n_counted is None
                            else maker.num_skipped - n_counted)
@@ -506,5 +572,5 @@ def make_loader(dataset, options: dict) -> TorchLoader:
     return TorchLoader(reference, **torch_opts)
 
 
-__all__ = ["TorchLoader", "TileStream", "TorchPipeline", "IndexedInterleaver", "collate",
-           "make_loader", "TORCH_OPTIONS"]
+__all__ = ["TorchLoader", "TileStream", "TorchPipeline", "TensorStacker", "IndexedInterleaver",
+           "collate", "make_loader", "TORCH_OPTIONS"]
