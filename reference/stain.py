@@ -547,6 +547,20 @@ class StainNormalizer:
         return _reinhard_transform_one(img, self._method == "reinhard", target["target_means"],
                                        target["target_stds"])
 
+    def deltas(self, n: int, batch: bool, augment: bool = False, *, rng=None,
+               perturbation=None):
+        """The per-image target deltas :meth:`transform` would use for ``n`` images, validated
+        as it validates them (spec/stain.md, "Stain augmentation").
+
+        ``batch``: whether the input is a batch (NHWC; perturbation shapes ``(n,) + fit
+        shape``) or one image (``n == 1``; fit shapes). Returns None without ``augment``,
+        else ``{fit key: float64 array (n,) + fit shape}`` (zeros for a key missing from
+        ``perturbation``); image i's target is ``fit[key] + deltas[key][i]``. Raises
+        :class:`StainNormalizationError` with transform's messages. For adapters that
+        apply the transform themselves.
+        """
+        return self._deltas(n, batch, augment, rng, perturbation)
+
     def _deltas(self, n, was_batch, augment, rng, perturbation):
         if not augment:
             if rng is not None or perturbation is not None:

@@ -180,10 +180,10 @@ def test_stain_normalize_equals_reference(method, demo_dataset):
     payload = next(tilespec.read_records(f"{demo_dataset['tfrecords']}/{path}"))
     img = tilespec.decode_image(tilespec.parse_tile(payload).image_raw)
     norm = StainNormalizer(method)
-    np.testing.assert_array_equal(ops.to_numpy(ops.stain_normalize(norm, ops.from_numpy(img))),
-                                  norm.transform(img))
+    tol = tt.image_tolerance({"normalizer": method})   # float32 torch ops: test_torch_stain.py
+    assert levels(ops.to_numpy(ops.stain_normalize(norm, ops.from_numpy(img))),
+                  norm.transform(img)) <= tol.max_abs
     z = np.random.default_rng(1).standard_normal(norm.normal_draws)
     delta = draw_stain_perturbation(norm, z)
-    np.testing.assert_array_equal(
-        ops.to_numpy(ops.stain_normalize(norm, ops.from_numpy(img), perturbation=delta)),
-        norm.transform(img, augment=True, perturbation=delta))
+    assert levels(ops.to_numpy(ops.stain_normalize(norm, ops.from_numpy(img), perturbation=delta)),
+                  norm.transform(img, augment=True, perturbation=delta)) <= tol.max_abs

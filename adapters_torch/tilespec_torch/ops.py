@@ -221,16 +221,13 @@ def standardize(img, mode, *, out=None) -> torch.Tensor:
 
 def stain_normalize(normalizer, img, *, perturbation=None) -> torch.Tensor:
     """Stain normalization of a CHW/NCHW uint8 tensor with a reference
-    :class:`tilespec.StainNormalizer` (spec/stain.md). Runs the reference's float64
-    NumPy code on the HWC view, so it is exact; with ``perturbation`` (the deltas of
-    :func:`tilespec.stain.draw_stain_perturbation`) it applies stain augmentation."""
-    _check_image(img)
-    arr = to_numpy(img)
-    if perturbation is None:
-        out = normalizer.transform(arr)
-    else:
-        out = normalizer.transform(arr, augment=True, perturbation=perturbation)
-    return from_numpy(out)
+    :class:`tilespec.StainNormalizer` (spec/stain.md; spec/adapter_torch.md, "Ops").
+    Torch ops (:func:`tilespec_torch.stain.transform`): the reference's formulas with
+    per-pixel arithmetic in float32, within spec/stain.md, "Conformance (adapters)" of
+    the reference (Reinhard 1 grey level, Macenko 2). With ``perturbation`` (the deltas
+    of :func:`tilespec.stain.draw_stain_perturbation`) it applies stain augmentation."""
+    from . import stain
+    return stain.transform(normalizer, img, perturbation=perturbation)
 
 
 __all__ = ["flip_left_right", "flip_up_down", "rot90", "crop", "resize", "gaussian_blur",
