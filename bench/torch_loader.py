@@ -16,10 +16,18 @@ Writes ``--records`` tile records (256x256 JPEG, quality 90, drawn with
   loader's share of it (target: at least 85%): each repeat runs the bare loop
   and then every loader, and the share is the median over repeats of the
   loader's rate over that repeat's limit (its range is shown too), so a
-  drift of the machine's speed between runs does not enter it; for W > 1 also W bare loops run
+  drift of the machine's speed between runs does not enter it. The same share
+  in CPU time: bare CPU seconds per tile over the loader's (main process and
+  workers), per repeat, median: the cost that reading, parsing, sampling,
+  batching and worker transport add, which other work on a shared machine
+  moves far less than wall time; for W > 1 also W bare loops run
   at the same time in W processes (what the machine gives W processes at that
   moment, which on a shared machine can be far below W cores), and the main
   process's CPU use while the loader runs;
+* **paired** (num_workers=0): ``--pairs`` alternations of ``--chunk`` batches'
+  worth of bare loop and as many loader batches from one loader, about half a
+  second each; the median of the pairs' ratios is the steadiest figure this
+  bench gives on a machine whose speed drifts;
 * **long run**: ``--long-tiles`` tiles (default 200,000) from one infinite
   loader with ``--long-workers`` workers, RSS (main + workers) sampled every
   50 batches: the value after 10% of the run, the peak and the last, to show
@@ -132,8 +140,21 @@ def rss_tree() -> int:
     return total
 
 
+def cpu_tree() -> float:
+    """CPU seconds (user + system) used so far by this process and its children."""
+    proc = psutil.Process()
+    total = sum(proc.cpu_times()[:2])
+    for c in proc.children(recursive=True):
+        try:
+            total += sum(c.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
 def loader_run(ds, workers: int, batches: int) -> tuple:
-    """(seconds for ``batches`` batches after warm-up, peak RSS of the process tree)."""
+    """(seconds for ``batches`` batches after warm-up, peak RSS of the process tree,
+    CPU seconds of the main process, CPU seconds of the main process and its workers)."""
     L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=True, infinite=True,
                  num_workers=workers, seed=0)
     it = iter(L)
@@ -141,6 +162,7 @@ def loader_run(ds, workers: int, batches: int) -> tuple:
         next(it)
     peak = rss_tree()
     c0 = time.process_time()
+    tree0 = cpu_tree()
     t0 = time.perf_counter()
     for b in range(batches):
         imgs, _ = next(it)
@@ -148,8 +170,33 @@ def loader_run(ds, workers: int, batches: int) -> tuple:
             peak = max(peak, rss_tree())
     dt = time.perf_counter() - t0
     main_cpu = time.process_time() - c0
+    tree = cpu_tree() - tree0
     it.close()
-    return dt, peak, main_cpu
+    return dt, peak, main_cpu, tree
+
+
+def paired_run(ds, jpegs: list, steps: list, pairs: int, chunk: int) -> list:
+    """In-process loader (num_workers=0) against the bare loop, alternating: ``pairs``
+    times, ``chunk`` batches' worth of bare loop then ``chunk`` loader batches (about
+    half a second each). Returns each pair's loader/bare tiles/s ratio: runs moments
+    apart, so the machine's drifting speed cancels out of each ratio."""
+    n = chunk * BATCH
+    L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=True, infinite=True,
+                 num_workers=0, seed=0)
+    it = iter(L)
+    next(it)
+    ratios = []
+    for p in range(pairs):
+        a = (p * n) % max(1, len(jpegs) - n)
+        t0 = time.perf_counter()
+        bare_loop(jpegs[a:a + n], steps[a:a + n])
+        bare = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(chunk):
+            next(it)
+        ratios.append(bare / (time.perf_counter() - t0))
+    it.close()
+    return ratios
 
 
 def long_run(ds, workers: int, tiles: int, log=None) -> dict:
@@ -190,12 +237,14 @@ def run(args) -> dict:
         bare_loop(jpegs[:BATCH], steps[:BATCH])                       # warm-up
         # Repeats interleave the bare loop and the loaders, so each repeat's fraction
         # compares runs made moments apart (the machine's speed drifts by 20-50%).
-        bare_times = []
+        bare_times, bare_cpu = [], []
         runs = {w: [] for w in args.workers}
         for _ in range(args.repeats):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             bare_loop(jpegs, steps)
             bare_times.append(time.perf_counter() - t0)
+            bare_cpu.append(time.process_time() - c0)
             for w in args.workers:
                 runs[w].append(loader_run(ds, w, args.batches))
                 if log:
@@ -214,27 +263,45 @@ def run(args) -> dict:
             limit = bare_rate * max(1, w)
             par = bare_parallel(jpegs, steps, w) if w > 1 else None
             frac = statistics.median(fractions)
+            # CPU: bare CPU seconds per tile over the loader's (main + workers), per
+            # repeat: what reading, parsing, sampling, batching and transport add,
+            # much less sensitive than wall time to other work on the machine
+            cpu_fracs = [(bc / n_bare) / (r[3] / (args.batches * BATCH))
+                         for bc, r in zip(bare_cpu, runs[w])]
+            cpu_frac = statistics.median(cpu_fracs)
             results[f"workers_{w}"] = {"tiles_per_s": rate, "limit": limit,
                                        "fraction": frac, "fractions": fractions,
+                                       "cpu_fraction": cpu_frac, "cpu_fractions": cpu_fracs,
                                        "times_s": times,
                                        "peak_rss": max(peaks), "bare_parallel": par,
                                        "main_cpu_fraction": statistics.median(cpus)}
             rows.append([f"loader num_workers={w}", f"{rate:,.0f}", f"{limit:,.0f}",
                          f"{100 * frac:.0f}% ({100 * min(fractions):.0f}-"
                          f"{100 * max(fractions):.0f})",
+                         f"{100 * cpu_frac:.0f}% ({100 * min(cpu_fracs):.0f}-"
+                         f"{100 * max(cpu_fracs):.0f})",
                          "-" if par is None else f"{par:,.0f} ({100 * rate / par:.0f}%)",
                          f"{100 * statistics.median(cpus):.0f}%", f"{max(peaks) / MiB:.0f}",
                          f"{(max(times) - min(times)) / statistics.median(times) * 100:.0f}%"])
         rows.insert(0, ["bare decode+ops, 1 core", f"{bare_rate:,.0f}", "-", "-", "-", "-",
-                        "-",
+                        "-", "-",
                         f"{(max(bare_times) - min(bare_times)) / statistics.median(bare_times) * 100:.0f}%"])
         print(f"{args.records} records, 256x256 JPEG q{QUALITY} (mean {np.mean(sizes) / 1e3:.1f} kB,"
               f" {min(sizes) / 1e3:.1f}-{max(sizes) / 1e3:.1f}), batch {BATCH}, augment "
               f"'{AUGMENT}' + standardize 'unit', {args.batches} batches per run, median of "
               f"{args.repeats}; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
         print(format_table(["workload", "tiles/s", "limit", "of limit (range)",
+                            "CPU/tile bare:loader (range)",
                             "W bare loops at once", "main CPU", "peak RSS MiB", "spread"],
                            rows))
+        if args.pairs and 0 in args.workers:
+            ratios = paired_run(ds, jpegs, steps, args.pairs, args.chunk)
+            q = np.percentile(ratios, [25, 75])
+            results["paired_workers_0"] = {"ratios": ratios, "median": statistics.median(ratios)}
+            print(f"num_workers=0 paired with the bare loop ({args.pairs} pairs of {args.chunk} "
+                  f"batches, alternating): loader/bare median {100 * statistics.median(ratios):.0f}%"
+                  f", quartiles {100 * q[0]:.0f}-{100 * q[1]:.0f}%, range "
+                  f"{100 * min(ratios):.0f}-{100 * max(ratios):.0f}%")
         if args.long_tiles:
             lr = long_run(ds, args.long_workers, args.long_tiles, log)
             results["long_run"] = lr
@@ -267,6 +334,10 @@ def parse_args(argv=None):
                     help="tiles in the long infinite run (default 200000; 2000 with --quick; "
                          "0 skips it)")
     ap.add_argument("--long-workers", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=None,
+                    help="alternating bare/loader pairs for num_workers=0 (default 30; 4 with "
+                         "--quick; 0 skips them)")
+    ap.add_argument("--chunk", type=int, default=8, help="batches per half of a pair")
     ap.add_argument("--quick", action="store_true", help="a smoke run")
     ap.add_argument("--dir", help="write the dataset here (default: a temp dir)")
     ap.add_argument("--json", help="also write the results to this JSON file")
@@ -277,6 +348,8 @@ def parse_args(argv=None):
     args.unique = args.unique or (4 if q else 16)
     args.batches = args.batches or (8 if q else 40)
     args.repeats = args.repeats or (2 if q else 5)
+    if args.pairs is None:
+        args.pairs = 4 if q else 30
     if args.long_tiles is None:
         args.long_tiles = 2000 if q else 200_000
     return args

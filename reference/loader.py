@@ -202,18 +202,22 @@ def decode_new(data) -> np.ndarray | None:
     return _decode_packed(data, None)
 
 
-def decode_planar(data) -> np.ndarray:
+def decode_planar(data, transposed: bool = False) -> np.ndarray:
     """The image :func:`decode_image` returns, (H, W, 3) uint8 and writeable, but laid
     out plane by plane: the transpose ``(1, 2, 0)`` of a new C-contiguous (3, H, W)
-    array (spec/images.md, "Decode").
+    array, or with ``transposed`` the transpose ``(2, 1, 0)`` of a (3, W, H) one
+    (spec/images.md, "Decode").
 
     The same pixels in another memory order: for a framework whose images are CHW
     (the torch adapter), ``transpose(2, 0, 1)`` of the result is contiguous, so no
     pass over the image is spent changing the layout (Pillow packs each channel
-    straight into its plane). Anything :func:`decode_new` cannot do goes through
+    straight into its plane). ``transposed`` is for an image that will be turned
+    by an odd multiple of 90 degrees: Pillow transposes the decoded pixels (a
+    blocked copy of 4-byte pixels) before packing, and the turned image is then
+    contiguous. Anything :func:`decode_new` cannot do goes through
     :func:`decode_view`, so results and errors are exactly ``decode_image``'s.
     """
-    img = _decode_packed(data, None, planar=True)
+    img = _decode_packed(data, None, planar=True, transposed=transposed)
     return decode_view(data) if img is None else img
 
 
@@ -223,7 +227,7 @@ def _planar_shape(out):
     return chw.shape[1:] if chw.flags.c_contiguous else None
 
 
-def _decode_packed(data, out, planar=False):
+def _decode_packed(data, out, planar=False, transposed=False):
     if bytes(data[:3]) != JPEG_MAGIC:
         return None
     try:
@@ -231,7 +235,9 @@ def _decode_packed(data, out, planar=False):
             if im.mode != "RGB":
                 return None
             w, h = im.size
-            if out is None:
+            if out is None and transposed:
+                out = np.empty((3, w, h), dtype=np.uint8).transpose(2, 1, 0)
+            elif out is None:
                 out = (np.empty((3, h, w), dtype=np.uint8).transpose(1, 2, 0) if planar
                        else np.empty((h, w, 3), dtype=np.uint8))
             elif out.shape != (h, w, 3) or out.dtype != np.uint8 or not out.flags.writeable:
@@ -243,7 +249,11 @@ def _decode_packed(data, out, planar=False):
             im.load()
             if im.mode != "RGB" or im.size != (w, h):
                 return None
-            if planar:   # each channel into its own plane
+            if transposed:   # each channel of the transposed image into its plane
+                cwh = out.transpose(2, 1, 0)
+                im_t = im.transpose(Image.Transpose.TRANSPOSE)
+                ok = all(_pack(im_t, band, cwh[c]) for c, band in enumerate("RGB"))
+            elif planar:   # each channel into its own plane
                 chw = out.transpose(2, 0, 1)
                 ok = all(_pack(im, band, chw[c]) for c, band in enumerate("RGB"))
             else:
@@ -273,6 +283,11 @@ def _pack(im, rawmode: str, dest: np.ndarray) -> bool:
             return status > 0 and at == end
 
 
+def _decode_any_steps(data, steps) -> np.ndarray:
+    """The item maker's default decode: :func:`decode_view`, whatever the steps."""
+    return decode_view(data)
+
+
 class _ItemMaker:
     """Shared by both loaders: (t, j, draws) -> the yielded tuple."""
 
@@ -289,9 +304,10 @@ class _ItemMaker:
         self.incl_slidenames = bool(incl_slidenames)
         self.incl_loc = bool(incl_loc)
         self.on_error = on_error
-        # bytes -> the (H, W, 3) uint8 image decode_image returns, in any memory layout
-        # (possibly a read-only view): decode_view, or an adapter's (decode_planar)
-        self.decode = decode or decode_view
+        # (bytes, the tile's drawn steps) -> the (H, W, 3) uint8 image decode_image
+        # returns, in any memory layout (possibly a read-only view): decode_view, or
+        # an adapter's (the torch one picks a layout that suits the steps)
+        self.decode = decode or _decode_any_steps
         self.skipped: list = []  # the first SKIP_LOG_LIMIT skips
         self.num_skipped = 0     # every skip
         p = pipeline
@@ -321,7 +337,7 @@ class _ItemMaker:
                 elif owned:
                     img = decode_new(tile.image_raw)
             if img is None:
-                img = self.decode(tile.image_raw)
+                img = self.decode(tile.image_raw, steps)
             raw = img
         except TFRecordError as e:
             # image and parsing errors learn the record's byte offset here

@@ -329,6 +329,9 @@ def test_loader_decode_paths_equal_decode_image(samples, name):
     np.testing.assert_array_equal(planar, ref)
     assert planar.flags.writeable or not done
     assert planar.transpose(2, 0, 1).flags.c_contiguous == done
+    turned = decode_planar(data, transposed=True)   # planes of the transposed image
+    np.testing.assert_array_equal(turned, ref)
+    assert turned.transpose(2, 1, 0).flags.c_contiguous == done
     slot = np.full((3,) + ref.shape[:2], 7, np.uint8)
     assert decode_into(data, slot.transpose(1, 2, 0)) == done
     if done:
@@ -357,9 +360,10 @@ def test_loader_decode_paths_raise_decode_image_errors(samples, cut):
     out = np.zeros((37, 53, 3), np.uint8)
     assert not decode_into(bad, out)
     assert decode_new(bad) is None
-    with pytest.raises(ImageDecodeError) as planar:
-        decode_planar(bad)
-    assert addr(planar) == addr(ref)
+    for transposed in (False, True):
+        with pytest.raises(ImageDecodeError) as planar:
+            decode_planar(bad, transposed=transposed)
+        assert addr(planar) == addr(ref)
 
 
 def test_batched_identity_loader_equals_decode_image(ds, records):

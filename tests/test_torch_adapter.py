@@ -371,3 +371,39 @@ def test_a_dropped_worker_batch_frees_its_buffer_slot():
     assert int(flags[1, slot]) == 0 and pool.last is None
     pool.release_last()                            # nothing handed out: no effect
     assert not flags.any()
+
+
+def test_decode_layout_follows_the_drawn_steps(ds):
+    """Tiles that will only be flipped and turned by an odd multiple of 90 degrees
+    are decoded transposed, so the turned CHW tensor is contiguous; the pixels are
+    decode_image's either way, and the ops give the reference's image."""
+    from tilespec.augment import Step
+    from tilespec.pipeline import Pipeline
+    from tilespec_torch import ops
+    from tilespec_torch.loader import _decode_for
+
+    path = ds.tfrecords()[0]
+    data = next(iter(tilespec.read_records(path)))
+    data = tilespec.parse_tile(data).image_raw
+    ref = tilespec.decode_image(data)
+    flip, r1, r2, r3 = (Step("flip_left_right"), Step("rot90", (1,)), Step("rot90", (2,)),
+                        Step("rot90", (3,)))
+    plain = _decode_for(Pipeline.from_options(augment="xyr"))
+    cropped = _decode_for(Pipeline.from_options(augment="xyr", crop_left=0, crop_width=8))
+    cases = [(plain, (), False), (plain, (flip,), False), (plain, (flip, r1), True),
+             (plain, (r3,), True), (plain, (r2,), False), (plain, (Step("jpeg", (50,)), r1), False),
+             (cropped, (r1,), False)]
+    for decode, steps, transposed in cases:
+        img = decode(data, steps)
+        np.testing.assert_array_equal(img, ref)
+        chw = torch.from_numpy(img).permute(2, 0, 1)
+        assert chw.is_contiguous() == (not transposed), steps
+        x = chw
+        for s in steps:
+            x = getattr(ops, s.op)(x, *s.args)
+        want = ref
+        for s in steps:
+            want = getattr(tilespec.ops, s.op)(want, *s.args)
+        np.testing.assert_array_equal(ops.to_numpy(x), want)
+        if transposed:
+            assert x.is_contiguous()

@@ -103,13 +103,39 @@ def _data_ptr(img) -> int:
 
 
 def _torch_items(ref_items: _ItemMaker, pipeline, batched: bool = False) -> _ItemMaker:
-    """A fresh reference item maker (own open files) with the torch pipeline. It
-    decodes plane by plane (:func:`tilespec.loader.decode_planar`): the HWC image
-    the reference decodes, whose CHW view is contiguous."""
+    """A fresh reference item maker (own open files) with the torch pipeline,
+    decoding plane by plane (:func:`_decode_for`)."""
     return _ItemMaker(ref_items.source.paths, labels=ref_items.labels,
                       pipeline=TorchPipeline(pipeline, defer_standardize=batched),
                       incl_slidenames=ref_items.incl_slidenames, incl_loc=ref_items.incl_loc,
-                      on_error=ref_items.on_error, decode=decode_planar)
+                      on_error=ref_items.on_error, decode=_decode_for(pipeline))
+
+
+#: Steps that only move pixels around (no arithmetic), so any memory layout serves.
+_MOVES = ("flip_left_right", "flip_up_down", "rot90")
+
+
+def _decode_for(pipeline):
+    """The torch item maker's decode (bytes, drawn steps) -> HWC image: plane by plane
+    (:func:`tilespec.loader.decode_planar`); transposed when the tile's steps only
+    flip and turn it by an odd multiple of 90 degrees and nothing comes before them
+    (crop, resize, stain), so that ``torch.rot90`` of its CHW view is contiguous and
+    the batch is filled without reading a transposed tile (bench/torch_loader.py)."""
+    plain = (pipeline.crop_width is None and pipeline.resize_target is None and
+             pipeline.normalizer is None)
+
+    def decode(data, steps):
+        turns = 0
+        if plain:
+            for step in steps:
+                if step.op not in _MOVES:
+                    turns = 0
+                    break
+                if step.op == "rot90":
+                    turns += step.args[0]
+        return decode_planar(data, transposed=turns % 2 == 1)
+
+    return decode
 
 
 def _labels(col):
