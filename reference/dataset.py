@@ -521,6 +521,18 @@ class Dataset:
         return category_keys(ann, [self._slide(p) for p in self._paths], headers, force=force,
                              what=what, error=error)
 
+    def _strategy_groups(self, cfg, what: str, error):
+        """The groups a clip or balance configuration's strategy works over: the
+        patient or category key of each tfrecord, or None for the other strategies
+        (spec/dataset.md, "Clipping" and "Balancing"). ``what`` ('clip' or 'balance')
+        and ``error`` name the call in errors."""
+        if cfg.strategy == "patient":
+            return self._patient_groups(f"{what}(strategy='patient')")
+        if cfg.strategy == "category":
+            return self._category_groups(cfg.headers, cfg.force,
+                                         f"{what}(strategy='category')", error)
+        return None
+
     # -- clipping -------------------------------------------------------------------------------
 
     def _clip_array(self) -> np.ndarray:
@@ -533,12 +545,7 @@ class Dataset:
                 c = np.array([min(cfg.get(p, a), a) for p, a in zip(self._paths, n)],
                              dtype=np.int64)
             else:
-                groups = None
-                if cfg.strategy == "patient":
-                    groups = self._patient_groups("clip(strategy='patient')")
-                elif cfg.strategy == "category":
-                    groups = self._category_groups(cfg.headers, cfg.force,
-                                                   "clip(strategy='category')", ClipError)
+                groups = self._strategy_groups(cfg, "clip", ClipError)
                 c = bal.clip_counts(cfg.strategy, n, cfg.max_tiles, groups)
             self._cache["clip"] = c
         return self._cache["clip"]
@@ -623,12 +630,7 @@ class Dataset:
             elif isinstance(cfg, dict):
                 w = np.array([cfg[p] for p in self._paths])
             else:
-                groups = None
-                if cfg.strategy == "patient":
-                    groups = self._patient_groups("balance(strategy='patient')")
-                elif cfg.strategy == "category":
-                    groups = self._category_groups(cfg.headers, cfg.force,
-                                                   "balance(strategy='category')", BalanceError)
+                groups = self._strategy_groups(cfg, "balance", BalanceError)
                 w = bal.balance_weights(cfg.strategy, self._clip_array(), groups)
             self._cache["weights"] = w
         return self._cache["weights"]

@@ -237,6 +237,15 @@ def test_unannotated_dataset(tmp_path):
                  lambda: ds.clip(strategy="patient")):
         with pytest.raises(AnnotationError, match="needs annotations"):
             call()
+    # each message names the call that needed them
+    for call, name in ((lambda: ds.balance(strategy="patient"), "balance(strategy='patient')"),
+                       (lambda: ds.clip(strategy="patient"), "clip(strategy='patient')"),
+                       (lambda: ds.clip(strategy="category", headers="category"),
+                        "clip(strategy='category')"),
+                       (lambda: ds.balance("category"), "balance(strategy='category')")):
+        with pytest.raises(AnnotationError) as e:
+            call()
+        assert str(e.value).startswith(name + " needs annotations"), str(e.value)
     with pytest.raises(AnnotationError, match="need annotations"):
         tilespec.Dataset(folder, filters={"category": ["A"]})
 
