@@ -58,7 +58,20 @@ class TileSource:
         self._cut: dict = {}  # t -> (record, error): records from there on are not located
         self._files: OrderedDict = OrderedDict()
 
+    def reopened(self) -> "TileSource":
+        """A source over the same files with file handles of its own, sharing the
+        record offsets (and what headers-only scans found) loaded so far and from now
+        on: for another iteration, thread or adapter pipeline over the same loader."""
+        other = TileSource(self.paths, max_open=self.max_open, verify=self.verify,
+                           on_error=self.on_error)
+        other._offsets = self._offsets
+        other._cut = self._cut
+        return other
+
     def offsets(self, t: int) -> np.ndarray:
+        """The byte offsets of the records of tfrecord t, from its index (loaded or
+        built on first use) or, with on_error='skip' where no index can be built, from
+        a headers-only scan (spec/index.md; spec/reliability.md, "on_error")."""
         arr = self._offsets.get(t)
         if arr is None:
             path = self.paths[t]
@@ -161,7 +174,7 @@ def decode_view(data) -> np.ndarray:
     options as ``decode_image``, so the same pixels). Anything else, and any
     failure, goes through ``decode_image`` itself, so results and errors are
     exactly its own. The loaders copy the view only where an owned array is
-    handed on (see :meth:`_ItemMaker.make`), saving one copy of every tile on the
+    handed on (see :meth:`ItemMaker.make`), saving one copy of every tile on the
     batched path, where :func:`collate` copies it into the batch anyway.
     """
     if bytes(data[:3]) == JPEG_MAGIC:
@@ -288,8 +301,14 @@ def _decode_any_steps(data, steps) -> np.ndarray:
     return decode_view(data)
 
 
-class _ItemMaker:
-    """Shared by both loaders: (t, j, draws) -> the yielded tuple."""
+class ItemMaker:
+    """Record j of tfrecord t at a stream position, with its drawn steps -> the item a
+    loader yields (spec/sampling.md, "Loaders": items, labels, ``on_error``).
+
+    Shared by both reference loaders and by adapters, which keep everything here
+    (reading by offset, labels, slide names and locations, skips and their log)
+    and swap only the image pipeline and the decode: :meth:`replace`.
+    """
 
     def __init__(self, paths, *, labels, pipeline: Pipeline, incl_slidenames, incl_loc,
                  on_error, decode=None):
@@ -315,6 +334,20 @@ class _ItemMaker:
         self.identity = (not p.augment and p.normalizer is None and p.transform is None and
                          p.standardize is None and p.crop_width is None and
                          p.resize_target is None)
+
+    def replace(self, *, pipeline=None, decode=None) -> "ItemMaker":
+        """A new item maker with the same tfrecords (their offsets shared, see
+        :meth:`TileSource.reopened`), labels, ``incl_*`` flags and ``on_error``, its
+        own open files and an empty skip log, applying ``pipeline``
+        (an object with this module's ``Pipeline.apply`` signature and options, e.g.
+        an adapter's) and decoding with ``decode(data, steps)`` (default
+        :func:`decode_view`) (spec/adapters.md, "What an adapter is")."""
+        maker = ItemMaker(self.source.paths, labels=self.labels,
+                          pipeline=self.pipeline if pipeline is None else pipeline,
+                          incl_slidenames=self.incl_slidenames, incl_loc=self.incl_loc,
+                          on_error=self.on_error, decode=decode)
+        maker.source = self.source.reopened()
+        return maker
 
     def make(self, t: int, j: int, position: int, steps, stain_z, *, owned: bool = True,
              into: np.ndarray | None = None):
@@ -397,7 +430,7 @@ def _pipeline_and_items(paths, default_standardize, *, labels, incl_slidenames, 
     """The image pipeline of a loader's options and the item maker applying it: what
     :class:`NumpyLoader` and :class:`IndexedInterleaver` build the same way."""
     pipeline = Pipeline.from_options(**image_options, default_standardize=default_standardize)
-    items = _ItemMaker(paths, labels=labels, pipeline=pipeline,
+    items = ItemMaker(paths, labels=labels, pipeline=pipeline,
                        incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error)
     return pipeline, items
 
@@ -421,7 +454,7 @@ def collate(items, images=None):
 
 class ArrayStacker:
     """The batch array a batched loader fills while it makes a batch's n items
-    (``NumpyLoader._make_items``): each image is copied into its row as soon as it
+    (:meth:`NumpyLoader.make_items`): each image is copied into its row as soon as it
     is made. An adapter gives the loader its own stacker with these four methods
     (the torch adapter's writes CHW tensors into a batch tensor)."""
 
@@ -545,7 +578,7 @@ class NumpyLoader:
     # -- items --------------------------------------------------------------------------------
     def items(self, start: int, stop: int, plan: StreamPlan | None = None) -> list:
         """Items of positions [start, stop) (skipped ones left out), in order."""
-        return self._make_items(start, stop, plan, owned=True)[0]
+        return self.make_items(start, stop, plan, owned=True)[0]
 
     def _records(self, plan: StreamPlan, start: int, stop: int):
         """``plan.records(start, stop)``, planned :data:`PLAN_WINDOW` positions at a time.
@@ -563,9 +596,21 @@ class NumpyLoader:
         a, b = start - w[1], stop - w[1]
         return w[2][a:b], w[3][a:b]
 
-    def _make_items(self, start, stop, plan=None, *, owned=True, stack=None):
+    @property
+    def item_maker(self) -> ItemMaker:
+        """The :class:`ItemMaker` of this loader's options (adapters derive theirs with
+        :meth:`ItemMaker.replace`)."""
+        return self._items
+
+    def make_items(self, start, stop, plan=None, *, owned=True, stack=None, maker=None):
         """``(items, images)``: the items of positions [start, stop) and, with ``stack``,
-        their images already stacked as :func:`collate` would (else None).
+        their images already stacked as :func:`collate` would (else None)
+        (spec/sampling.md, "Loaders").
+
+        ``plan`` defaults to the current epoch's; ``maker`` (default this loader's
+        :attr:`item_maker`) makes each item, so an adapter runs this loop with its
+        own pipeline. ``owned=False`` lets an image be a read-only decoder view
+        (batched loaders, which copy every image into the batch).
 
         ``stack`` (batched loaders) makes a stacker for n images
         (:class:`ArrayStacker`, or an adapter's): every image goes into the batch
@@ -584,9 +629,10 @@ class NumpyLoader:
         positions = np.arange(start, start + n)
         draws = self.pipeline.draw(plan.key, positions)
         stain = draws.stain
-        make = self._items.make
+        maker = self._items if maker is None else maker
+        make = maker.make
         stacker = stack(n) if stack is not None else None
-        direct = stacker is not None and self._items.identity  # decode into the batch
+        direct = stacker is not None and maker.identity  # decode into the batch
         out = []
         for k, (tk, jk, pk) in enumerate(zip(t.tolist(), j.tolist(), positions.tolist())):
             slot = stacker.slot(len(out)) if direct and stacker is not None else None
@@ -611,14 +657,14 @@ class NumpyLoader:
         plan = self._plan
         B = self.batch_size or 1
         total = None if self.infinite else len(plan)
-        guard = _AllSkippedGuard(plan, self.paths)
+        guard = AllSkippedGuard(plan, self.paths)
         try:
             while total is None or self.position < total:
                 start = self.position
                 stop = start + B if total is None else min(start + B, total)
                 if total is not None and self.drop_last and stop - start < B:
                     break
-                items, images = self._make_items(
+                items, images = self.make_items(
                     start, stop, plan, owned=self.batch_size is None,
                     stack=None if self.batch_size is None else ArrayStacker)
                 self.position = stop
@@ -648,11 +694,14 @@ class AllRecordsSkippedError(TFRecordError):
     yielded: nothing can ever be yielded (spec/reliability.md, "on_error")."""
 
 
-class _AllSkippedGuard:
+class AllSkippedGuard:
     """Raises :class:`AllRecordsSkippedError` once every owned record of a plan was
     skipped with no item yielded in between (skips are deterministic: a record that
     failed fails again, so the stream can never yield). Holds at most one int per
-    owned record, and only while nothing is yielded."""
+    owned record, and only while nothing is yielded (spec/reliability.md,
+    "on_error"). A loader (the reference's or an adapter's) calls :meth:`reset`
+    when it yields and :meth:`skipped` with the records of a batch that came out
+    empty."""
 
     def __init__(self, plan: StreamPlan, paths):
         self.plan, self.paths = plan, paths
@@ -744,13 +793,24 @@ class IndexedInterleaver:
         k = int(self._order[i]) if self._order is not None else i
         return int(self._t[k]), int(self._j[k])
 
+    @property
+    def item_maker(self) -> ItemMaker:
+        """The :class:`ItemMaker` of this dataset's options."""
+        return self._items
+
     def __getitem__(self, i):
+        return self.item(i)
+
+    def item(self, i, maker: ItemMaker | None = None):
+        """Item i (``self[i]``), made by ``maker`` (default :attr:`item_maker`; an
+        adapter passes its own, see :meth:`ItemMaker.replace`) (spec/sampling.md,
+        "Indexed dataset")."""
         t, j = self.record(i)
         i = int(i) % len(self)
         draws = self.pipeline.draw(self._key, np.array([i]))
-        item = self._items.make(t, j, i, draws.steps[0],
-                                None if draws.stain is None else draws.stain[0])
-        return item
+        maker = self._items if maker is None else maker
+        return maker.make(t, j, i, draws.steps[0],
+                          None if draws.stain is None else draws.stain[0])
 
     def close(self):
         self._items.close()
@@ -782,4 +842,5 @@ def _clip_array(clip, paths, counts) -> np.ndarray:
 
 __all__ = ["NumpyLoader", "IndexedInterleaver", "TileSource", "collate", "ON_ERROR",
            "AllRecordsSkippedError", "SKIP_LOG_LIMIT",
-           "decode_view", "decode_into", "decode_new", "decode_planar", "ArrayStacker"]
+           "decode_view", "decode_into", "decode_new", "decode_planar", "ArrayStacker",
+           "ItemMaker", "AllSkippedGuard"]

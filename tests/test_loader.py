@@ -296,3 +296,72 @@ def test_array_stacker_fills_rows_and_gives_back_what_it_took():
     for b, im in zip(back, imgs):
         np.testing.assert_array_equal(b, im)
     assert s.take_back(0) == []
+
+
+# -- the public surface adapters build on (spec/adapters.md, "What an adapter is") --------
+
+def test_item_maker_replace_keeps_options_and_offsets_not_files(ds):
+    L = ds.numpy(seed=3, augment="xy", incl_slidenames=True, incl_loc=True,
+                 labels=ds.labels("category")[0], standardize=False)
+    base = L.item_maker
+    want = L.items(0, 6)
+    flipped = Pipeline.from_options(augment="xy", standardize=False,
+                                    transform=lambda im: im[::-1])
+    other = base.replace(pipeline=flipped)
+    assert (other.labels, other.incl_slidenames, other.incl_loc, other.on_error) == \
+        (base.labels, True, True, "raise")
+    assert other.source._offsets is base.source._offsets        # offsets shared ...
+    same, _ = L.make_items(0, 6, maker=base.replace())
+    got, _ = L.make_items(0, 6, maker=other)
+    for a, b, c in zip(want, same, got):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[0][::-1], c[0])        # ... its pipeline applied
+        assert a[1:] == b[1:] == c[1:]
+    f = other.source._file(0)
+    other.close()                                               # ... its files its own
+    assert f.closed and not base.source._file(0).closed
+    assert other.skipped == [] and other.num_skipped == 0
+
+
+def test_make_items_with_a_stacker_equals_items_and_collate(ds):
+    from tilespec.loader import ArrayStacker, collate
+
+    L = ds.numpy(seed=5, augment="xyr", batch_size=4)
+    items = L.items(8, 12)
+    made, images = L.make_items(8, 12, stack=ArrayStacker, owned=False)
+    assert all(m[0] is None for m in made)
+    for got, want in zip(collate(made, images), collate(items)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_indexed_item_with_another_maker(ds):
+    D = IndexedInterleaver(ds.tfrecords(), seed=2, augment="r", standardize=False)
+    maker = D.item_maker.replace()
+    for i in (0, 3, len(D) - 1):
+        a, b = D[i], D.item(i, maker=maker)
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1:] == b[1:]
+
+
+def test_reopened_source_shares_offsets_and_scan_cuts(tmp_path):
+    from tilespec.loader import TileSource
+    from tilespec.errors import TFRecordError
+
+    path = str(tmp_path / "a.tfrecords")
+    recs = [tilespec.encode_tile(tilespec.synthetic.encode_jpeg(
+        np.full((8, 8, 3), 9 * i, np.uint8), 90), "s", loc_x=i, loc_y=0) for i in range(5)]
+    tilespec.write_records(path, recs)
+    data = bytearray(open(path, "rb").read())
+    size = len(data) // 5
+    data[2 * size + 3] ^= 0xFF                                   # a length field of record 2
+    open(path, "wb").write(bytes(data))
+    src = TileSource([path], on_error="skip")
+    with pytest.warns(UserWarning, match="no index can be built"):
+        n = len(src.offsets(0))
+    again = src.reopened()
+    assert again._offsets is src._offsets and again._cut is src._cut and len(again.offsets(0)) == n
+    with pytest.raises(TFRecordError, match="not located"):      # the cut, known to both
+        again.read(0, 4)
+    assert again.read(0, 1).loc_x == 1
+    again.close()
+    assert src.read(0, 0).loc_x == 0

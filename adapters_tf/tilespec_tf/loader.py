@@ -23,7 +23,7 @@ from tilespec.annotations import LabelError
 from tilespec.errors import TFRecordError
 from tilespec.images import decode_image, image_format
 from tilespec import loader as ref_loader
-from tilespec.loader import NumpyLoader, TileSource, _AllSkippedGuard
+from tilespec.loader import AllSkippedGuard, NumpyLoader
 
 from . import ops as tfops
 
@@ -138,7 +138,7 @@ class _Generator:
     def __init__(self, base: NumpyLoader, info: LoaderInfo, label_dtype, *, keep_invalid):
         self.base = base
         self.info = info
-        self.items = base._items            # labels, TileSource, incl_* flags, on_error
+        self.items = base.item_maker        # labels, TileSource, incl_* flags, on_error
         self.pipeline = base.pipeline
         self.label_dtype = label_dtype
         self.keep_invalid = keep_invalid    # batched + skip: hold skipped slots, see below
@@ -154,9 +154,8 @@ class _Generator:
         # Each iteration reads through its own file handles (two iterators of one dataset
         # may run at once, e.g. in threads), closed when the iteration ends or is dropped;
         # the record offsets are shared (read-only once loaded).
-        source = TileSource(self.items.source.paths)
-        source._offsets = self.items.source._offsets
-        guard = _AllSkippedGuard(plan, source.paths)
+        source = self.items.source.reopened()
+        guard = AllSkippedGuard(plan, source.paths)
         try:
             start = 0
             while total is None or start < total:
@@ -262,9 +261,9 @@ def _signature(base, label_spec, keep_invalid):
            "params": tf.TensorSpec([None, max(1, len(base.pipeline.augment))], tf.float32)}
     if label_spec is not None:
         sig["label"] = tf.TensorSpec([None, *label_spec.shape], label_spec.dtype)
-    if base._items.incl_slidenames:
+    if base.item_maker.incl_slidenames:
         sig["slide"] = tf.TensorSpec([None], tf.string)
-    if base._items.incl_loc:
+    if base.item_maker.incl_loc:
         sig["loc_x"] = tf.TensorSpec([None], tf.int64)
         sig["loc_y"] = tf.TensorSpec([None], tf.int64)
     if base.pipeline.normalizer is not None and "n" in base.pipeline.augment:
@@ -346,9 +345,9 @@ def make_dataset(dataset, options: dict):
 def build(base: NumpyLoader, *, deterministic: bool = True):
     """The tf.data pipeline over a validated reference loader ``base`` (its plan,
     draws, labels and reading), with TensorFlow image ops."""
-    label_dtype, label_spec = _label_spec(base._items.labels)
+    label_dtype, label_spec = _label_spec(base.item_maker.labels)
     B = base.batch_size
-    keep_invalid = B is not None and base._items.on_error == "skip"
+    keep_invalid = B is not None and base.item_maker.on_error == "skip"
     length = len(base)
     info = LoaderInfo(base, length)
     gen = _Generator(base, info, label_dtype, keep_invalid=keep_invalid)
@@ -358,7 +357,7 @@ def build(base: NumpyLoader, *, deterministic: bool = True):
         base, label_spec, keep_invalid)).prefetch(2).unbatch()
     images = image_fn(base.pipeline)
     has_label = label_spec is not None
-    incl_slide, incl_loc = base._items.incl_slidenames, base._items.incl_loc
+    incl_slide, incl_loc = base.item_maker.incl_slidenames, base.item_maker.incl_loc
 
     def item(e):
         img = images(e["raw"], e["params"], e.get("stain"))
@@ -382,7 +381,7 @@ def build(base: NumpyLoader, *, deterministic: bool = True):
             ds = ds.map(mask)
     if base.infinite:
         ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
-    elif base._items.on_error == "raise":
+    elif base.item_maker.on_error == "raise":
         ds = ds.apply(tf.data.experimental.assert_cardinality(length))
     ds = ds.prefetch(tf.data.AUTOTUNE)
     _expose(ds, info)
@@ -413,14 +412,13 @@ def make_indexed(tfrecords, options: dict):
     ref = IndexedInterleaver(tfrecords, **options)
     ref.set_epoch(epoch)
     n = len(ref)
-    label_dtype, label_spec = _label_spec(ref._items.labels)
-    items = ref._items
+    label_dtype, label_spec = _label_spec(ref.item_maker.labels)
+    items = ref.item_maker
     aug = ref.pipeline.augment
-    sig = _signature(_IndexedView(ref), label_spec, False)
+    sig = _signature(ref, label_spec, False)
 
     def gen():
-        source = TileSource(items.source.paths)
-        source._offsets = items.source._offsets
+        source = items.source.reopened()
         try:
             yield from chunks(source)
         finally:
@@ -472,14 +470,6 @@ def make_indexed(tfrecords, options: dict):
     except (AttributeError, TypeError):  # pragma: no cover
         pass
     return ds
-
-
-class _IndexedView:
-    """What :func:`_signature` reads, for an IndexedInterleaver."""
-
-    def __init__(self, ref):
-        self.pipeline = ref.pipeline
-        self._items = ref._items
 
 
 class _StackView:

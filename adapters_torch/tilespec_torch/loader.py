@@ -12,7 +12,6 @@ wires the stream into ``torch.utils.data``.
 
 from __future__ import annotations
 
-import copy
 import functools
 import mmap
 import os
@@ -25,12 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 import tilespec
-from tilespec.loader import NumpyLoader, _ItemMaker, decode_planar
-
-try:  # the reference's guard against a stream whose every record is skipped
-    from tilespec.loader import _AllSkippedGuard
-except ImportError:  # pragma: no cover - older reference
-    _AllSkippedGuard = None
+from tilespec.loader import AllSkippedGuard, ItemMaker, NumpyLoader, decode_planar
 from tilespec.sampling import StreamPlan, worker_batches
 
 from . import ops
@@ -102,13 +96,11 @@ def _data_ptr(img) -> int:
     return img.__array_interface__["data"][0]
 
 
-def _torch_items(ref_items: _ItemMaker, pipeline, batched: bool = False) -> _ItemMaker:
+def _torch_items(ref_items: ItemMaker, pipeline, batched: bool = False) -> ItemMaker:
     """A fresh reference item maker (own open files) with the torch pipeline,
     decoding plane by plane (:func:`_decode_for`)."""
-    return _ItemMaker(ref_items.source.paths, labels=ref_items.labels,
-                      pipeline=TorchPipeline(pipeline, defer_standardize=batched),
-                      incl_slidenames=ref_items.incl_slidenames, incl_loc=ref_items.incl_loc,
-                      on_error=ref_items.on_error, decode=_decode_for(pipeline))
+    return ref_items.replace(pipeline=TorchPipeline(pipeline, defer_standardize=batched),
+                             decode=_decode_for(pipeline))
 
 
 #: Steps that only move pixels around (no arithmetic), so any memory layout serves.
@@ -389,10 +381,8 @@ class TileStream(IterableDataset):
                           shuffle=ref.shuffle)
         total = None if ref.infinite else len(plan)
         batched = ref.batch_size is not None
-        guard = _AllSkippedGuard(plan, ref.paths) if _AllSkippedGuard else None
-        maker = _torch_items(ref._items, ref.pipeline, batched)
-        view = copy.copy(ref)       # the reference's items() over the torch item maker
-        view._items = maker
+        guard = AllSkippedGuard(plan, ref.paths)
+        maker = _torch_items(ref.item_maker, ref.pipeline, batched)
         try:
             # The DataLoader asks its workers round-robin from worker 0, so worker k
             # makes batches start_batch + k, start_batch + k + W, ...: the batches b
@@ -400,7 +390,7 @@ class TileStream(IterableDataset):
             for b, start, stop in worker_batches((w + start_batch) % W, W, ref.batch_size,
                                                  total, ref.drop_last, start_batch):
                 n_skipped = len(maker.skipped)
-                n_counted = getattr(maker, "num_skipped", None)
+                n_counted = maker.num_skipped
                 if pool is not None:
                     pool.last = None
                 stack = None
@@ -409,25 +399,23 @@ class TileStream(IterableDataset):
                         TensorStacker, standardize=ref.pipeline.standardize,
                         alloc=pool and pool.tensor, release=pool and pool.release_last)
                 if info is None:
-                    items, images = view._make_items(start, stop, plan, owned=not batched,
-                                                     stack=stack)
+                    items, images = ref.make_items(start, stop, plan, owned=not batched,
+                                                   stack=stack, maker=maker)
                 else:  # skips are reported (and warned about) by the main process
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        items, images = view._make_items(start, stop, plan,
-                                                         owned=not batched, stack=stack)
+                        items, images = ref.make_items(start, stop, plan, owned=not batched,
+                                                       stack=stack, maker=maker)
                 payload = None
-                if guard is not None:   # the reference's rule: all owned records skipped
-                    if items:
-                        guard.reset()
-                    else:
-                        guard.skipped(*plan.records(start, stop), maker.skipped)
+                if items:               # the reference's rule: all owned records skipped
+                    guard.reset()
+                else:
+                    guard.skipped(*plan.records(start, stop), maker.skipped)
                 if items:
                     payload = (collate(items, ref.pipeline.standardize,
                                        pool and pool.tensor, images) if batched else items[0])
                 slot = pool.last if pool is not None and batched and items else None
-                counted = (len(maker.skipped) - n_skipped if n_counted is None
-                           else maker.num_skipped - n_counted)
+                counted = maker.num_skipped - n_counted
                 yield b, payload, (maker.skipped[n_skipped:], counted), slot
         finally:
             maker.close()
@@ -544,9 +532,9 @@ class IndexedInterleaver(Dataset):
         self._maker = None
         self._pid = None
 
-    def _items(self) -> _ItemMaker:
+    def _items(self) -> ItemMaker:
         if self._maker is None or self._pid != os.getpid():
-            self._maker = _torch_items(self.reference._items, self.reference.pipeline)
+            self._maker = _torch_items(self.reference.item_maker, self.reference.pipeline)
             self._pid = os.getpid()
         return self._maker
 
@@ -568,9 +556,7 @@ class IndexedInterleaver(Dataset):
         return len(self.reference)
 
     def __getitem__(self, i):
-        view = copy.copy(self.reference)
-        view._items = self._items()
-        return view[i]
+        return self.reference.item(i, maker=self._items())
 
     def close(self) -> None:
         if self._maker is not None:
