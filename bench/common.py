@@ -6,6 +6,8 @@
   allocations.
 * :func:`print_table` prints rows of results as an aligned text table.
 * :func:`environment` describes the machine and library versions.
+* :func:`parser` and :func:`write_json`: the scripts' command line (description
+  from the docstring) and their ``--json`` output.
 
 Throughput is computed from the median wall-clock time (``time.perf_counter``)
 of the runs, or from the median CPU time of this process
@@ -16,7 +18,10 @@ measure; a wall time well above the CPU time says the run was crowded out.
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
+import numbers
 import os
 import platform
 import resource
@@ -253,3 +258,23 @@ def environment() -> dict:
         except PackageNotFoundError:
             env[dist] = None
     return env
+
+
+# ------------------------------------------------------------------ command line, output
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A bench script's argument parser: the first paragraph of its docstring ``doc``
+    as the description, kept as written."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _plain(obj):
+    return float(obj) if isinstance(obj, numbers.Real) else str(obj)
+
+
+def write_json(path: str | None, data) -> None:
+    """Write ``data`` to ``path`` as JSON (nothing when ``path`` is None: no ``--json``);
+    NumPy numbers become floats, anything else not JSON its ``str``."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(data, fh, indent=1, default=_plain)

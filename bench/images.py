@@ -25,8 +25,6 @@ bench/README.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +35,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, format_table, measure  # noqa: E402
+from common import environment, format_table, measure, parser, write_json  # noqa: E402
 
 import tilespec  # noqa: E402
 from tilespec import ops  # noqa: E402
@@ -211,15 +209,12 @@ def run(args) -> dict:
     out = {"environment": env, "ops": [r.as_dict() for r in results],
            "pipeline": [r.as_dict() for r in presults], "steps_per_tile": census,
            "total_s": total}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2, default=float)
+    write_json(args.json, out)
     return out
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 3 repeats of ~20 ms, 64 pipeline positions")
     ap.add_argument("--repeats", type=int, default=None,

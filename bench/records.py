@@ -17,9 +17,7 @@ bench/README.md for what each column means.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -29,7 +27,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, format_table, measure, print_table  # noqa: E402
+from common import (environment, format_table, measure, parser, print_table,  # noqa: E402
+                    write_json)
 
 import tilespec  # noqa: E402
 import tilespec.records as records_mod  # noqa: E402
@@ -211,9 +210,7 @@ def run(args) -> dict:
     print(f"\ntotal bench time {total:.1f} s")
     out = {"environment": env, "dataset": dataset, "repeats": args.repeats,
            "results": [r.as_dict() for r in results], "total_s": total}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    write_json(args.json, out)
     return out
 
 
@@ -245,8 +242,7 @@ def _derived(results) -> list:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--records", type=int, default=None,
                     help="records in the file (default 2000; 300 with --quick)")
     ap.add_argument("--repeats", type=int, default=None,

@@ -23,10 +23,8 @@ bench/README.md for the columns and options.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import os
 import statistics
 import sys
@@ -38,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (PeakRSS, Result, environment, format_table, measure,  # noqa: E402
-                    print_table, tracemalloc_peak)
+                    parser, print_table, tracemalloc_peak, write_json)
 
 import tilespec  # noqa: E402
 from tilespec.sampling import StreamPlan  # noqa: E402
@@ -257,15 +255,12 @@ def run(args) -> dict:
     total = time.perf_counter() - t_start
     print(f"\ntotal bench time {total:.1f} s")
     out["total_s"] = total
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2, default=float)
+    write_json(args.json, out)
     return out
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: fewer plan shapes, 256 tiles, 3 repeats, two loader rows")
     ap.add_argument("--repeats", type=int, default=None,

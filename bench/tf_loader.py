@@ -23,9 +23,7 @@ rows of one run, not runs on different days.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -34,7 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, format_table, measure  # noqa: E402
+from common import environment, format_table, measure, parser, write_json  # noqa: E402
 
 import tilespec  # noqa: E402
 from tilespec.synthetic import encode_jpeg, tissue_tile  # noqa: E402
@@ -145,7 +143,7 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--slides", type=int, default=8)
     p.add_argument("--per-slide", type=int, default=250)
     p.add_argument("--unique", type=int, default=32, help="distinct JPEGs cycled")
@@ -158,9 +156,7 @@ def main(argv=None):
     if args.quick:
         args.batches, args.repeats, args.per_slide, args.unique = 10, 1, 100, 8
     out = run(args)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,6 @@ The machine may be shared: the wall-clock figures are as noisy as the machine.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -51,7 +49,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import MiB, environment, format_table  # noqa: E402
+from common import environment, format_table, MiB, parser, write_json  # noqa: E402
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
@@ -313,15 +311,12 @@ def run(args) -> dict:
     results["environment"] = dict(environment(), torch=torch.__version__,
                                   load=os.getloadavg())
     results["args"] = vars(args)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1, default=str)
+    write_json(args.json, results)
     return results
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--records", type=int, default=None, help="records written (default 2048)")
     ap.add_argument("--unique", type=int, default=None,
                     help="distinct JPEG tiles cycled through the files (default 16)")

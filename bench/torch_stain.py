@@ -27,8 +27,6 @@ shorter runs).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -39,7 +37,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import MiB, environment, format_table, measure  # noqa: E402
+from common import environment, format_table, measure, MiB, parser, write_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -137,14 +135,12 @@ def run(args) -> dict:
                         "spread", "RSS +MiB", "vs ref: max / differ"], rows,
                        align="llrlrrrrrl"))
     out = {"environment": env, "args": vars(args), "results": [r.as_dict() for r in results]}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    write_json(args.json, out)
     return out
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--quick", action="store_true", help="batch 16, 3 runs of ~100 ms")
     ap.add_argument("--size", type=int, default=256, help="tile side in pixels (256)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (64; quick 16)")
