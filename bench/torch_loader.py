@@ -9,8 +9,9 @@ Writes ``--records`` tile records (256x256 JPEG, quality 90, drawn with
   torch thread, one process: tiles/s per core, median of ``--repeats`` runs;
 * **loader**: ``Dataset.torch(batch_size=64, augment='xyr', standardize=True,
   infinite=True, num_workers=W)`` for each W of ``--workers``: tiles/s over
-  ``--batches`` batches after a warm-up of 2 batches per worker (so worker start
-  is not counted), median of ``--repeats`` runs, and the peak RSS of the main
+  ``--batches`` batches after a warm-up of 2 batches, plus 7 per worker (worker
+  start and the first use of each of a worker's 5 shared-memory batch slots are
+  not counted), median of ``--repeats`` runs, and the peak RSS of the main
   process plus its workers, sampled every 10 batches;
 * **limit** = bare tiles/s per core x max(1, W) worker processes, and the
   loader's share of it (target: at least 85%): each repeat runs the bare loop
@@ -65,6 +66,11 @@ try:  # the decode the reference's item maker uses (no final copy), when it has 
 except ImportError:  # pragma: no cover
     from tilespec import decode_image as _decode
 
+#: Batches made before timing: in process 2; with workers also their start and the
+#: first use of each of their shared-memory batch slots (prefetch_factor + 3 = 5 of
+#: 50 MB, each faulted in on first use), so the timed batches are the steady state.
+WARM_UP = 2
+WORKER_SLOTS = 5
 TILE_PX = 256
 QUALITY = 90
 BATCH = 64
@@ -156,7 +162,7 @@ def loader_run(ds, workers: int, batches: int) -> tuple:
     L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=True, infinite=True,
                  num_workers=workers, seed=0)
     it = iter(L)
-    for _ in range(2 * max(1, workers)):
+    for _ in range(WARM_UP + (WORKER_SLOTS + 2) * workers):
         next(it)
     peak = rss_tree()
     c0 = time.process_time()
