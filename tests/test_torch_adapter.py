@@ -407,3 +407,30 @@ def test_decode_layout_follows_the_drawn_steps(ds):
         np.testing.assert_array_equal(ops.to_numpy(x), want)
         if transposed:
             assert x.is_contiguous()
+
+
+def test_the_main_process_keeps_slot_mappings_and_releases_unused_slots(ds):
+    """Batches from a worker come back in the main process in the same few mappings
+    (one per slot: no fresh mapping to fault in per batch), and a slot is reused only
+    once the caller dropped every tensor of its batch (kept batches stay intact,
+    checked against the reference)."""
+    opts = dict(batch_size=4, seed=3, augment="xyr", standardize=True)
+    ref = iter(ds.numpy(**opts))
+    L = ds.torch(num_workers=1, pin_memory=False, **opts)
+    import weakref
+
+    pointers, kept = [], []
+    for b, (imgs, _) in enumerate(L):
+        pointers.append(imgs.untyped_storage().data_ptr())
+        want = next(ref)[0]
+        if b in (3, 4):
+            kept.append((imgs, want))
+        if b == 10:
+            dropped = weakref.ref(imgs.untyped_storage())
+        if b == 39:
+            assert dropped() is not None        # its mapping outlives the batch ...
+            break
+    slots = L.prefetch_factor + 3
+    assert len(set(pointers[10:])) <= slots     # ... and serves the slot's next batches
+    for imgs, want in kept:                     # held while 35 more batches came
+        np.testing.assert_array_equal(imgs.permute(0, 2, 3, 1).numpy(), want)
