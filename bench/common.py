@@ -6,8 +6,10 @@
   allocations.
 * :func:`print_table` prints rows of results as an aligned text table.
 * :func:`environment` describes the machine and library versions.
-* :func:`parser` and :func:`write_json`: the scripts' command line (description
-  from the docstring) and their ``--json`` output.
+* :func:`parser`, :func:`quick_defaults`, :func:`at_least_one` and
+  :func:`write_json`: the scripts' command line (description from the
+  docstring, defaults that ``--quick`` shrinks, counts that must be >= 1) and
+  their ``--json`` output.
 
 Throughput is computed from the median wall-clock time (``time.perf_counter``)
 of the runs, or from the median CPU time of this process
@@ -266,6 +268,21 @@ def parser(doc: str) -> argparse.ArgumentParser:
     as the description, kept as written."""
     return argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def quick_defaults(args, defaults: dict) -> None:
+    """Fill each option left unset (None): ``defaults`` maps its name to
+    ``(full, quick)``, the value without and with ``--quick``."""
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+
+
+def at_least_one(ap: argparse.ArgumentParser, args, names) -> None:
+    """Exit through ``ap.error`` naming the first option of ``names`` below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
 
 
 def _plain(obj):

@@ -35,7 +35,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, format_table, measure, parser, write_json  # noqa: E402
+from common import (environment, format_table, measure, parser, quick_defaults,  # noqa: E402
+                    write_json)
 
 import tilespec  # noqa: E402
 from tilespec import ops  # noqa: E402
@@ -234,12 +235,7 @@ def parse_args(argv=None):
     ap.add_argument("--json", help="also write every run time and the environment as JSON")
     ap.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = ap.parse_args(argv)
-    if args.repeats is None:
-        args.repeats = 3 if args.quick else 5
-    if args.run_ms is None:
-        args.run_ms = 20.0 if args.quick else 100.0
-    if args.positions is None:
-        args.positions = 64 if args.quick else 256
+    quick_defaults(args, {"repeats": (5, 3), "run_ms": (100.0, 20.0), "positions": (256, 64)})
     if args.repeats < 1 or args.positions < 1 or args.run_ms <= 0:
         ap.error("--repeats, --positions and --run-ms must be positive")
     return args

@@ -27,8 +27,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (environment, format_table, measure, parser, print_table,  # noqa: E402
-                    write_json)
+from common import (at_least_one, environment, format_table, measure, parser,  # noqa: E402
+                    print_table, quick_defaults, write_json)
 
 import tilespec  # noqa: E402
 import tilespec.records as records_mod  # noqa: E402
@@ -262,15 +262,8 @@ def parse_args(argv=None):
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = ap.parse_args(argv)
-    if args.records is None:
-        args.records = 300 if args.quick else 2000
-    if args.repeats is None:
-        args.repeats = 3 if args.quick else 5
-    if args.unique is None:
-        args.unique = 6 if args.quick else 24
-    for name in ("records", "repeats", "unique", "table_records"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    quick_defaults(args, {"records": (2000, 300), "repeats": (5, 3), "unique": (24, 6)})
+    at_least_one(ap, args, ("records", "repeats", "unique", "table_records"))
     return args
 
 

@@ -36,7 +36,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (PeakRSS, Result, environment, format_table, measure,  # noqa: E402
-                    parser, print_table, tracemalloc_peak, write_json)
+                    parser, print_table, quick_defaults, tracemalloc_peak, write_json,
+                    at_least_one)
 
 import tilespec  # noqa: E402
 from tilespec.sampling import StreamPlan  # noqa: E402
@@ -288,14 +289,9 @@ def parse_args(argv=None):
     ap.add_argument("--json", help="also write every run time and the environment as JSON")
     ap.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = ap.parse_args(argv)
-    q = args.quick
-    for name, full, quick in (("repeats", 7, 3), ("tfrecords", 8, 4), ("per_file", 128, 64),
-                              ("unique", 16, 6)):
-        if getattr(args, name) is None:
-            setattr(args, name, quick if q else full)
-    for name in ("repeats", "tfrecords", "per_file", "unique", "batch_size"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    quick_defaults(args, {"repeats": (7, 3), "tfrecords": (8, 4), "per_file": (128, 64),
+                          "unique": (16, 6)})
+    at_least_one(ap, args, ("repeats", "tfrecords", "per_file", "unique", "batch_size"))
     return args
 
 
