@@ -453,7 +453,20 @@ class TileStream(IterableDataset):
             maker.close()
 
 
-class TorchLoader(DataLoader):
+class _ReferenceState:
+    """``seed`` and ``epoch``: those of the reference object the torch one wraps
+    (``self.reference``), which holds the state (spec/adapter_torch.md)."""
+
+    @property
+    def seed(self) -> int:
+        return self.reference.seed
+
+    @property
+    def epoch(self) -> int:
+        return self.reference.epoch
+
+
+class TorchLoader(_ReferenceState, DataLoader):
     """``Dataset.torch()``: a DataLoader over one rank's stream (spec/adapter_torch.md).
 
     Yields ``(image, label[, slide][, loc_x, loc_y])`` items or batches, images CHW
@@ -482,14 +495,6 @@ class TorchLoader(DataLoader):
         self._held = None           # see _HeldSlots
 
     # -- state (the reference's) ---------------------------------------------------------------
-    @property
-    def seed(self) -> int:
-        return self.reference.seed
-
-    @property
-    def epoch(self) -> int:
-        return self.reference.epoch
-
     @property
     def position(self) -> int:
         return self.reference.position
@@ -563,7 +568,7 @@ class TorchLoader(DataLoader):
             del it
 
 
-class IndexedInterleaver(Dataset):
+class IndexedInterleaver(_ReferenceState, Dataset):
     """Map-style torch dataset equal item by item to :class:`tilespec.IndexedInterleaver`
     (spec/sampling.md, "Indexed dataset"; spec/adapter_torch.md). Same arguments; images
     CHW tensors. Usable with a plain ``torch.utils.data.DataLoader`` (each worker process
@@ -579,14 +584,6 @@ class IndexedInterleaver(Dataset):
             self._maker = _torch_items(self.reference.item_maker, self.reference.pipeline)
             self._pid = os.getpid()
         return self._maker
-
-    @property
-    def seed(self) -> int:
-        return self.reference.seed
-
-    @property
-    def epoch(self) -> int:
-        return self.reference.epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.reference.set_epoch(epoch)
