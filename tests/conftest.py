@@ -5,6 +5,7 @@ default locally) and ``thorough`` (run by hand: HYPOTHESIS_PROFILE=thorough).
 """
 
 import os
+import shutil
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -25,3 +26,14 @@ def demo_dataset(tmp_path_factory):
     from tilespec.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture
+def folder(tmp_path, demo_dataset):
+    """A private copy of the demo tfrecords folder (no index files), for tests that
+    change or index it (test_cli.py, test_verify.py)."""
+    dst = tmp_path / "tfrecords"
+    dst.mkdir()
+    for p in demo_dataset["paths"]:
+        shutil.copyfile(p, dst / os.path.basename(p))
+    return dst

@@ -2,7 +2,6 @@
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 
@@ -13,16 +12,6 @@ import tilespec
 from tilespec import cli
 from tilespec import index as idx
 from tilespec.cli import Progress, main
-
-
-@pytest.fixture
-def folder(tmp_path, demo_dataset):
-    """A private copy of the demo tfrecords folder (no index files)."""
-    dst = tmp_path / "tfrecords"
-    dst.mkdir()
-    for p in demo_dataset["paths"]:
-        shutil.copyfile(p, dst / os.path.basename(p))
-    return dst
 
 
 def _one_error_line(capsys, rc):

@@ -4,7 +4,6 @@
 import gzip
 import io
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -15,16 +14,6 @@ from tilespec.example import encode_example, encode_tile
 from tilespec.index import compute_index, index_path, write_index
 from tilespec.records import frame_record
 from tilespec.verify import KINDS, Problem, verify, verify_file
-
-
-@pytest.fixture
-def folder(tmp_path, demo_dataset):
-    """A private copy of the demo tfrecords (no index files)."""
-    dst = tmp_path / "tfrecords"
-    dst.mkdir()
-    for p in demo_dataset["paths"]:
-        shutil.copyfile(p, dst / os.path.basename(p))
-    return dst
 
 
 @pytest.fixture
