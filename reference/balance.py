@@ -76,20 +76,35 @@ def group_weights(groups: Sequence[Hashable]) -> np.ndarray:
     return np.array([1.0 / (n_groups * sizes[g]) for g in groups])
 
 
-def balance_weights(strategy, clip, groups: Sequence[Hashable] | None = None) -> np.ndarray:
+def balance_weights(strategy, clip, groups: Sequence[Hashable] | None = None,
+                    counts=None) -> np.ndarray:
     """Weights for ``strategy`` given clipped counts and (for 'patient'/'category') groups.
 
-    spec/dataset.md, "Balancing".
+    spec/dataset.md, "Balancing" and "Empty tfrecords". With ``counts`` (n_t),
+    an empty tfrecord (n_t = 0) gets w_t = 0 and the strategy's formula runs
+    over the other tfrecords alone (T, P, K and m_g count non-empty tfrecords
+    only), as if the empty ones were not in the dataset.
     """
     strategy = canonical_balance_strategy(strategy)
     c = _as_counts(clip, "clip counts")
-    if strategy == "slide":
-        return slide_weights(c.size)
-    if strategy == "tile":
-        return tile_weights(c)
-    if groups is None or len(groups) != c.size:
+    if groups is not None and len(groups) != c.size:
         raise BalanceError(f"strategy {strategy!r} needs one group per tfrecord")
-    return group_weights(groups)
+    keep = np.ones(c.size, bool) if counts is None else _as_counts(counts) > 0
+    if counts is not None and keep.shape != c.shape:
+        raise BalanceError(f"got {keep.size} counts for {c.size} tfrecords")
+    if c.size and not keep.any():
+        raise BalanceError(f"every one of the {c.size} tfrecord(s) is empty (0 records): "
+                           "nothing to balance")
+    w = np.zeros(c.size)
+    if strategy == "slide":
+        w[keep] = slide_weights(int(keep.sum()))
+    elif strategy == "tile":
+        w[keep] = tile_weights(c[keep])
+    elif groups is None:
+        raise BalanceError(f"strategy {strategy!r} needs one group per tfrecord")
+    else:
+        w[keep] = group_weights([g for g, k in zip(groups, keep) if k])
+    return w
 
 
 def normalize_weights(values: Sequence, names: Sequence[str]) -> np.ndarray:
@@ -168,16 +183,20 @@ def clip_slide(counts, max_tiles: int = 0) -> np.ndarray:
     if n.size == 0:
         raise ClipError("cannot clip an empty list of tfrecords")
     max_tiles = check_max_tiles(max_tiles)
-    m = int(n.min()) if not max_tiles else min(max_tiles, int(n.min()))
+    full = n[n > 0]  # empty tfrecords (n_t = 0) take no part: spec/dataset.md, "Empty tfrecords"
+    if not full.size:
+        return n.copy()
+    m = int(full.min()) if not max_tiles else min(max_tiles, int(full.min()))
     return np.minimum(n, m)
 
 
 def clip_groups(counts, groups: Sequence[Hashable], cap: int = 0) -> np.ndarray:
     """'patient' / 'category': each group's total capped at ``cap``, clipped proportionally.
 
-    spec/dataset.md, "Clipping". ``cap`` 0 means the smallest group total. A
-    group over the cap is :func:`apportion`-ed to exactly ``cap``; a group at
-    or under it keeps every n_t.
+    spec/dataset.md, "Clipping". ``cap`` 0 means the smallest group total
+    among the groups with records (a group of empty tfrecords only takes no
+    part). A group over the cap is :func:`apportion`-ed to exactly ``cap``; a
+    group at or under it keeps every n_t.
     """
     n = _as_counts(counts, error=ClipError)
     groups = list(groups)
@@ -189,7 +208,9 @@ def clip_groups(counts, groups: Sequence[Hashable], cap: int = 0) -> np.ndarray:
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
     totals = {g: int(n[idx].sum()) for g, idx in members.items()}
-    cap = check_max_tiles(cap) or min(totals.values())
+    if not any(totals.values()):
+        return n.copy()
+    cap = check_max_tiles(cap) or min(v for v in totals.values() if v > 0)
     out = n.copy()
     for g, idx in members.items():
         if totals[g] > cap:

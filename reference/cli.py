@@ -121,6 +121,10 @@ def cmd_inspect(args, out=None) -> int:
     for path in paths:
         s = inspect_file(path)
         total += s["records"]
+        if s["records"] == 0:  # an empty TFRecord is valid: zero records
+            print(f"{path}\n  records: 0\n  note: empty file, 0 records (valid)\n"
+                  f"  index: {s['index']}", file=out)
+            continue
         fmt, w, h = s["image"]
         feats = ", ".join(f"{k}:{v}" for k, v in s["features"].items())
         slides = ", ".join(f"{k} ({v})" for k, v in sorted(s["slides"].items()))
@@ -176,8 +180,10 @@ def cmd_verify(args, out=None) -> int:
     progress = Progress(len(files), "verifying")
 
     def on_file(done, report):
-        if report.problems or args.verbose:
+        if report.problems or report.notes or args.verbose:
             progress.clear()
+            for n in report.notes:  # not problems: "note:" before the kind
+                print(f"{n.path}: note: {n.kind}: {' '.join(n.message.split())}", file=out)
             for p in report.problems:
                 print(" ".join(str(p).split()), file=out)
             if args.verbose:

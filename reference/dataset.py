@@ -35,6 +35,11 @@ TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
 _SHOW = 20  # names listed in a mismatch warning before "... and N more"
 
 
+class EmptyTFRecordWarning(UserWarning):
+    """A dataset's tfrecord holds 0 records: kept (0 tiles in the manifest), never sampled
+    (spec/dataset.md, "Empty tfrecords")."""
+
+
 class SamplingTable(NamedTuple):
     """What the sampler consumes, aligned with ``Dataset.tfrecords()`` (spec/dataset.md).
 
@@ -111,6 +116,30 @@ def find_tfrecords(source) -> list:
                                "a slide must have exactly one tfrecord")
         by_stem[stem] = p
     return sorted(found)
+
+
+def tfrecord_paths(source) -> list:
+    """The tfrecords a loader reads (spec/sampling.md, "Indexed dataset"): a folder or a
+    tfrecord path is read as by :func:`find_tfrecords` (sorted, absolute); a list keeps
+    its order, each folder in it giving its sorted tfrecords and each file kept as
+    given. A path that does not exist is a :class:`DatasetError` naming it."""
+    if isinstance(source, (str, os.PathLike)):
+        return find_tfrecords(source)
+    if not isinstance(source, (list, tuple, np.ndarray)):
+        raise DatasetError(f"tfrecords must be a folder, a path, or a list of them, "
+                           f"not {type(source).__name__}")
+    out = []
+    for item in source:
+        if not isinstance(item, (str, os.PathLike)):
+            raise DatasetError(f"tfrecords: {item!r} is not a path")
+        p = os.fspath(item)
+        if os.path.isdir(p):
+            out += find_tfrecords(p)
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise DatasetError("tfrecords folder or file not found", path=os.path.abspath(p))
+    return out
 
 
 def _listing(names: Sequence[str], attr: str) -> str:
@@ -267,7 +296,12 @@ class Dataset:
         self._setup(ann, tuple(paths), f_norm, blank, {}, None, None, on_error)
         self.unmatched_tfrecords = unmatched
         self.missing_slides = missing
-        self._counts()      # read every n_t now: a bad tfrecord is a construction error
+        counts = self._counts()  # read every n_t now: a bad tfrecord is a construction error
+        empty = [p for p, n in zip(self._paths, counts) if n == 0]
+        if empty:  # once per dataset built (derived datasets do not warn again)
+            warnings.warn(f"{len(empty)} of the {len(counts)} tfrecord(s) are empty (0 records):"
+                          f" {_listing(empty, 'empty_tfrecords()')}; they are kept with 0 tiles "
+                          "and never sampled", EmptyTFRecordWarning, stacklevel=2)
 
     # -- internal state ------------------------------------------------------------------------
 
@@ -280,6 +314,7 @@ class Dataset:
         self._filters = filters
         self._filter_blank = list(blank)
         self._counts_cache: dict = counts_cache       # shared by derived datasets
+        self._files_cache: dict = counts_cache.setdefault(("files",), {})  # slides, tile size
         self._balance_cfg = balance_cfg               # None | _BalanceConfig | {path: weight}
         self._clip_cfg = clip_cfg                     # None | _ClipConfig | {path: count}
         self._cache: dict = {}
@@ -384,6 +419,50 @@ class Dataset:
                       UserWarning, stacklevel=4)
         return n
 
+    def record_slides(self) -> dict:
+        """``{path: (slide names stored in its records, distinct, in order of first
+        appearance)}`` (spec/dataset.md, "Labels": what is read and when).
+
+        Read on first use (a loader built with ``labels`` asks for it, to check
+        every name has a label before the first batch) from each record's
+        ``slide`` feature alone (:meth:`tilespec.loader.TileSource.slides`: the
+        image bytes are skipped, not read), then cached on the dataset and
+        shared with the datasets derived from it.
+        """
+        from .loader import TileSource
+
+        todo = [p for p in self._paths if p not in self._files_cache.get("slides", {})]
+        if todo:
+            source = TileSource(todo, on_error=self._on_error)
+            try:
+                found = {p: source.slides(t) for t, p in enumerate(todo)}
+            finally:
+                source.close()
+            self._files_cache.setdefault("slides", {}).update(found)
+        cache = self._files_cache["slides"]
+        return {p: cache[p] for p in self._paths}
+
+    @property
+    def tile_size(self):
+        """``(height, width)`` of the dataset's tiles: the image of the first record of
+        the first non-empty tfrecord (read from its header; cached), or None when every
+        tfrecord is empty (spec/dataset.md, "Counts"). Loaders check crop boxes
+        against it when they are built."""
+        from .loader import TileSource
+
+        key = ("tile_size", self._paths)
+        if key not in self._files_cache:
+            source = TileSource(self._paths, on_error=self._on_error)
+            try:
+                self._files_cache[key] = source.tile_size()[0]
+            finally:
+                source.close()
+        return self._files_cache[key]
+
+    def empty_tfrecords(self) -> list:
+        """The tfrecords with 0 records, sorted (spec/dataset.md, "Empty tfrecords")."""
+        return [p for p, n in zip(self._paths, self._counts()) if n == 0]
+
     def manifest(self, key: str = "path") -> dict:
         """``{path: {'total': n_t, 'clipped': c_t}}`` from the index files (with
         on_error='skip', header scans for tfrecords that cannot be indexed).
@@ -482,7 +561,8 @@ class Dataset:
 
         table = self.sampling_table()
         return NumpyLoader(list(table.paths), table.clip, table.weights,
-                           labels=self._loader_labels(labels), **kwargs)
+                           labels=self._loader_labels(labels), record_slides=self.record_slides,
+                           **kwargs)
 
     def torch(self, labels=None, **kwargs):
         """A ``torch.utils.data.DataLoader`` over this dataset, from the PyTorch adapter
@@ -631,7 +711,8 @@ class Dataset:
                 w = np.array([cfg[p] for p in self._paths])
             else:
                 groups = self._strategy_groups(cfg, "balance", BalanceError)
-                w = bal.balance_weights(cfg.strategy, self._clip_array(), groups)
+                w = bal.balance_weights(cfg.strategy, self._clip_array(), groups,
+                                        counts=self._counts())
             self._cache["weights"] = w
         return self._cache["weights"]
 
@@ -708,13 +789,19 @@ class Dataset:
     def sampling_table(self) -> SamplingTable:
         """Arrays aligned with :meth:`tfrecords`: paths, n_t, c_t, w_t.
 
-        spec/dataset.md, "The sampling table". Unbalanced datasets get
-        w_t = 1/T (the 'slide' weights); unclipped ones c_t = n_t.
+        spec/dataset.md, "The sampling table". Unbalanced datasets get the
+        'slide' weights (1/T over the non-empty tfrecords, 0 for empty ones; all 0
+        when every tfrecord is empty); unclipped ones c_t = n_t.
         """
         n = self._counts().copy()
         c = self._clip_array().copy()
         w = self._weights_array()
-        w = bal.slide_weights(len(self._paths)) if w is None else w.copy()
+        if w is not None:
+            w = w.copy()
+        elif (n > 0).any():
+            w = bal.balance_weights("slide", c, counts=n)
+        else:  # every tfrecord is empty: nothing can be sampled (loaders refuse it)
+            w = np.zeros(len(n))
         return SamplingTable(np.array(self._paths, dtype=str), n, c, w)
 
     # -- splits ---------------------------------------------------------------------------------
@@ -808,5 +895,6 @@ class Dataset:
         raise SplitError(f"unknown val_strategy {val_strategy!r}; valid: 'fixed', 'k-fold'")
 
 
-__all__ = ["Dataset", "SamplingTable", "find_tfrecords", "tfrecord_stem", "patient_order",
+__all__ = ["Dataset", "SamplingTable", "EmptyTFRecordWarning", "find_tfrecords",
+           "tfrecord_paths", "tfrecord_stem", "patient_order",
            "kfold_patients", "fixed_split_patients"]

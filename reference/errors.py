@@ -45,7 +45,8 @@ class TFRecordError(Exception):
 
 
 class EmptyFileError(TFRecordError):
-    """The file has no bytes at all (a tile file always holds records)."""
+    """Kept for code that catches it; tilespec no longer raises it: an empty (0-byte)
+    file is a valid TFRecord of zero records (spec/records.md, "Empty files")."""
 
 
 class NotATFRecordError(TFRecordError):

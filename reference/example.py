@@ -533,6 +533,73 @@ def _fast_varint(buf: bytes, pos: int, end: int):
     raise _NotPlain
 
 
+def scan_tile_slide(read, length: int, window: int = 256):
+    """The ``slide`` of a tile record of ``length`` payload bytes, reading only the
+    parts of the payload that locate it, or None when the payload is not in the plain
+    layout (the caller then parses the whole payload: spec/dataset.md, "Labels").
+
+    ``read(pos, n)`` returns up to n payload bytes from ``pos``. Map entries are
+    walked by their length prefixes: an entry whose key is not ``slide`` (the
+    image) is skipped without being read; the ``slide`` entry is parsed as
+    :func:`parse_tile` parses it (the last one wins, as protobuf merges), so the
+    name equals ``parse_tile(payload).slide`` whenever both succeed. About 2
+    reads of ``window`` bytes per record: the features header with the image
+    entry's, then the rest.
+    """
+    buf, at = b"", 0
+
+    def get(pos, n):
+        nonlocal buf, at
+        if pos < at or pos + n > at + len(buf):
+            buf, at = read(pos, max(n, window)), pos
+        return buf[pos - at:pos - at + n]
+
+    def varint(pos):
+        b = get(pos, 10)
+        try:
+            v, q = _fast_varint(b, 0, len(b))
+        except _NotPlain:
+            return None, None
+        return v, pos + q
+
+    head = get(0, 1)
+    if head != b"\x0a":
+        return None
+    size, pos = varint(1)
+    if size is None or pos + size != length:
+        return None
+    slide = None
+    while pos < length:
+        if get(pos, 1) != b"\x0a":
+            return None
+        size, p = varint(pos + 1)
+        if size is None:
+            return None
+        end = p + size
+        if end > length or get(p, 1) != b"\x0a":
+            return None
+        klen, k = varint(p + 1)
+        if klen is None or klen > 64:
+            return None
+        if get(k, klen) == b"slide":
+            if end - pos > (1 << 20):
+                return None
+            entry = get(pos, end - pos)
+            try:
+                feats = parse_example(bytes((0x0A,)) + _varint_bytes(len(entry)) + entry)
+                slide = tile_from_features({"image_raw": [b""], "slide": feats["slide"]}).slide
+            except (TileSchemaError, ExampleParseError, KeyError):
+                return None
+        pos = end
+    return slide
+
+
+def _varint_bytes(v: int) -> bytes:
+    out = bytearray()
+    _put_varint(out, v)
+    return bytes(out)
+
+
 def encode_tile(image_raw: bytes, slide: str, loc_x: int | None = None,
                 loc_y: int | None = None) -> bytes:
     """Serialize a tile record (spec/example.md, "Tile schema"): image_raw, slide,
@@ -548,4 +615,4 @@ def encode_tile(image_raw: bytes, slide: str, loc_x: int | None = None,
 
 
 __all__ = ["parse_example", "encode_example", "encode_feature", "parse_tile", "encode_tile",
-           "tile_from_features", "Tile", "TILE_FEATURES"]
+           "tile_from_features", "Tile", "TILE_FEATURES", "scan_tile_slide"]

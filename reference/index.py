@@ -17,7 +17,7 @@ from array import array
 
 import numpy as np
 
-from .errors import EmptyFileError, IndexFileError, TFRecordError
+from .errors import IndexFileError, TFRecordError
 from .example import parse_example, parse_tile
 from .records import FRAMING_BYTES, _create_temp, is_gzip_file, read_header, scan_frames
 
@@ -96,12 +96,11 @@ def compute_index(path, *, verify: bool = True, locations: bool = True):
     checked, payload checksums when ``verify`` (default). With
     ``locations=False`` no payload is read at all. Locations are None when any
     record lacks a single int64 ``loc_x`` or ``loc_y`` (or is not a
-    tf.train.Example). A GZIP-compressed file raises :class:`IndexFileError`;
-    an empty file :class:`EmptyFileError`.
+    tf.train.Example). A GZIP-compressed file raises :class:`IndexFileError`.
+    An empty file (0 bytes) has zero records: both arrays are empty (0, 2)
+    int64 (every one of its no records has a location).
     """
     path = os.fspath(path)
-    if os.path.getsize(path) == 0:
-        raise EmptyFileError("empty file: no records", path=path)
     if is_gzip_file(path):
         raise _gzip_error(path)
     flat = array("q")
@@ -196,6 +195,10 @@ def read_index_file(index_file):
                              path=index_file) from None
     if arr.ndim == 1 and arr.shape == (2,):  # one record, saved from a 1-D loadtxt result
         arr = arr.reshape(1, 2)
+    if arr.size == 0:  # no records: slideflow saves np.array([]), float64 of shape (0,)
+        arr = np.zeros((0, 2), np.int64)
+        if locs is not None and locs.size == 0:
+            locs = np.zeros((0, 2), np.int64)
     if arr.ndim != 2 or arr.shape[1] != 2 or arr.dtype.kind not in "iu":
         raise IndexFileError(f"index array has shape {arr.shape} and dtype {arr.dtype}, "
                              "expected integer [[offset, length], ...]", path=index_file)
@@ -268,12 +271,11 @@ def load_index(path, *, build: bool = True):
     the file (:func:`index_mismatch`); otherwise builds (and writes) one,
     warning (:class:`IndexRebuildWarning`, naming both files) when an existing
     index was rejected. With ``build=False`` a missing or invalid index raises
-    :class:`IndexFileError` instead. An empty TFRecord raises
-    :class:`EmptyFileError`, a GZIP-compressed one :class:`IndexFileError`.
+    :class:`IndexFileError` instead. An empty TFRecord (0 bytes) has an empty
+    index (0 records), built and written like any other; a GZIP-compressed one
+    raises :class:`IndexFileError`.
     """
     path = os.fspath(path)
-    if os.path.getsize(path) == 0:
-        raise EmptyFileError("empty file: no records", path=path)
     if is_gzip_file(path):
         raise _gzip_error(path)
     found = existing_index(path)

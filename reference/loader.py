@@ -11,6 +11,7 @@ decides *what* is read and *how it is augmented* is a pure function of
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import warnings
 from collections import OrderedDict
@@ -19,13 +20,15 @@ from typing import Mapping
 import numpy as np
 from PIL import Image
 
-from .annotations import LabelError
-from .errors import EmptyFileError, IndexFileError, TFRecordError
-from .example import parse_tile
-from .images import JPEG_MAGIC, decode_image
+from . import ops
+from .annotations import DatasetError, LabelError
+from .dataset import tfrecord_paths
+from .errors import IndexFileError, TFRecordError, TruncatedRecordError
+from .example import parse_tile, scan_tile_slide
+from .images import JPEG_MAGIC, decode_image, image_size
 from .index import load_index
-from .pipeline import Pipeline
-from .records import read_record_at, scan_frames
+from .pipeline import Pipeline, check_bool
+from .records import HEADER_BYTES, read_header, read_record_at, scan_frames
 from .rng import check_seed, new_seed, permutation, stream_key
 from .sampling import StreamPlan, check_rank, num_batches
 
@@ -91,8 +94,8 @@ class TileSource:
         path = self.paths[t]
         found = []
         cut = None
-        if isinstance(why, (IndexFileError, EmptyFileError)):
-            cut = (0, why)  # GZIP or empty: no record can be read by offset
+        if isinstance(why, IndexFileError):
+            cut = (0, why)  # GZIP: no record can be read by offset
         else:
             frames = scan_frames(path, verify=False, max_payload=-1)
             try:
@@ -126,6 +129,70 @@ class TileSource:
         except TFRecordError:
             return None
         return int(offsets[j]) if 0 <= j < len(offsets) else None
+
+    def slides(self, t: int) -> tuple:
+        """The distinct slide names stored in the records of tfrecord t, in order of
+        first appearance (spec/dataset.md, "Labels": what is read and when).
+
+        Reads each record's header (its length checksum checked) and, by
+        :func:`~tilespec.example.scan_tile_slide`, only the bytes that locate and
+        hold its ``slide`` feature, not the image; a record in another layout is
+        read whole and parsed. A record that cannot be read raises its error
+        (with on_error='skip' it is left out: the loader skips it when read).
+        """
+        path = self.paths[t]
+        names: dict = {}
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            for j, offset in enumerate(self.offsets(t).tolist()):
+                try:
+                    slide = self._record_slide(fd, path, j, offset)
+                except TFRecordError as e:
+                    if self.on_error != "skip":
+                        raise e.located(path=path, record=j, offset=offset) from None
+                    continue
+                names.setdefault(slide, None)
+        finally:
+            os.close(fd)
+        return tuple(names)
+
+    def _record_slide(self, fd, path, j, offset) -> str:
+        head = os.pread(fd, HEADER_BYTES + 256, offset)
+        length = read_header(io.BytesIO(head[:HEADER_BYTES]), path=path, record=j,
+                             offset=offset, verify=True)
+        if length is None:
+            raise TruncatedRecordError("offset is at or past the end of the file", path=path,
+                                       record=j, offset=offset)
+        start = offset + HEADER_BYTES
+        pre = head[HEADER_BYTES:HEADER_BYTES + length]
+
+        def read(pos, n):
+            if pos + n <= len(pre):
+                return pre[pos:pos + n]
+            return os.pread(fd, min(n, max(0, length - pos)), start + pos)
+
+        slide = scan_tile_slide(read, length)
+        if slide is None:  # not the plain layout: read and parse the whole record
+            with open(path, "rb") as f:
+                payload = read_record_at(f, offset, verify=self.verify, record=j, path=path)
+            slide = parse_tile(payload).slide
+        return slide
+
+    def tile_size(self):
+        """``(height, width)`` of the image of the first record of the first non-empty
+        tfrecord, read from its header, with that record's path; ``(None, None)`` when
+        every tfrecord is empty (spec/sampling.md, "Checked at construction")."""
+        for t in range(len(self.paths)):
+            for j in range(len(self.offsets(t))):
+                try:
+                    _, w, h = image_size(self.read(t, j).image_raw)
+                except TFRecordError as e:
+                    if self.on_error != "skip":
+                        raise e.located(path=self.paths[t], record=j,
+                                        offset=self.offset_of(t, j)) from None
+                    continue
+                return (h, w), self.paths[t]
+        return None, None
 
     def _file(self, t: int):
         f = self._files.pop(t, None)
@@ -426,13 +493,102 @@ class ItemMaker:
 
 
 def _pipeline_and_items(paths, default_standardize, *, labels, incl_slidenames, incl_loc,
-                        on_error, **image_options):
+                        on_error, record_slides=None, clip=None, **image_options):
     """The image pipeline of a loader's options and the item maker applying it: what
-    :class:`NumpyLoader` and :class:`IndexedInterleaver` build the same way."""
+    :class:`NumpyLoader` and :class:`IndexedInterleaver` build the same way, with the
+    checks every loader makes at construction (:func:`check_construction`)."""
+    incl_slidenames = check_bool("incl_slidenames", incl_slidenames)
+    incl_loc = check_bool("incl_loc", incl_loc)
+    check_label_values(labels)
     pipeline = Pipeline.from_options(**image_options, default_standardize=default_standardize)
     items = ItemMaker(paths, labels=labels, pipeline=pipeline,
                        incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error)
+    check_construction(items, record_slides, clip)
     return pipeline, items
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, (str, bytes)):
+        return False
+    if isinstance(v, (numbers.Real, np.bool_)):
+        return True
+    return isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "biuf"
+
+
+def check_label_values(labels) -> None:
+    """``labels`` is None or ``{slide: label}`` with every label a number, or every
+    label a sequence of numbers of one length (spec/sampling.md, "Checked at
+    construction"); else a :class:`LabelError` naming the slide and the value."""
+    if labels is None:
+        return
+    if not isinstance(labels, Mapping):
+        raise TypeError(f"labels must be a mapping {{slide: label}} or None, got "
+                        f"{type(labels).__name__}")
+    first = None
+    for slide, v in labels.items():
+        if _is_number(v):
+            shape = "a number"
+        elif (isinstance(v, (list, tuple, np.ndarray)) and np.ndim(v) == 1
+              and all(_is_number(x) for x in v)):
+            shape = f"a sequence of {len(v)} numbers"
+        else:
+            hint = (" (string labels: Dataset.labels(headers) gives each category its index "
+                    "into the unique values it returns)"
+                    if isinstance(v, (str, bytes)) or (isinstance(v, (list, tuple)) and any(
+                        isinstance(x, (str, bytes)) for x in v)) else "")
+            raise LabelError(f"the label of slide {slide!r} is {v!r}: labels must be numbers "
+                             f"or sequences of numbers of one length{hint}")
+        if first is None:
+            first = (slide, shape)
+        elif shape != first[1]:
+            raise LabelError(f"labels must all have one shape: slide {first[0]!r} has "
+                             f"{first[1]}, slide {slide!r} has {shape}")
+
+
+def check_construction(items: ItemMaker, record_slides=None, clip=None) -> None:
+    """What a loader checks against its tfrecords when it is built (spec/sampling.md,
+    "Checked at construction"), so it fails before the first batch, not during it:
+
+    - not every tfrecord is empty (0 records);
+    - with ``labels``, every slide name stored in the records has a label: read
+      with :meth:`TileSource.slides`, or from ``record_slides`` (``{path: names}``
+      or a callable giving it, e.g. :meth:`tilespec.Dataset.record_slides`, which
+      caches them);
+    - a crop box lies inside the tile size (:meth:`TileSource.tile_size`).
+    """
+    source, pipeline = items.source, items.pipeline
+    if clip is not None and np.any(np.asarray(clip) > 0):
+        counts = [1]  # records to load: no tfrecord needs counting here
+    else:
+        counts = [len(source.offsets(t)) for t in range(len(source.paths))]
+    if not any(counts):
+        names = ", ".join(source.paths[:5]) + (f" and {len(source.paths) - 5} more"
+                                               if len(source.paths) > 5 else "")
+        raise DatasetError(f"every tfrecord of this loader is empty (0 records in each of "
+                           f"{len(counts)}: {names}): nothing to load")
+    if items.labels is not None:
+        if record_slides is None:
+            found = {p: source.slides(t) for t, p in enumerate(source.paths)}
+        else:
+            found = record_slides() if callable(record_slides) else record_slides
+        missing = [(s, p) for p in source.paths for s in found.get(p, ()) if
+                   s not in items.labels]
+        if missing:
+            s, p = missing[0]
+            more = f" ({len(missing) - 1} more slide(s) without a label)" if len(missing) > 1 \
+                else ""
+            raise LabelError(f"slide {s!r} (stored in {p}) has no label; labels cover "
+                             f"{len(items.labels)} slides{more}")
+    if pipeline.crop_width is not None:
+        size, path = source.tile_size()
+        try:
+            ops.check_crop_box(pipeline.crop_left, pipeline.crop_width, *size)
+        except ValueError:
+            raise ValueError(f"crop_left={pipeline.crop_left}, crop_width={pipeline.crop_width}: "
+                             f"the box [{pipeline.crop_left}, "
+                             f"{pipeline.crop_left + pipeline.crop_width}) is outside the tiles "
+                             f"of {size[0]} x {size[1]} pixels (height x width; the first "
+                             f"record of {path})") from None
 
 
 def collate(items, images=None):
@@ -506,11 +662,12 @@ class NumpyLoader:
     default_standardize = "unit"
 
     def __init__(self, paths, clip, weights, *, labels=None, batch_size=None, infinite=True,
-                 shuffle=False, seed=None, rank=0, num_replicas=1, augment=False,
+                 shuffle=False, seed=None, rank=None, num_replicas=None, augment=False,
                  normalizer=None, transform=None, standardize=True, crop_left=None,
                  crop_width=None, resize_target=None, resize_method="lanczos3", resize_aa=True,
-                 incl_slidenames=False, incl_loc=False, drop_last=False, on_error="raise"):
-        check_rank(rank, num_replicas)
+                 incl_slidenames=False, incl_loc=False, drop_last=False, on_error="raise",
+                 record_slides=None):
+        rank, num_replicas = check_rank(rank, num_replicas)
         if batch_size is not None and (isinstance(batch_size, bool) or
                                        not isinstance(batch_size, (int, np.integer)) or
                                        batch_size < 1):
@@ -520,13 +677,14 @@ class NumpyLoader:
         self.clip = np.asarray(clip, dtype=np.int64)
         self.weights = np.asarray(weights, dtype=np.float64)
         self.batch_size = None if batch_size is None else int(batch_size)
-        self.infinite = bool(infinite)
-        self.shuffle = bool(shuffle)
+        self.infinite = check_bool("infinite", infinite)
+        self.shuffle = check_bool("shuffle", shuffle)
         self.rank, self.num_replicas = int(rank), int(num_replicas)
-        self.drop_last = bool(drop_last)
+        self.drop_last = check_bool("drop_last", drop_last)
         self.pipeline, self._items = _pipeline_and_items(
             self.paths, self.default_standardize, labels=labels,
             incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error,
+            record_slides=record_slides, clip=self.clip,
             augment=augment, normalizer=normalizer, transform=transform,
             standardize=standardize, crop_left=crop_left, crop_width=crop_width,
             resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa)
@@ -741,20 +899,20 @@ class IndexedInterleaver:
 
     default_standardize = "unit"
 
-    def __init__(self, tfrecords, *, clip=None, labels=None, rank=0, num_replicas=1,
+    def __init__(self, tfrecords, *, clip=None, labels=None, rank=None, num_replicas=None,
                  shuffle=False, seed=None, augment=False, normalizer=None, transform=None,
                  standardize=True, crop_left=None, crop_width=None, resize_target=None,
                  resize_method="lanczos3", resize_aa=True, incl_slidenames=False,
                  incl_loc=False, on_error="raise"):
         from .sampling import partition
 
-        check_rank(rank, num_replicas)
-        self.paths = [os.fspath(p) for p in tfrecords]
+        rank, num_replicas = check_rank(rank, num_replicas)
+        self.paths = tfrecord_paths(tfrecords)
         if not self.paths:
             raise ValueError("IndexedInterleaver needs at least one tfrecord")
         self.seed = new_seed() if seed is None else check_seed(seed)
         self.rank, self.num_replicas = int(rank), int(num_replicas)
-        self.shuffle = bool(shuffle)
+        self.shuffle = check_bool("shuffle", shuffle)
         self.pipeline, self._items = _pipeline_and_items(
             self.paths, self.default_standardize, labels=labels,
             incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error,

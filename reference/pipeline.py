@@ -45,6 +45,15 @@ def _positive_int(name, v):
     return int(v)
 
 
+def check_bool(name: str, value) -> bool:
+    """A boolean option: True or False (a NumPy bool too), else a TypeError naming the
+    option and the value (spec/sampling.md, "Checked at construction"). A string such
+    as 'False' is refused: it would read as true."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """Validated pipeline options (spec/images.md, "Pipeline order").
@@ -92,7 +101,7 @@ class Pipeline:
         return cls(augment=augment, normalizer=normalizer, transform=transform,
                    standardize=resolve_standardize(standardize, default_standardize),
                    crop_left=crop_left, crop_width=crop_width, resize_target=resize_target,
-                   resize_method=resize_method, resize_aa=bool(resize_aa))
+                   resize_method=resize_method, resize_aa=check_bool("resize_aa", resize_aa))
 
     @property
     def stain_draws(self) -> int:
@@ -132,4 +141,4 @@ class Pipeline:
         return self.apply(decode_image(image_bytes), steps, stain_z)
 
 
-__all__ = ["Pipeline", "resolve_standardize", "STANDARDIZE_MODES", "RESIZE_METHODS"]
+__all__ = ["Pipeline", "resolve_standardize", "check_bool", "STANDARDIZE_MODES", "RESIZE_METHODS"]

@@ -26,8 +26,8 @@ import zlib
 from typing import BinaryIO, Iterable, Iterator
 
 from .crc32c import masked_crc32c
-from .errors import (CorruptDataError, CorruptLengthError, EmptyFileError,
-                     NotATFRecordError, TFRecordError, TruncatedRecordError)
+from .errors import (CorruptDataError, CorruptLengthError, NotATFRecordError, TFRecordError,
+                     TruncatedRecordError)
 
 HEADER_BYTES = 12  # length + its checksum
 FOOTER_BYTES = 4   # payload checksum
@@ -76,9 +76,9 @@ def write_records(path, records: Iterable[bytes], *, compression=None) -> int:
     spec/records.md, "Writing". The file is written to a temporary file in the
     same folder and renamed into place, so a reader never sees a half-written
     file and a failed write leaves nothing behind (an existing file at ``path``
-    stays as it was). At least one record is required: tilespec reads an empty
-    file as an error (spec/records.md, "Empty files"), so it never writes one.
-    GZIP output carries no file name and a zero timestamp, so equal records
+    stays as it was). No records give the file TensorFlow's writer leaves: 0
+    bytes, or with GZIP a GZIP stream of no data (spec/records.md, "Empty
+    files"). GZIP output carries no file name and a zero timestamp, so equal records
     give equal bytes.
     """
     compression = _check_compression(compression)
@@ -99,9 +99,6 @@ def write_records(path, records: Iterable[bytes], *, compression=None) -> int:
             finally:
                 if out is not raw:
                     out.close()
-        if n == 0:
-            raise ValueError(f"{path}: no records to write (an empty TFRecord file is "
-                             "read as an error, so none is written)")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -223,8 +220,9 @@ def read_records(path, *, verify: bool = True, compression=None) -> Iterator[byt
     spec/records.md, "Reading". Each payload is a new ``bytes`` object (never a
     view of a reused buffer). With ``verify=True`` (default) both checksums of
     every record are checked. Raises a :class:`TFRecordError` subclass naming
-    file, record and offset on any problem; an empty file is an
-    :class:`EmptyFileError`.
+    file, record and offset on any problem. An empty file (0 bytes, or a GZIP
+    stream of no data) yields nothing: a valid TFRecord of zero records
+    (spec/records.md, "Empty files").
     """
     compression = _check_compression(compression)
     path = os.fspath(path)
@@ -233,9 +231,7 @@ def read_records(path, *, verify: bool = True, compression=None) -> Iterator[byt
         record = 0
         while True:
             length = read_header(f, path=path, record=record, offset=offset, verify=verify)
-            if length is None:
-                if record == 0:
-                    raise EmptyFileError("empty file: no records", path=path)
+            if length is None:  # a clean end (at once for an empty file: zero records)
                 return
             yield read_payload(f, length, path=path, record=record, offset=offset,
                                verify=verify)
@@ -303,9 +299,7 @@ def scan_frames(path, *, verify: bool = False, chunk_size: int = 1 << 20,
             if f.tell() != offset:
                 f.seek(offset)
             length = read_header(f, path=path, record=record, offset=offset, verify=True)
-            if length is None:
-                if record == 0:
-                    raise EmptyFileError("empty file: no records", path=path)
+            if length is None:  # a clean end (an empty file has zero records)
                 return
             end = offset + FRAMING_BYTES + length
             if end > size:

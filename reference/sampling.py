@@ -52,15 +52,26 @@ def partition(clip, num_replicas: int, rank: int):
     return starts, sizes
 
 
-def check_rank(rank, num_replicas):
-    """Validate (rank, num_replicas): integers with 0 <= rank < num_replicas."""
-    for name, v in (("rank", rank), ("num_replicas", num_replicas)):
+def check_rank(rank, num_replicas, names=("rank", "num_replicas")):
+    """Validate (rank, num_replicas) and return them as ints: integers with
+    0 <= rank < num_replicas, or both None for (0, 1). One of them without the other
+    is an error saying which is missing (spec/sampling.md, "Checked at construction").
+    ``names`` are the options' names in messages (the TF adapter's shard_idx/num_shards)."""
+    if rank is None and num_replicas is None:
+        return 0, 1
+    if rank is None or num_replicas is None:
+        given, missing = (names[0], names[1]) if num_replicas is None else (names[1], names[0])
+        value = rank if num_replicas is None else num_replicas
+        raise ValueError(f"{given}={value!r} is given without {missing}: give both "
+                         f"{names[0]} and {names[1]} (or neither, for one replica)")
+    for name, v in zip(names, (rank, num_replicas)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name} must be an integer, got {v!r}")
     if num_replicas < 1:
-        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+        raise ValueError(f"{names[1]} must be >= 1, got {num_replicas}")
     if not 0 <= rank < num_replicas:
-        raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        raise ValueError(f"{names[0]} must be in [0, {num_replicas}), got {rank}")
+    return int(rank), int(num_replicas)
 
 
 def check_weights(weights, n: int) -> np.ndarray:
@@ -272,7 +283,7 @@ def worker_batches(worker: int, num_workers: int, batch_size: int | None, total=
     [b*B, (b+1)*B). For a finite stream of ``total`` positions the last
     batch is partial, or dropped with ``drop_last``.
     """
-    check_rank(worker, num_workers)
+    check_rank(worker, num_workers, names=("worker", "num_workers"))
     B = 1 if batch_size is None else int(batch_size)
     if B < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

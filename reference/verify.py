@@ -33,8 +33,12 @@ from .records import FRAMING_BYTES, HEADER_BYTES, _FOOTER, _HEADER, _GZIP_MAGIC
 TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
 
 #: Problem kinds, in the order the summary lists them (spec/reliability.md, "Checks").
-KINDS = ("missing", "io", "empty", "not-tfrecord", "length-crc", "truncated", "payload-crc",
+KINDS = ("missing", "io", "not-tfrecord", "length-crc", "truncated", "payload-crc",
          "gzip", "example", "tile", "image", "index")
+
+#: Note kinds: facts worth a line that are not problems (spec/reliability.md, "Report").
+NOTE_KINDS = ("empty",)
+EMPTY_NOTE = "0 records (a valid TFRecord: TensorFlow writes one for a slide with no tiles)"
 
 #: What each level checks beyond the previous one.
 LEVELS = ("records", "examples", "tiles", "images")
@@ -76,6 +80,7 @@ class FileReport:
     compression: str | None = None
     index: str = "not checked"  # 'missing', 'ok (<suffix>)', 'disagrees (<suffix>)', ...
     problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # Problem objects of a NOTE_KINDS kind
 
     @property
     def ok(self) -> bool:
@@ -92,6 +97,12 @@ class VerifyResult:
     def problems(self) -> list:
         """Every :class:`Problem`, files in order, records in order within a file."""
         return [p for f in self.files for p in f.problems]
+
+    @property
+    def notes(self) -> list:
+        """Every note (a :class:`Problem` of a :data:`NOTE_KINDS` kind: not a problem,
+        ``ok`` ignores it), files in order."""
+        return [n for f in self.files for n in f.notes]
 
     @property
     def ok(self) -> bool:
@@ -122,6 +133,9 @@ class VerifyResult:
                  ", ".join(f"{n} {k}" for k, n in sorted(idx.items()))),
                 ("problems", sum(counts.values()), "")]
         rows += [(f"  {k}", counts[k], "") for k in KINDS if counts[k]]
+        notes = Counter(n.kind for n in self.notes)
+        if notes["empty"]:
+            rows.append(("empty", notes["empty"], "files with 0 records (valid, not a problem)"))
         unread = sum(f.unread for f in self.files)
         if unread:
             rows.append(("unread", unread, f"bytes ({_human(unread)}) after damage"))
@@ -220,9 +234,8 @@ def _walk(f, scan: _Scan, size: int | None):
     while True:
         head = f.read(HEADER_BYTES)
         if not head:
-            if record == 0:
-                scan.problem("empty", None, None, "the file holds no records" if size is None
-                             else "empty file: no records")
+            if record == 0:  # valid: a TFRecord of zero records (a note, not a problem)
+                report.notes.append(Problem("empty", report.path, None, None, EMPTY_NOTE))
             return offset, True
         left = None if size is None else size - offset
         if len(head) < HEADER_BYTES:
@@ -454,4 +467,5 @@ def verify(paths, *, level: str = "images", index: bool = True, jobs: int | None
 
 
 __all__ = ["verify", "verify_file", "VerifyResult", "FileReport", "Problem", "KINDS", "LEVELS",
+           "NOTE_KINDS",
            "expand_paths"]

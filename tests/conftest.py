@@ -37,3 +37,33 @@ def folder(tmp_path, demo_dataset):
     for p in demo_dataset["paths"]:
         shutil.copyfile(p, dst / os.path.basename(p))
     return dst
+
+
+# A dataset with two empty (0-byte) tfrecords (semantics 1, revision 2) and its twin
+# without them: e0 shares patient p0 and category a with s0; e1 has patient p2 alone.
+EMPTY_LAYOUT = (("s0", "p0", "a", 7), ("e0", "p0", "a", 0), ("s1", "p1", "b", 4),
+                ("e1", "p2", "b", 0), ("s2", "p1", "a", 5))
+
+
+@pytest.fixture(scope="session")
+def empty_pair(tmp_path_factory):
+    """``(with_empty, without_empty)`` tilespec Datasets (16 px JPEG tiles)."""
+    import warnings
+
+    import tilespec
+    from tilespec import testing as tt
+
+    info = tt.write_tile_dataset(tt.TileDatasetLayout(EMPTY_LAYOUT, tile_px=16, seed=5),
+                                 tmp_path_factory.mktemp("empty"))
+    full = [p for p, s in zip(info["paths"], EMPTY_LAYOUT) if s[3]]
+    with warnings.catch_warnings():  # the empty files; the rows without a tfrecord
+        warnings.simplefilter("ignore")
+        return (tilespec.Dataset(tfrecords=info["tfrecords"], annotations=info["annotations"]),
+                tilespec.Dataset(tfrecords=full, annotations=info["annotations"]))
+
+
+#: balance calls for the empty-tfrecord stream tests: every strategy, and none
+BALANCINGS = {"none": lambda d: d, "slide": lambda d: d.balance(strategy="slide"),
+              "tile": lambda d: d.balance(strategy="tile"),
+              "patient": lambda d: d.balance(strategy="patient"),
+              "category": lambda d: d.balance("category", strategy="category")}

@@ -115,10 +115,6 @@ def test_errors_are_one_line(tmp_path, folder, capsys):
     line = _one_error_line(capsys, main(["index", str(empty_dir)]))
     assert line == f"tilespec: error: {empty_dir}: no .tfrecords files in this folder"
 
-    empty = tmp_path / "empty.tfrecords"
-    empty.write_bytes(b"")
-    line = _one_error_line(capsys, main(["index", str(empty)]))
-    assert "empty file" in line and str(empty) in line
 
     gz = tmp_path / "z.tfrecords"
     tilespec.write_records(gz, [b"x"], compression="GZIP")
@@ -270,3 +266,20 @@ def test_demo_without_torch_adapter_says_how_to_get_it(demo_dataset, monkeypatch
     out = io.StringIO()
     assert demo.training_demo(demo_dataset, out) is None
     assert "pip install -e adapters_torch/" in out.getvalue()
+
+
+def test_an_empty_file_is_inspected_and_indexed_as_zero_records(folder, capsys):
+    # semantics 1 (revision 2): a 0-byte tfrecord is valid, with zero records
+    empty = folder / "slide-e1.tfrecords"
+    empty.write_bytes(b"")
+    assert main(["inspect", str(empty)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[:3] == [str(empty), "  records: 0",
+                                    "  note: empty file, 0 records (valid)"]
+    assert main(["index", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"{empty}: 0 records, wrote slide-e1.index.npz (was missing)" in out
+    assert out.splitlines()[-1] == "7 files, 144 records: 7 indexes written, 0 valid"
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "index: ok (.index.npz)" in out and out.splitlines()[-1] == "7 files, 144 records"

@@ -12,8 +12,9 @@ from hypothesis import given, strategies as st
 import tilespec
 from tilespec.annotations import (AnnotationError, BalanceError, ClipError, DatasetError,
                                   DatasetMismatchWarning, LabelError, SplitError)
-from tilespec.dataset import fixed_split_patients, kfold_patients, patient_order
-from tilespec.errors import EmptyFileError, TFRecordError
+from tilespec.dataset import (EmptyTFRecordWarning, fixed_split_patients, kfold_patients,
+                              patient_order)
+from tilespec.errors import TFRecordError
 from tilespec.example import encode_tile
 from tilespec.records import write_records
 
@@ -218,12 +219,83 @@ def test_bad_tfrecord_sources(tmp_path):
         tilespec.Dataset(folder, [{"patient": "p", "slide": "other"}])
 
 
-def test_empty_tfrecord_is_a_construction_error(tmp_path):
-    folder, rows = write_table(tmp_path, [("s1", "p1", "A", 1)])
-    open(os.path.join(folder, "s0.tfrecords"), "wb").close()
-    rows.append({"patient": "p0", "slide": "s0", "category": "A"})
-    with pytest.raises(EmptyFileError, match="s0.tfrecords"):
-        tilespec.Dataset(folder, rows)
+# Table E with two empty tfrecords: e1 of a patient (P5) and a category (C) of its own,
+# e2 of patient P1 and category A, which have records elsewhere.
+TABLE_E = [("s1", "P1", "A", 30), ("s2", "P1", "A", 10), ("s3", "P2", "A", 25),
+           ("s4", "P3", "B", 50), ("s5", "P4", "B", 5)]
+EMPTY_E = [("e1", "P5", "C", 0), ("e2", "P1", "A", 0)]
+
+
+def _with_and_without_empty(tmp_path):
+    folder, rows = write_table(tmp_path / "with", TABLE_E + EMPTY_E)
+    with pytest.warns(EmptyTFRecordWarning) as seen:
+        full = tilespec.Dataset(folder, rows)
+    folder, rows = write_table(tmp_path / "without", TABLE_E)
+    return full, quiet(folder, rows), seen
+
+
+def test_empty_tfrecords_are_kept_with_0_tiles_and_one_warning(tmp_path):
+    """spec/dataset.md, "Empty tfrecords" (semantics 1, revision 2)."""
+    full, _, seen = _with_and_without_empty(tmp_path)
+    assert len(seen) == 1  # one warning naming both files
+    message = str(seen[0].message)
+    assert "2 of the 7 tfrecord(s) are empty" in message
+    assert all(os.path.join("with", "tfrecords", f"{s}.tfrecords") in message
+               for s in ("e1", "e2"))
+    assert full.slides() == ["e1", "e2", "s1", "s2", "s3", "s4", "s5"]
+    assert full.manifest(key="name")["e1"] == {"total": 0, "clipped": 0}
+    assert [os.path.basename(p) for p in full.empty_tfrecords()] == ["e1.tfrecords",
+                                                                     "e2.tfrecords"]
+    assert full.num_tiles == 120
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # derived datasets do not warn again
+        full.balance(strategy="patient").clip(20).filter({"category": ["A", "C"]})
+
+
+@pytest.mark.parametrize("strategy", ["slide", "tile", "patient", "category"])
+def test_empty_tfrecords_get_weight_0_and_the_rest_as_without_them(tmp_path, strategy):
+    """spec/dataset.md, "Empty tfrecords": w_t = 0 and the others' weights are those of
+    the dataset without the empty tfrecords (T, P, K and m_g count non-empty ones)."""
+    full, bare, _ = _with_and_without_empty(tmp_path)
+    headers = "category" if strategy == "category" else None
+    for a, b in ((full, bare), (full.clip(20), bare.clip(20))):
+        wa = {os.path.basename(p): w for p, w in a.balance(headers, strategy).prob_weights.items()}
+        wb = {os.path.basename(p): w for p, w in b.balance(headers, strategy).prob_weights.items()}
+        assert wa.pop("e1.tfrecords") == wa.pop("e2.tfrecords") == 0.0
+        assert wa == pytest.approx(wb, rel=1e-15, abs=0)
+    # the unbalanced sampling table: 'slide' weights over the non-empty tfrecords
+    t = full.sampling_table()
+    assert t.weights.tolist() == [0.0, 0.0] + [0.2] * 5 and t.counts[:2].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("call", [lambda d: d.clip(strategy="slide"),
+                                  lambda d: d.clip(7, strategy="slide"),
+                                  lambda d: d.clip(strategy="patient"),
+                                  lambda d: d.clip(30, strategy="patient"),
+                                  lambda d: d.clip(strategy="category", headers="category"),
+                                  lambda d: d.clip(3)])
+def test_empty_tfrecords_take_no_part_in_clipping(tmp_path, call):
+    full, bare, _ = _with_and_without_empty(tmp_path)
+    ca = {os.path.basename(p): c for p, c in call(full).clip_counts.items()}
+    cb = {os.path.basename(p): c for p, c in call(bare).clip_counts.items()}
+    assert ca.pop("e1.tfrecords") == ca.pop("e2.tfrecords") == 0
+    assert ca == cb
+    assert sum(cb.values()) > 0  # an empty tfrecord's 0 is not the smallest count
+
+
+def test_a_dataset_of_empty_tfrecords_builds_and_refuses_to_balance_or_load(tmp_path):
+    folder, rows = write_table(tmp_path, EMPTY_E)
+    with pytest.warns(EmptyTFRecordWarning, match="2 of the 2 tfrecord"):
+        ds = tilespec.Dataset(folder, rows)
+    assert ds.num_tiles == 0 and ds.sampling_table().weights.tolist() == [0.0, 0.0]
+    assert ds.tile_size is None
+    with pytest.raises(BalanceError, match="every one of the 2 tfrecord.*empty"):
+        ds.balance(strategy="slide")
+    for make in (lambda: ds.numpy(), lambda: ds.numpy(infinite=False, labels={"e1": 0}),
+                 lambda: tilespec.IndexedInterleaver(ds.tfrecords())):
+        with pytest.raises(DatasetError, match="every tfrecord of this loader is empty") as e:
+            make()
+        assert "e1.tfrecords" in str(e.value)
 
 
 def test_unannotated_dataset(tmp_path):

@@ -486,15 +486,22 @@ def test_dataset_skip_with_a_damaged_length_counts_up_to_the_cut(demo_dataset, t
     assert [s["record"] for s in L.skipped] == [7]
 
 
-def test_dataset_skip_with_an_empty_file(demo_dataset, tmp_path):
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_an_empty_file_is_not_damaged(demo_dataset, tmp_path, on_error):
+    # semantics 1 (revision 2): a 0-byte tfrecord is valid, zero records, with either
+    # setting; it is warned about once as empty, never as a file whose index cannot be built
     folder = _folder_with(demo_dataset, tmp_path, slides=("slide-c1",))
     (folder / "slide-z9.tfrecords").write_bytes(b"")
-    with pytest.raises(tilespec.EmptyFileError, match="slide-z9"):
-        tilespec.Dataset(tfrecords=str(folder))
-    with pytest.warns(UserWarning, match=r"slide-z9.tfrecords: no index can be built "
-                      r"\(empty file.*counts 0 record\(s\)"):
-        ds = tilespec.Dataset(tfrecords=str(folder), on_error="skip")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ds = tilespec.Dataset(tfrecords=str(folder), on_error=on_error)
+    assert [type(w.message).__name__ for w in seen] == ["EmptyTFRecordWarning"]
+    assert "slide-z9.tfrecords" in str(seen[0].message)
     assert [v["total"] for v in ds.manifest(key="name").values()] == [12, 0]
-    got = _quiet(lambda: list(ds.numpy(on_error="skip", infinite=False, **OPTS)))
+    L = ds.numpy(on_error=on_error, infinite=False, **OPTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # nothing skipped, nothing warned
+        got = list(L)
+    assert L.num_skipped == 0
     src = [p for p in demo_dataset["paths"] if p.endswith("slide-c1.tfrecords")][0]
     assert sorted((x, y) for _, x, y in _ids(got)) == sorted(_locs(src))

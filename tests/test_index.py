@@ -288,14 +288,49 @@ def test_gzip_file_cannot_be_indexed(tmp_path):
     assert os.listdir(tmp_path) == ["z.tfrecords"]
 
 
-def test_empty_file_cannot_be_indexed(tmp_path):
+def _empty_index_arrays(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: (z[k].dtype, z[k].shape) for k in z.files}
+
+
+def test_empty_file_has_an_empty_index(tmp_path):
+    # semantics 1 (revision 2): an empty TFRecord has zero records, so an empty index
     path = tmp_path / "e.tfrecords"
     path.write_bytes(b"")
-    (tmp_path / "e.index").write_text("")  # slideflow reads an empty index as 0 records
-    for call in (lambda: compute_index(path), lambda: tilespec.load_index(path),
-                 lambda: tilespec.load_index(path, build=False)):
-        with pytest.raises(tilespec.EmptyFileError):
-            call()
+    arr, locs = compute_index(path)
+    assert arr.shape == locs.shape == (0, 2) and arr.dtype == locs.dtype == np.int64
+    with pytest.raises(tilespec.IndexFileError, match="no index file"):
+        tilespec.load_index(path, build=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # built like any missing index, no warning
+        arr, locs = tilespec.load_index(path)
+    assert arr.shape == (0, 2) and locs.shape == (0, 2)
+    # the index written: int64 (0, 2) arrays (slideflow's np.array([]) would be float (0,))
+    assert _empty_index_arrays(index_path(path)) == {"arr_0": (np.int64, (0, 2)),
+                                                      "locations": (np.int64, (0, 2))}
+    assert tilespec.load_index(path, build=False)[0].shape == (0, 2)   # valid: used as is
+    assert index_state(path) == "ok (.index.npz)"
+
+
+@pytest.mark.parametrize("legacy", ["text", "slideflow-npz", "npy"])
+def test_empty_index_files_of_an_empty_tfrecord_are_valid(tmp_path, legacy):
+    path = tmp_path / "e.tfrecords"
+    path.write_bytes(b"")
+    if legacy == "text":
+        (tmp_path / "e.index").write_text("")  # slideflow reads an empty index as 0 records
+    elif legacy == "npy":
+        np.save(tmp_path / "e.index.npy", np.array([]))
+    else:  # what slideflow 3.0's create_index saves for a file of no records
+        np.savez(tmp_path / "e.index.npz", arr_0=np.array([]), locations=np.array([]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # accepted as it is: no rebuild warning
+        arr, locs = tilespec.load_index(path, build=False)
+    assert arr.shape == (0, 2) and arr.dtype == np.int64
+    assert locs is None if legacy != "slideflow-npz" else locs.shape == (0, 2)
+    # an empty index of a non-empty file is still invalid
+    tilespec.write_records(path, [b"x"])
+    with pytest.raises(tilespec.IndexFileError, match="index lists no records"):
+        tilespec.load_index(path, build=False)
 
 
 def test_building_verifies_checksums(slide):

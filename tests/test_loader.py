@@ -8,10 +8,12 @@ import pytest
 from scipy import stats
 
 import tilespec
-from tilespec import ops
+from tilespec import ops, testing as tt
 from tilespec.annotations import LabelError
 from tilespec.loader import IndexedInterleaver, NumpyLoader
 from tilespec.pipeline import Pipeline
+
+from conftest import BALANCINGS
 from tilespec.records import read_records
 
 
@@ -140,9 +142,8 @@ def test_labels_follow_slide_name_inside_the_record(tmp_path, demo_dataset):
                     incl_slidenames=True)
     img, label, slide = next(iter(L))
     assert (label, slide) == (7, "slide-c1")
-    L = NumpyLoader([renamed], [12], [1.0], labels={"renamed": 7}, seed=0)
     with pytest.raises(LabelError, match="slide 'slide-c1'.*renamed.tfrecords"):
-        next(iter(L))
+        NumpyLoader([renamed], [12], [1.0], labels={"renamed": 7}, seed=0)  # when built
 
 
 def test_on_error_skip_and_raise(tmp_path):
@@ -365,3 +366,47 @@ def test_reopened_source_shares_offsets_and_scan_cuts(tmp_path):
     assert again.read(0, 1).loc_x == 1
     again.close()
     assert src.read(0, 0).loc_x == 0
+
+
+# -- empty tfrecords (semantics 1, revision 2) ------------------------------------------------
+
+@pytest.mark.parametrize("infinite", [False, True])
+@pytest.mark.parametrize("balance", sorted(BALANCINGS))
+def test_an_empty_tfrecord_is_never_sampled(empty_pair, balance, infinite):
+    """spec/dataset.md, "Empty tfrecords": the stream of a dataset with empty tfrecords is
+    the stream of the same dataset without them, item for item (same seed)."""
+    full, bare = (BALANCINGS[balance](d) for d in empty_pair)
+    opts = dict(labels="category", seed=3, infinite=infinite, augment="xyr", batch_size=4,
+                incl_slidenames=True, incl_loc=True)
+    n = 8 if infinite else None
+    count = tt.assert_conforms(full.numpy(**opts), bare.numpy(**opts), n=n, options=opts,
+                               tolerance=tt.Tolerance())
+    assert count == (8 if infinite else 4)  # 16 records in batches of 4
+    # with shuffle=True the passes are permuted by tfrecord index (spec/sampling.md), which
+    # the empty tfrecords shift; which tfrecord each position picks is still the same
+    opts["shuffle"] = True
+
+    def picks(d):
+        L = d.numpy(**opts)
+        return [s for _, b in zip(range(n or len(L)), L) for s in b[2]]
+
+    assert picks(full) == picks(bare)
+    if not infinite:
+        assert sorted(picks(full)) == ["s0"] * 7 + ["s1"] * 4 + ["s2"] * 5
+
+
+def test_indexed_interleaver_over_an_empty_tfrecord(empty_pair):
+    full, bare = empty_pair
+    a = tilespec.IndexedInterleaver(full.tfrecords(), labels=full.labels("category")[0],
+                                    seed=1, augment="xy", shuffle=True, incl_slidenames=True)
+    b = tilespec.IndexedInterleaver(bare.tfrecords(), labels=bare.labels("category")[0],
+                                    seed=1, augment="xy", shuffle=True, incl_slidenames=True)
+    assert len(a) == len(b) == 16
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        assert np.array_equal(x[0], y[0]) and x[1:] == y[1:]
+    # clip as a list aligned with the tfrecords: the empty ones take 0 whatever is asked
+    assert [os.path.basename(p) for p in full.tfrecords()[:2]] == ["e0.tfrecords",
+                                                                    "e1.tfrecords"]
+    c = tilespec.IndexedInterleaver(full.tfrecords(), clip=[5, 5, 3, 2, 1], seed=1)
+    assert len(c) == 6 and sorted(c.record(i)[0] for i in range(6)) == [2, 2, 2, 3, 3, 4]

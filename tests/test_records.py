@@ -116,12 +116,15 @@ def test_truncated_file(tmp_path, cut):
     assert e.value.record == 1 and e.value.offset == FRAMING_BYTES + len(b"first record")
 
 
-def test_empty_file(tmp_path):
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_empty_file_has_zero_records(tmp_path, compression):
+    # semantics 1 (revision 2): a 0-byte file is a valid TFRecord of no records, read with
+    # or without compression='GZIP' (TensorFlow reads both as no records)
     path = tmp_path / "empty.tfrecords"
     path.write_bytes(b"")
-    with pytest.raises(tilespec.EmptyFileError) as e:
-        list(tilespec.read_records(path))
-    assert str(path) in str(e.value)
+    assert list(tilespec.read_records(path, compression=compression)) == []
+    assert list(tilespec.read_records(path, compression=compression, verify=False)) == []
+    assert list(scan_records(path)) == []
 
 
 def test_not_a_tfrecord(tmp_path):
@@ -198,11 +201,16 @@ def test_gzip_stream_errors_are_tfrecord_errors(tmp_path):
 
 
 # ----------------------------------------------------------------- writing
-def test_writer_refuses_zero_records_and_leaves_no_file(tmp_path):
+def test_writer_of_zero_records_writes_what_tensorflow_writes(tmp_path):
     path = tmp_path / "none.tfrecords"
-    with pytest.raises(ValueError, match="no records"):
-        tilespec.write_records(path, [])
-    assert os.listdir(tmp_path) == []
+    assert tilespec.write_records(path, []) == 0
+    assert path.read_bytes() == b""           # TFRecordWriter with no records: 0 bytes
+    assert os.listdir(tmp_path) == ["none.tfrecords"]  # no temporary file left
+    gz = tmp_path / "none-gzip.tfrecords"
+    assert tilespec.write_records(gz, [], compression="GZIP") == 0
+    raw = gz.read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and gzip.decompress(raw) == b"" and len(raw) == 20
+    assert list(tilespec.read_records(gz, compression="GZIP")) == []
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
@@ -387,8 +395,7 @@ def test_conformance_manifest_facts():
         assert crcmod.masked_crc32c(p) == int(sums["payload_crc"], 16)
         assert crcmod.masked_crc32c(struct.pack("<Q", len(p))) == int(sums["length_crc"], 16)
     assert {v["error"] for v in m["vectors"] if "error" in v} == {
-        "CorruptLengthError", "CorruptDataError", "TruncatedRecordError", "EmptyFileError",
-        "NotATFRecordError"}
+        "CorruptLengthError", "CorruptDataError", "TruncatedRecordError", "NotATFRecordError"}
 
 
 def test_generator_reproduces_the_vectors(tmp_path):
@@ -426,6 +433,19 @@ def _interop_records():
              for n in rng.integers(0, 3000, 20)]
     recs.append(tilespec.encode_tile(b"\xff\xd8\xff" + b"j" * 50, "slide-1", 10, -3))
     return recs
+
+
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_zero_records_both_ways_with_tensorflow(tf, tmp_path, compression):
+    theirs, ours = tmp_path / "tf.tfrecords", tmp_path / "ours.tfrecords"
+    _tf_write(tf, theirs, [], compression)
+    tilespec.write_records(ours, [], compression=compression)
+    assert list(tilespec.read_records(theirs, compression=compression)) == []
+    assert list(tf.data.TFRecordDataset(str(ours), compression_type=compression or "")) == []
+    if compression is None:  # byte-identical: both 0 bytes
+        assert ours.read_bytes() == theirs.read_bytes() == b""
+    else:  # the same GZIP stream of no data (header fields such as the OS byte may differ)
+        assert gzip.decompress(ours.read_bytes()) == gzip.decompress(theirs.read_bytes()) == b""
 
 
 @pytest.mark.parametrize("compression", [None, "GZIP"])
@@ -476,10 +496,8 @@ def test_tensorflow_agrees_on_the_vectors(tf):
     for v in _manifest()["vectors"]:
         path = os.path.join(VECTORS, v["file"])
         ds = tf.data.TFRecordDataset(path, compression_type=v["compression"] or "")
-        if "records" in v:
+        if "records" in v:  # the empty vectors included: TensorFlow reads them as no records
             assert [t.numpy().hex() for t in ds] == v["records"], v["file"]
-        elif v["error"] == "EmptyFileError":
-            assert list(ds) == []  # TensorFlow reads an empty file as no records
         elif v["file"] == "truncated-header.tfrecords":
             # TensorFlow ends silently at a partial header (spec/records.md, differences)
             assert [t.numpy().hex() for t in ds] == v["records_before"]

@@ -141,9 +141,13 @@ def test_not_a_tfrecord_and_empty_and_missing(tmp_path):
     empty.write_bytes(b"")
     result = verify([csv, empty, tmp_path / "nope.tfrecords"])
     assert [(p.kind, os.path.basename(p.path), p.record, p.offset) for p in result.problems] == [
-        ("not-tfrecord", "table.tfrecords", 0, 0), ("empty", "empty.tfrecords", None, None),
-        ("missing", "nope.tfrecords", None, None)]
+        ("not-tfrecord", "table.tfrecords", 0, 0), ("missing", "nope.tfrecords", None, None)]
     assert result.files[0].unread == os.path.getsize(csv)
+    # an empty file is valid (zero records): a note, not a problem
+    assert result.files[1].ok and result.files[1].records == 0
+    assert [(n.kind, os.path.basename(n.path)) for n in result.notes] == [
+        ("empty", "empty.tfrecords")]
+    assert result.notes[0].message.startswith("0 records")
 
 
 def _tile(i, image=None):
@@ -362,3 +366,22 @@ def test_cli_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["verify"])
     assert e.value.code == 2
+
+
+def test_cli_an_empty_file_is_a_note_not_a_failure(folder, capsys):
+    # semantics 1 (revision 2): TensorFlow leaves a 0-byte file for a slide with no tiles
+    empty = folder / "slide-e1.tfrecords"
+    empty.write_bytes(b"")
+    assert main(["verify", str(folder), "-j", "1"]) == 0   # nothing else is wrong: exit 0
+    out = capsys.readouterr().out
+    assert f"{empty}: note: empty: 0 records" in out
+    rows = dict(line.split(None, 1) for line in out.splitlines() if line.strip()
+                and not line.startswith(str(folder)))
+    assert rows["files"].startswith("7") and rows["files"].endswith("0 with problems")
+    assert rows["problems"].strip() == "0"
+    assert rows["empty"].startswith("1 ")
+    # with a real problem the exit code is 1 and the note is still listed
+    (folder / "bad.tfrecords").write_text("not a tfrecord")
+    assert main(["verify", str(folder), "-j", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"{empty}: note: empty: 0 records" in out and "not-tfrecord" in out

@@ -24,6 +24,8 @@ from tilespec.errors import TFRecordError
 from tilespec.images import decode_image, image_format
 from tilespec import loader as ref_loader
 from tilespec.loader import AllSkippedGuard, NumpyLoader
+from tilespec.pipeline import check_bool
+from tilespec.sampling import check_rank
 
 from . import ops as tfops
 
@@ -82,12 +84,9 @@ def _shard(options: dict):
     if (shard_idx is not None or num_shards is not None) and \
             (rank is not None or num_replicas is not None):
         raise ValueError("pass shard_idx/num_shards or rank/num_replicas, not both")
-    r = shard_idx if shard_idx is not None else rank
-    n = num_shards if num_shards is not None else num_replicas
-    if (r is None) != (n is None):
-        raise ValueError(f"the shard needs both an index and a count: got shard_idx/rank="
-                         f"{r!r}, num_shards/num_replicas={n!r}")
-    return (0 if r is None else r), (1 if n is None else n)
+    if shard_idx is not None or num_shards is not None:  # the reference's pairing check
+        return check_rank(shard_idx, num_shards, names=("shard_idx", "num_shards"))
+    return check_rank(rank, num_replicas)
 
 
 def _label_spec(labels):
@@ -333,12 +332,13 @@ def make_dataset(dataset, options: dict):
     tf.string; loc_x, loc_y int64. Batched when ``batch_size`` is set.
     """
     options = dict(options)
-    deterministic = bool(options.pop("deterministic", True))
+    deterministic = check_bool("deterministic", options.pop("deterministic", True))
     rank, num_replicas = _shard(options)
     labels = dataset._loader_labels(options.pop("labels", None))
     table = dataset.sampling_table()
     base = _PlanLoader(list(table.paths), table.clip, table.weights, labels=labels,
-                       rank=rank, num_replicas=num_replicas, **options)
+                       rank=rank, num_replicas=num_replicas,
+                       record_slides=dataset.record_slides, **options)
     return build(base, deterministic=deterministic)
 
 
@@ -404,7 +404,7 @@ def make_indexed(tfrecords, options: dict):
     from tilespec.loader import IndexedInterleaver
 
     options = dict(options)
-    deterministic = bool(options.pop("deterministic", True))
+    deterministic = check_bool("deterministic", options.pop("deterministic", True))
     epoch = options.pop("epoch", 0)
     options.setdefault("standardize", True)
     if options["standardize"] is True:

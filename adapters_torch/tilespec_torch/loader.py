@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 import tilespec
 from tilespec.loader import AllSkippedGuard, ItemMaker, NumpyLoader, decode_planar
+from tilespec.pipeline import check_bool
 from tilespec.sampling import StreamPlan, worker_batches
 
 from . import ops
@@ -568,11 +569,22 @@ class TorchLoader(_ReferenceState, DataLoader):
             del it
 
 
+def no_label() -> torch.Tensor:
+    """The label of an item of :class:`IndexedInterleaver` built without labels: an
+    empty float32 tensor, shape (0,), which ``torch.utils.data.default_collate`` stacks
+    into (N, 0), where None cannot be batched. Not a number that could be taken for a
+    label (slideflow gives ``tensor(0)``): a loss given it fails on its shape
+    (spec/adapter_torch.md, "Indexed dataset")."""
+    return torch.zeros(0)
+
+
 class IndexedInterleaver(_ReferenceState, Dataset):
     """Map-style torch dataset equal item by item to :class:`tilespec.IndexedInterleaver`
     (spec/sampling.md, "Indexed dataset"; spec/adapter_torch.md). Same arguments; images
-    CHW tensors. Usable with a plain ``torch.utils.data.DataLoader`` (each worker process
-    opens its own files)."""
+    CHW tensors; without labels the label is :func:`no_label` (an empty tensor), so a
+    plain ``torch.utils.data.DataLoader`` with its default collate batches the items
+    (each worker process opens its own files). Epochs advance only by
+    :meth:`set_epoch`."""
 
     def __init__(self, tfrecords, **options):
         self.reference = tilespec.IndexedInterleaver(tfrecords, **options)
@@ -595,7 +607,10 @@ class IndexedInterleaver(_ReferenceState, Dataset):
         return len(self.reference)
 
     def __getitem__(self, i):
-        return self.reference.item(i, maker=self._items())
+        item = self.reference.item(i, maker=self._items())
+        if item is not None and item[1] is None:  # no labels: see no_label()
+            item = (item[0], no_label()) + item[2:]
+        return item
 
     def close(self) -> None:
         if self._maker is not None:
@@ -611,17 +626,17 @@ def make_loader(dataset, options: dict) -> TorchLoader:
     """Build ``Dataset.torch(**options)`` (spec/adapter_torch.md, "Options")."""
     options = dict(options)
     torch_opts = {k: options.pop(k) for k in TORCH_OPTIONS if k in options}
-    rank, replicas = options.get("rank"), options.get("num_replicas")
-    if rank is None or replicas is None:
-        dist = torch.distributed
-        on = dist.is_available() and dist.is_initialized()
-        if rank is None:
-            options["rank"] = dist.get_rank() if on else 0
-        if replicas is None:
-            options["num_replicas"] = dist.get_world_size() if on else 1
-    reference = dataset.numpy(**options)
+    for k in ("pin_memory", "persistent_workers"):  # the reference's check of a bool option
+        if torch_opts.get(k) is not None:
+            torch_opts[k] = check_bool(k, torch_opts[k])
+    if options.get("rank") is None and options.get("num_replicas") is None:
+        dist = torch.distributed   # neither given: the process group's, when there is one
+        if dist.is_available() and dist.is_initialized():
+            options["rank"], options["num_replicas"] = dist.get_rank(), dist.get_world_size()
+    reference = dataset.numpy(**options)  # one given without the other: the reference says
     return TorchLoader(reference, **torch_opts)
 
 
 __all__ = ["TorchLoader", "TileStream", "TorchPipeline", "TensorStacker", "IndexedInterleaver",
+           "no_label",
            "collate", "make_loader", "TORCH_OPTIONS"]

@@ -114,9 +114,14 @@ def build() -> tuple[dict[str, bytes], dict]:
           offsets[1], "the file ends 5 bytes into record 1's header",
           {"error": "TruncatedRecordError", "record": 1, "offset": offsets[1]})
 
-    error("empty.tfrecords", b"", "EmptyFileError", None, None,
-          "an empty file (0 bytes): an error, not a file of no records",
-          {"error": "EmptyFileError", "record": None, "offset": None})
+    files["empty.tfrecords"] = b""
+    entries.append({"file": "empty.tfrecords", "compression": None, "records": [],
+                    "index": [],
+                    "what": "an empty file (0 bytes): a valid TFRecord of no records, as "
+                            "TensorFlow writes it for no records"})
+    files["empty-gzip.tfrecords"] = gzip.compress(b"", compresslevel=9, mtime=0)
+    entries.append({"file": "empty-gzip.tfrecords", "compression": "GZIP", "records": [],
+                    "what": "a GZIP stream of no data: no records"})
 
     error("not-a-tfrecord.tfrecords", b"patient,slide,category\npatient-a,slide-a1,tumor\n",
           "NotATFRecordError", 0, 0, "a CSV file: the first header fails its checksum",
