@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy import stats
 
 import tilespec
@@ -410,3 +411,196 @@ def test_indexed_interleaver_over_an_empty_tfrecord(empty_pair):
                                                                     "e1.tfrecords"]
     c = tilespec.IndexedInterleaver(full.tfrecords(), clip=[5, 5, 3, 2, 1], seed=1)
     assert len(c) == 6 and sorted(c.record(i)[0] for i in range(6)) == [2, 2, 2, 3, 3, 4]
+
+
+# -- checked at construction (semantics 10, revision 2; spec/sampling.md) --------------------
+
+def _two_slide_file(tmp_path, demo_dataset):
+    """A tfrecord holding the records of slide-c1 and then slide-d2 (two slide names)."""
+    path = tmp_path / "mixed.tfrecords"
+    recs = []
+    for name in ("slide-c1", "slide-d2"):
+        recs += list(read_records(os.path.join(demo_dataset["tfrecords"], f"{name}.tfrecords")))
+    tilespec.write_records(path, recs)
+    return path
+
+
+def test_every_slide_name_in_the_records_needs_a_label(tmp_path, demo_dataset, ds):
+    mixed = _two_slide_file(tmp_path, demo_dataset)
+    for make in (lambda **kw: NumpyLoader([mixed], [32], [1.0], seed=0, **kw),
+                 lambda **kw: IndexedInterleaver([mixed], seed=0, **kw)):
+        make(labels={"slide-c1": 0, "slide-d2": 1})   # every name stored: fine
+        with pytest.raises(LabelError) as e:           # the second name, record 12 on
+            make(labels={"slide-c1": 0})
+        assert "slide 'slide-d2'" in str(e.value) and str(mixed) in str(e.value)
+    labels, _ = ds.labels("category")
+    with pytest.raises(LabelError, match=r"slide 'slide-b1' \(stored in .*slide-b1.tfrecords\)"
+                                         r" has no label.*\(1 more slide"):
+        ds.numpy(labels={k: v for k, v in labels.items() if k not in ("slide-b1", "slide-d1")})
+
+
+def test_record_slides_are_read_once_and_cached_on_the_dataset(demo_dataset, monkeypatch):
+    from tilespec.loader import TileSource
+
+    ds = tilespec.Dataset(tfrecords=demo_dataset["tfrecords"],
+                          annotations=demo_dataset["annotations"])
+    calls = []
+    real = TileSource.slides
+    monkeypatch.setattr(TileSource, "slides", lambda self, t: calls.append(t) or real(self, t))
+    ds.numpy()                                   # no labels: nothing read
+    assert calls == []
+    labels = ds.labels("category")[0]
+    ds.numpy(labels=labels, infinite=False)
+    assert len(calls) == 6                        # one read per tfrecord
+    ds.numpy(labels=labels)
+    ds.clip(5).balance(strategy="tile").numpy(labels=labels)   # derived: the same cache
+    assert len(calls) == 6
+    assert ds.record_slides() == {p: (os.path.basename(p)[:-len(".tfrecords")],)
+                                  for p in ds.tfrecords()}
+
+
+def _layouts():
+    """Tile records of several layouts: features in any order, extra features, a
+    repeated 'slide' entry (protobuf keeps the last), damaged lengths: scan_tile_slide
+    must agree with parse_tile wherever it answers."""
+    from tilespec.example import _put_len, encode_feature
+
+    def entry(name, value):
+        out = bytearray()
+        _put_len(out, 1, name.encode())
+        _put_len(out, 2, encode_feature(name, value))
+        framed = bytearray()
+        _put_len(framed, 1, out)
+        return bytes(framed)
+
+    @st.composite
+    def layout(draw):
+        entries = [entry("image_raw", [draw(st.binary(max_size=300))]),
+                   entry("slide", [draw(st.text(max_size=12))])]
+        if draw(st.booleans()):
+            entries.append(entry("loc_x", [draw(st.integers(-2**40, 2**40))]))
+        if draw(st.booleans()):
+            entries.append(entry("extra", draw(st.lists(st.floats(width=32, allow_nan=False),
+                                                         max_size=3))))
+        if draw(st.booleans()):
+            entries.append(entry("slide", [draw(st.text(max_size=5))]))
+        entries = draw(st.permutations(entries))
+        out = bytearray()
+        _put_len(out, 1, b"".join(entries))
+        damaged = draw(st.booleans())
+        if damaged:                      # one byte changed: a damaged record
+            i = draw(st.integers(0, len(out) - 1))
+            out[i] = draw(st.integers(0, 255))
+        return bytes(out), damaged
+
+    return layout()
+
+
+@settings(max_examples=60, deadline=None)
+@given(record=_layouts(), window=st.sampled_from([1, 7, 256]))
+def test_scan_tile_slide_agrees_with_parse_tile(record, window):
+    from tilespec.example import scan_tile_slide
+
+    data, damaged = record
+    got = scan_tile_slide(lambda pos, n: data[pos:pos + n], len(data), window=window)
+    try:
+        want = tilespec.parse_tile(data).slide
+    except tilespec.TFRecordError:
+        want = None     # the scan may still find a slide: the loader then reads the record
+    if got is not None and want is not None:
+        assert got == want
+    if not damaged:   # any order of entries, extra features, repeats: always answered
+        assert got == want is not None
+
+
+@pytest.mark.parametrize("value, match", [
+    ("tumor", r"slide 'slide-a1' is 'tumor'.*Dataset.labels\(headers\)"),
+    (["a", 1], r"Dataset.labels\(headers\)"),
+    (None, r"slide 'slide-a1' is None: labels must be numbers"),
+    ({"x": 1}, r"labels must be numbers or sequences of numbers of one length"),
+])
+def test_label_values_must_be_numbers(ds, value, match):
+    labels = dict(ds.labels("category")[0], **{"slide-a1": value})
+    for make in (lambda: ds.numpy(labels=labels),
+                 lambda: IndexedInterleaver(ds.tfrecords(), labels=labels)):
+        with pytest.raises(LabelError, match=match):
+            make()
+
+
+def test_label_shapes_must_agree(ds):
+    labels = {s: [0.5, 1.0] for s in ds.slides()}
+    ds.numpy(labels=labels)                                   # equal-length sequences: fine
+    ds.numpy(labels={s: np.float32(i) for i, s in enumerate(ds.slides())})  # numpy numbers
+    with pytest.raises(LabelError, match=r"one shape: slide 'slide-a1' has a sequence of 2 "
+                                         r"numbers, slide 'slide-a2' has a sequence of 3"):
+        ds.numpy(labels=dict(labels, **{"slide-a2": [1, 2, 3]}))
+    with pytest.raises(LabelError, match="slide 'slide-a2' has a number"):
+        ds.numpy(labels=dict(labels, **{"slide-a2": 1}))
+
+
+BOOL_OPTIONS = ("infinite", "shuffle", "incl_slidenames", "incl_loc", "drop_last", "resize_aa")
+
+
+@pytest.mark.parametrize("name", BOOL_OPTIONS)
+@pytest.mark.parametrize("bad", ["False", 0, None, 1.0])
+def test_boolean_options_must_be_bools(ds, name, bad):
+    with pytest.raises(TypeError, match=f"{name} must be True or False, got {bad!r}"):
+        ds.numpy(**{name: bad})
+    if name not in ("infinite", "drop_last"):   # the indexed dataset's options
+        with pytest.raises(TypeError, match=f"{name} must be True or False"):
+            IndexedInterleaver(ds.tfrecords(), **{name: bad})
+
+
+def test_numpy_bools_are_bools(ds):
+    L = ds.numpy(infinite=np.False_, shuffle=np.True_, drop_last=np.bool_(False), seed=0)
+    assert L.infinite is False and L.shuffle is True and len(list(L)) == 144
+
+
+def test_crop_box_is_checked_against_the_tile_size(ds):
+    assert ds.tile_size == (64, 64)
+    ds.numpy(crop_left=0, crop_width=64)                      # the whole tile: fine
+    for make in (lambda **kw: ds.numpy(**kw),
+                 lambda **kw: IndexedInterleaver(ds.tfrecords(), **kw)):
+        with pytest.raises(ValueError) as e:
+            make(crop_left=60, crop_width=8)
+        assert "crop_left=60, crop_width=8" in str(e.value)
+        assert "[60, 68) is outside the tiles of 64 x 64 pixels" in str(e.value)
+        assert "slide-a1.tfrecords" in str(e.value)           # the record it was read from
+
+
+def test_tile_size_skips_empty_tfrecords(empty_pair):
+    full, _ = empty_pair
+    assert full.tile_size == (16, 16)
+    assert full.numpy(crop_left=4, crop_width=12) is not None
+    with pytest.raises(ValueError, match=r"16 x 16 pixels .*s0.tfrecords"):
+        full.numpy(crop_left=4, crop_width=13)
+
+
+def test_indexed_interleaver_takes_a_folder_or_a_file(ds, demo_dataset, tmp_path):
+    folder = demo_dataset["tfrecords"]
+    a = IndexedInterleaver(folder, seed=0)
+    assert a.paths == ds.tfrecords() and len(a) == 144
+    one = os.path.join(folder, "slide-c1.tfrecords")
+    b = IndexedInterleaver(one, seed=0)
+    assert b.paths == [one] and len(b) == 12
+    mixed = IndexedInterleaver([one, folder], seed=0)          # a list keeps its order
+    assert mixed.paths == [one] + ds.tfrecords()
+    missing = tmp_path / "nope"
+    for source in (str(missing), [one, str(missing)]):
+        with pytest.raises(tilespec.TFRecordError) as e:
+            IndexedInterleaver(source)
+        assert str(e.value) == f"{missing}: tfrecords folder or file not found"
+        assert not isinstance(e.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(rank=1), "rank=1 is given without num_replicas"),
+    (dict(rank=0), "rank=0 is given without num_replicas"),
+    (dict(num_replicas=2), "num_replicas=2 is given without rank"),
+])
+def test_rank_and_num_replicas_go_together(ds, kw, message):
+    for make in (lambda: ds.numpy(**kw), lambda: IndexedInterleaver(ds.tfrecords(), **kw)):
+        with pytest.raises(ValueError, match=message):
+            make()
+    L = ds.numpy(rank=1, num_replicas=2, infinite=False)   # both: fine
+    assert (L.rank, L.num_replicas) == (1, 2)

@@ -429,3 +429,55 @@ def test_skip_log_is_bounded_and_count_exact(tmp_path, monkeypatch):
     # 30 batches hold 30 skips (prefetching may have read further)
     assert len(d.skipped) == 3 and d.tilespec.num_skipped >= 30
     assert [s["record"] for s in d.skipped] == [1, 1, 1]
+
+
+# ------------------------------------------------------------------ empty tfrecords
+
+@pytest.mark.parametrize("infinite", [False, True])
+def test_stream_over_empty_tfrecords_is_the_stream_without_them(empty_pair, infinite):
+    """Semantics 1 (revision 2): an empty tfrecord is never sampled, in every strategy."""
+    from conftest import BALANCINGS
+
+    for balance in sorted(BALANCINGS):
+        full, bare = (BALANCINGS[balance](d) for d in empty_pair)
+        opts = dict(labels="category", seed=2, infinite=infinite, augment="xy", batch_size=4,
+                    incl_slidenames=True, standardize=False)
+        tt.assert_conforms(full.tensorflow(**opts), bare.numpy(**opts),
+                           n=6 if infinite else None, options=opts)
+
+
+def test_indexed_over_empty_tfrecords(empty_pair):
+    full, bare = empty_pair
+    opts = dict(seed=1, shuffle=True, incl_slidenames=True, standardize=False,
+                labels=full.labels("category")[0])
+    got = plugins.make_indexed("tensorflow", full.tfrecords(), opts)
+    ref = tilespec.IndexedInterleaver(bare.tfrecords(), **opts)
+    assert tt.assert_conforms(got, (ref[i] for i in range(len(ref))), options=opts) == 16
+
+
+def test_only_empty_tfrecords_is_an_error_when_built(tmp_path):
+    info = tt.write_tile_dataset(tt.TileDatasetLayout((("e0", "p", "a", 0),)), tmp_path)
+    with pytest.warns(UserWarning, match="empty"):
+        ds = tilespec.Dataset(tfrecords=info["tfrecords"], annotations=info["annotations"])
+    with pytest.raises(ValueError, match="every tfrecord of this loader is empty.*e0"):
+        ds.tensorflow()
+    with pytest.raises(ValueError, match="every tfrecord of this loader is empty.*e0"):
+        plugins.make_indexed("tensorflow", info["tfrecords"], {})
+
+
+def test_bad_options_are_refused_when_built(datasets, tmp_path):
+    """Semantics 10 (revision 2): the reference's checks, made once for every backend."""
+    ds = datasets[0]
+    with pytest.raises(TypeError, match="deterministic must be True or False, got 'yes'"):
+        ds.tensorflow(deterministic="yes")
+    with pytest.raises(TypeError, match="infinite must be True or False, got 'False'"):
+        ds.tensorflow(infinite="False")
+    with pytest.raises(LabelError, match=r"slide 's1' \(stored in .*s1.tfrecords\)"):
+        ds.tensorflow(labels={"s0": 0, "s2": 1})
+    folder = os.path.dirname(ds.tfrecords()[0])
+    got = plugins.make_indexed("tensorflow", folder, {"seed": 0, "standardize": False})
+    ref = tilespec.IndexedInterleaver(ds.tfrecords(), seed=0, standardize=False)
+    assert tt.assert_conforms(got, (ref[i] for i in range(len(ref))),
+                              options={"standardize": False}) == 16
+    with pytest.raises(TFRecordError, match="tfrecords folder or file not found"):
+        plugins.make_indexed("tensorflow", str(tmp_path / "missing"), {})

@@ -1,5 +1,6 @@
 """The PyTorch loader and indexed dataset against the reference (spec/adapter_torch.md)."""
 
+import os
 import tempfile
 
 import numpy as np
@@ -434,3 +435,121 @@ def test_the_main_process_keeps_slot_mappings_and_releases_unused_slots(ds):
     assert len(set(pointers[10:])) <= slots     # ... and serves the slot's next batches
     for imgs, want in kept:                     # held while 35 more batches came
         np.testing.assert_array_equal(imgs.permute(0, 2, 3, 1).numpy(), want)
+
+
+# -------------------------------------------------------------------- empty tfrecords
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("infinite", [False, True])
+def test_loader_over_empty_tfrecords_is_the_stream_without_them(empty_pair, num_workers,
+                                                                 infinite):
+    """Semantics 1 (revision 2): empty tfrecords are never sampled, in every strategy."""
+    from conftest import BALANCINGS
+
+    balancings = sorted(BALANCINGS) if num_workers == 0 else ["none", "patient"]
+    for balance in balancings:
+        full, bare = (BALANCINGS[balance](d) for d in empty_pair)
+        opts = dict(labels="category", seed=2, infinite=infinite, augment="xy", batch_size=4,
+                    incl_slidenames=True, standardize=False)
+        n = 6 if infinite else None
+        tt.assert_conforms(full.torch(num_workers=num_workers, **opts), bare.numpy(**opts),
+                           n=n, layout="CHW", options=opts)
+
+
+def test_indexed_interleaver_over_empty_tfrecords(empty_pair):
+    full, bare = empty_pair
+    opts = dict(seed=1, shuffle=True, incl_slidenames=True, labels=full.labels("category")[0])
+    T = tilespec_torch.IndexedInterleaver(full.tfrecords(), **opts)
+    ref = tilespec.IndexedInterleaver(bare.tfrecords(), **opts)
+    assert len(T) == len(ref) == 16
+    tt.assert_conforms((T[i] for i in range(len(T))), (ref[i] for i in range(len(ref))),
+                       layout="CHW", options=opts)
+
+
+def test_a_dataset_of_only_empty_tfrecords_is_an_error_when_built(tmp_path):
+    info = tt.write_tile_dataset(tt.TileDatasetLayout((("e0", "p", "a", 0),)), tmp_path)
+    with pytest.warns(UserWarning, match="empty"):
+        ds = tilespec.Dataset(tfrecords=info["tfrecords"], annotations=info["annotations"])
+    for make in (lambda: ds.torch(num_workers=2), lambda: ds.torch(infinite=True),
+                 lambda: tilespec_torch.IndexedInterleaver(info["tfrecords"])):
+        with pytest.raises(ValueError, match="every tfrecord of this loader is empty"):
+            make()
+
+
+# -------------------------------------------------------------------- indexed: page usage
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")
+def test_indexed_interleaver_without_labels_under_a_plain_dataloader(ds):
+    """The page's DataLoader(dts, batch_size=32, num_workers=2, pin_memory=True,
+    drop_last=True) with default_collate works without labels: the label is an empty
+    tensor (spec/adapter_torch.md, "Indexed dataset")."""
+    T = tilespec_torch.IndexedInterleaver(ds.tfrecords(), seed=3, augment="xy",
+                                          standardize=False)
+    ref = tilespec.IndexedInterleaver(ds.tfrecords(), seed=3, augment="xy", standardize=False)
+    img, label = T[0]
+    assert isinstance(label, torch.Tensor) and label.shape == (0,) and ref[0][1] is None
+    L = torch.utils.data.DataLoader(T, batch_size=4, num_workers=2, pin_memory=True,
+                                    drop_last=True)
+    batches = list(L)
+    assert len(batches) == 4  # 16 items
+    for b, (imgs, labels) in enumerate(batches):
+        assert imgs.shape == (4, 3, 16, 16) and imgs.dtype == torch.uint8
+        assert labels.shape == (4, 0)
+        for r in range(4):
+            np.testing.assert_array_equal(imgs[r].permute(1, 2, 0).numpy(), ref[b * 4 + r][0])
+    # a loss given the empty label fails on its shape instead of learning a made-up class
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.cross_entropy(torch.zeros(4, 2), labels)
+
+
+def test_indexed_epochs_advance_only_by_set_epoch(ds):
+    """spec/adapter_torch.md, "Indexed dataset": set_epoch(e) picks epoch e's shuffle and
+    augmentation; without it every pass of a DataLoader is the same epoch."""
+    T = tilespec_torch.IndexedInterleaver(ds.tfrecords(), seed=5, shuffle=True,
+                                          augment="xyrj", incl_loc=True)
+    L = torch.utils.data.DataLoader(T, batch_size=16, num_workers=0)
+
+    def one_pass():
+        imgs, _, xs, ys = next(iter(L))
+        return imgs, list(zip(xs.tolist(), ys.tolist()))
+
+    a_img, a = one_pass()
+    b_img, b = one_pass()                     # no set_epoch: the same epoch again
+    assert a == b and torch.equal(a_img, b_img)
+    T.set_epoch(1)
+    c_img, c = one_pass()
+    assert T.epoch == 1 and c != a and sorted(c) == sorted(a)   # another order, same items
+    T.set_epoch(0)
+    assert one_pass()[1] == a                 # epochs are a function of their number
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
+        T.set_epoch(-1)
+
+
+# -------------------------------------------------------------------- checked when built
+def test_bad_options_are_refused_when_the_loader_is_built(ds, tmp_path):
+    """Semantics 10 (revision 2): the reference's checks, made once for every backend."""
+    for kw, err, match in [
+            (dict(infinite="False"), TypeError, "infinite must be True or False, got 'False'"),
+            (dict(pin_memory="yes"), TypeError, "pin_memory must be True or False"),
+            (dict(persistent_workers=1, num_workers=1), TypeError,
+             "persistent_workers must be True or False, got 1"),
+            (dict(rank=1), ValueError, "rank=1 is given without num_replicas"),
+            (dict(num_replicas=2), ValueError, "num_replicas=2 is given without rank"),
+            (dict(labels={"s0": 0}), tilespec.annotations.LabelError,
+             r"slide 's1' \(stored in .*s1.tfrecords\) has no label"),
+            (dict(labels={"s0": "a", "s1": "b", "s2": "a"}), tilespec.annotations.LabelError,
+             r"Dataset.labels\(headers\)"),
+            (dict(crop_left=8, crop_width=9), ValueError,
+             r"\[8, 17\) is outside the tiles of 16 x 16 pixels")]:
+        with pytest.raises(err, match=match):
+            ds.torch(**kw)
+    with pytest.raises(TypeError, match="shuffle must be True or False"):
+        tilespec_torch.IndexedInterleaver(ds.tfrecords(), shuffle="True")
+
+
+def test_indexed_interleaver_takes_a_path_string(ds, tmp_path):
+    folder = os.path.dirname(ds.tfrecords()[0])
+    T = tilespec_torch.IndexedInterleaver(folder, seed=0)
+    assert T.reference.paths == ds.tfrecords() and len(T) == 16
+    assert len(tilespec_torch.IndexedInterleaver(ds.tfrecords()[1], seed=0)) == 4
+    with pytest.raises(tilespec.TFRecordError) as e:
+        tilespec_torch.IndexedInterleaver(str(tmp_path / "missing"))
+    assert str(e.value) == f"{tmp_path / 'missing'}: tfrecords folder or file not found"
