@@ -604,3 +604,14 @@ def test_rank_and_num_replicas_go_together(ds, kw, message):
             make()
     L = ds.numpy(rank=1, num_replicas=2, infinite=False)   # both: fine
     assert (L.rank, L.num_replicas) == (1, 2)
+
+
+def test_custom_weights_on_empty_tfrecords_are_never_used(empty_pair):
+    full, bare = (d.balance(strategy="slide") for d in empty_pair)
+    weights = {"e0": 5.0, "e1": 1.0, "s0": 1.0, "s1": 2.0, "s2": 3.0}
+    full.prob_weights = {p: weights[os.path.basename(p)[:2]] for p in full.tfrecords()}
+    bare.prob_weights = {p: weights[os.path.basename(p)[:2]] for p in bare.tfrecords()}
+    for infinite in (False, True):
+        opts = dict(seed=9, infinite=infinite, batch_size=5, incl_slidenames=True)
+        tt.assert_conforms(full.numpy(**opts), bare.numpy(**opts), n=6 if infinite else None,
+                           options=opts, tolerance=tt.Tolerance())

@@ -521,6 +521,16 @@ def test_indexed_epochs_advance_only_by_set_epoch(ds):
     assert one_pass()[1] == a                 # epochs are a function of their number
     with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
         T.set_epoch(-1)
+    # persistent workers keep their copy of the dataset; set_epoch still reaches them
+    P = torch.utils.data.DataLoader(T, batch_size=16, num_workers=1, persistent_workers=True)
+
+    def locs(loader):
+        _, _, xs, ys = next(iter(loader))
+        return list(zip(xs.tolist(), ys.tolist()))
+
+    assert locs(P) == a
+    T.set_epoch(1)
+    assert locs(P) == c
 
 
 # -------------------------------------------------------------------- checked when built

@@ -590,6 +590,8 @@ class IndexedInterleaver(_ReferenceState, Dataset):
         self.reference = tilespec.IndexedInterleaver(tfrecords, **options)
         self._maker = None
         self._pid = None
+        # the epoch in shared memory, so that set_epoch reaches persistent workers too
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def _items(self) -> ItemMaker:
         if self._maker is None or self._pid != os.getpid():
@@ -598,15 +600,25 @@ class IndexedInterleaver(_ReferenceState, Dataset):
         return self._maker
 
     def set_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch``'s shuffle and draws from now on, in this process and in the
+        DataLoader's workers, persistent ones included (spec/adapter_torch.md)."""
         self.reference.set_epoch(epoch)
+        self._epoch[0] = self.reference.epoch
+
+    def _sync_epoch(self) -> None:
+        e = int(self._epoch[0])
+        if e != self.reference.epoch:
+            self.reference.set_epoch(e)
 
     def record(self, i: int):
+        self._sync_epoch()
         return self.reference.record(i)
 
     def __len__(self) -> int:
         return len(self.reference)
 
     def __getitem__(self, i):
+        self._sync_epoch()
         item = self.reference.item(i, maker=self._items())
         if item is not None and item[1] is None:  # no labels: see no_label()
             item = (item[0], no_label()) + item[2:]
