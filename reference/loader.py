@@ -653,6 +653,11 @@ class NumpyLoader:
     of them stacked by :func:`collate` when ``batch_size`` is set. Images are HWC
     uint8, or float32 when standardized ('unit' by default).
 
+    Options are checked when the loader is built (spec/sampling.md, "Checked at
+    construction"); ``record_slides`` (``{path: slide names}`` or a callable giving
+    it, as :meth:`tilespec.Dataset.record_slides`) spares reading the names stored in
+    the records for the labels check.
+
     The loader's state is ``(seed, epoch, position)``: iteration starts at the
     state and advances it with every item (a batch advances it by its size);
     finishing a finite epoch moves to the next epoch at position 0. An
