@@ -242,7 +242,9 @@ class Dataset:
     - ``filters``: ``{header: [allowed values]}``; ``filter_blank``: header(s)
       whose blank values exclude a slide.
     - ``on_error``: what a tfrecord whose index cannot be loaded or built (a
-      damaged record, no index yet; an empty or GZIP file) does to construction.
+      damaged record, no index yet; a GZIP file) does to construction. An empty
+      (0-byte) tfrecord is not damaged: it is kept with 0 records and warned about
+      once (:class:`EmptyTFRecordWarning`; spec/dataset.md, "Empty tfrecords").
       'raise' (default): the index error, naming the file. 'skip': its count n_t
       is the number of records its headers locate (the scan the loaders make
       with ``on_error='skip'``), with a warning naming the file; read it with a
