@@ -615,3 +615,18 @@ def test_custom_weights_on_empty_tfrecords_are_never_used(empty_pair):
         opts = dict(seed=9, infinite=infinite, batch_size=5, incl_slidenames=True)
         tt.assert_conforms(full.numpy(**opts), bare.numpy(**opts), n=6 if infinite else None,
                            options=opts, tolerance=tt.Tolerance())
+
+
+def test_reading_slide_names_skips_the_image_bytes():
+    from tilespec.example import encode_tile, scan_tile_slide
+
+    image = bytes(range(256)) * 400                      # a 100 KiB "image"
+    data = encode_tile(image, "slide-x", 3, 4)
+    asked = []
+
+    def read(pos, n):
+        asked.append(n)
+        return data[pos:pos + n]
+
+    assert scan_tile_slide(read, len(data)) == "slide-x"
+    assert len(asked) <= 3 and sum(asked) <= 1024 and len(data) > 100 * 1024
