@@ -415,13 +415,18 @@ def train(project, outcomes, params, *, dataset=None, val_dataset=None, max_tile
     Every input error (loss, model, outcomes, labels, a fold with one class,
     tile size) is raised before the first batch.
     """
-    from .plugins import train_fold
+    from .plugins import _missing, backends, train_fold
     from .project import ModelParams, _apply, fold_datasets
 
     if not isinstance(params, ModelParams):
         raise ProjectError(f"params must be a ModelParams, not {type(params).__name__}")
     model = params.model if model is None else model
     check_trainable(params, model, backend)
+    if backend == "numpy":
+        raise ProjectError("the NumPy reference loads data but does not train; use "
+                           "backend='torch' or backend='tensorflow'")
+    if backend not in backends():
+        raise _missing(backend, f"Project.train(backend={backend!r})")
     outcomes = [outcomes] if isinstance(outcomes, str) else list(outcomes)
     if not outcomes:
         raise ProjectError("outcomes is empty; name at least one annotation header")
