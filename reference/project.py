@@ -62,7 +62,27 @@ CLASSIFICATION_LOSSES = frozenset({
 })
 KNOWN_LOSSES = CLASSIFICATION_LOSSES | REGRESSION_LOSSES | SURVIVAL_LOSSES
 CUSTOM_LOSS_TYPES = ("classification", "regression", "survival")
+#: slideflow's other ModelParams fields, with their defaults: accepted (and kept in
+#: to_dict) so a slideflow call runs, but only at these values; tilespec's trainers do
+#: not implement the others (spec/training.md, "ModelParams").
+SLIDEFLOW_FIELDS = {
+    "toplayer_epochs": 0, "pooling": "max", "learning_rate_decay": 0,
+    "learning_rate_decay_steps": 100000, "hidden_layers": 0, "hidden_layer_width": 500,
+    "optimizer": "Adam", "early_stop": False, "early_stop_patience": 0,
+    "early_stop_method": "loss", "manual_early_stop_epoch": None,
+    "manual_early_stop_batch": None, "uq": False, "trainable_layers": 0, "l1": 0, "l2": 0,
+    "l1_dense": 0, "l2_dense": 0, "dropout": 0, "normalizer_source": None,
+    "include_top": True, "drop_images": False,
+}
 _MAGNIFICATION = re.compile(r"^\d+(\.\d+)?x$", re.IGNORECASE)
+
+
+def _same(value, default) -> bool:
+    """``value`` is ``default`` (numbers compare as numbers; a bool is not a number)."""
+    if isinstance(value, bool) or isinstance(default, bool) or default is None or \
+            isinstance(default, str):
+        return type(value) is type(default) and value == default
+    return isinstance(value, (int, float)) and value == default
 
 
 def check_tile_um(tile_um, where: str = "tile_um"):
@@ -108,8 +128,19 @@ class ModelParams:
     def __init__(self, *, tile_px: int = 299, tile_um=302, epochs=3, batch_size: int = 16,
                  model="tiny_cnn", loss: str = "sparse_categorical_crossentropy",
                  learning_rate: float = 1e-4, augment="xyrj", normalizer=None,
-                 training_balance="auto", validation_balance="none"):
+                 training_balance="auto", validation_balance="none", **slideflow):
         from .training import KNOWN_MODELS
+
+        unknown = [k for k in slideflow if k not in SLIDEFLOW_FIELDS]
+        if unknown:
+            raise TypeError(f"ModelParams got unexpected keyword argument(s) "
+                            f"{', '.join(map(repr, unknown))}")
+        for k, default in SLIDEFLOW_FIELDS.items():
+            value = slideflow.get(k, default)
+            if not _same(value, default):
+                raise ProjectError(f"ModelParams: {k}={value!r} is a slideflow setting that "
+                                   f"tilespec's trainers do not implement; only its default "
+                                   f"{default!r} is accepted")
 
         self.tile_px = tile_px
         self.tile_um = tile_um
@@ -164,6 +195,8 @@ class ModelParams:
                                    f"loss; loss {loss!r} makes a {self.model_type()} model")
         self.training_balance = training_balance
         self.validation_balance = validation_balance
+        for k, default in SLIDEFLOW_FIELDS.items():
+            setattr(self, k, slideflow.get(k, default))
 
     def model_type(self) -> str:
         """'classification', 'regression' or 'survival', from the loss (or 'custom_<type>').

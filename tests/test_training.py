@@ -299,6 +299,19 @@ def test_unknown_loss_and_model():
     assert tilespec.ModelParams(loss="CrossEntropy").model_type() == "classification"
 
 
+def test_slideflow_fields_are_kept_at_their_defaults():
+    p = tilespec.ModelParams(optimizer="Adam", dropout=0, l2=0.0, hidden_layers=0,
+                             early_stop=False, pooling="max", toplayer_epochs=0)
+    assert p.to_dict()["optimizer"] == "Adam" and p.to_dict()["include_top"] is True
+    with pytest.raises(ProjectError, match="dropout=0.1 is a slideflow setting that tilespec's "
+                       "trainers do not implement; only its default 0"):
+        tilespec.ModelParams(dropout=0.1)
+    with pytest.raises(ProjectError, match="optimizer='SGD'"):
+        tilespec.ModelParams(optimizer="SGD")
+    with pytest.raises(TypeError, match="'optimiser'"):
+        tilespec.ModelParams(optimiser="Adam")
+
+
 def test_bad_training_input(project):
     with pytest.raises(ProjectError, match="loss 'mean_absolute_error' .* is not implemented "
                        "by tilespec's trainers; implemented: .*'mean_squared_error'"):
@@ -453,3 +466,61 @@ def test_classification_and_regression_metrics():
     assert mean_squared_error(t, t + [[1, 0], [1, 2]]) == [1.0, 2.0]
     r = evaluate("regression", t, t + [[1, 0], [1, 2]], ["x", "y"])
     assert r == {"val_loss": 1.5, "val_mse": {"x": 1.0, "y": 2.0}}
+
+
+# ------------------------------------------------------------------- two processes
+DIST_WORKER = """
+import hashlib, io, json, sys
+import torch, torch.distributed as dist
+import tilespec
+
+rank, port, root, out = sys.argv[1:5]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=int(rank),
+                        world_size=2)
+torch.set_num_threads(1)
+try:
+    seen = []
+    orig = tilespec.Dataset.torch
+    def spy(self, labels=None, **kw):
+        ld = orig(self, labels=labels, **kw)
+        seen.append([ld.reference.rank, ld.reference.num_replicas, kw["infinite"]])
+        return ld
+    tilespec.Dataset.torch = spy
+    p = tilespec.load_project(root)
+    hp = tilespec.ModelParams(tile_px=32, tile_um=32, epochs=1, batch_size=8)
+    r = p.train("category", hp, val_k_fold=2, seed=4, out=io.StringIO())
+    json.dump({"folder": r["folder"], "loaders": seen,
+               "metrics": [f["metrics"] for f in r["folds"]]}, open(out, "w"))
+    dist.barrier()
+finally:
+    dist.destroy_process_group()
+"""
+
+
+def test_two_processes_train_with_the_process_group(project, tmp_path):
+    """torch.distributed initialized: each rank's training loader takes rank/num_replicas
+    from the process group, validation runs on the whole set, the ranks see the same
+    metrics (DDP keeps the models equal), only rank 0 writes."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "rank.py"
+    script.write_text(DIST_WORKER)
+    outs = [tmp_path / f"out{r}.json" for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(port), project.root,
+                               str(outs[r])]) for r in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    res = [json.load(open(o)) for o in outs]
+    assert res[0]["folder"] and res[1]["folder"] is None
+    assert os.listdir(os.path.join(project.root, "models")) == [os.path.basename(
+        res[0]["folder"])]
+    for r, got in enumerate(res):
+        assert [ld for ld in got["loaders"] if ld[2]] == [[r, 2, True]] * 2      # train
+        assert [ld for ld in got["loaders"] if not ld[2]] == [[0, 1, False]] * 2  # val
+    # the validation metrics agree (same weights); train_loss is each rank's own batches
+    for m0, m1 in zip(res[0]["metrics"], res[1]["metrics"]):
+        assert m0.pop("train_loss") != m1.pop("train_loss") and m0 == m1

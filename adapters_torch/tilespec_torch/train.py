@@ -104,6 +104,12 @@ def train_fold(run) -> dict:
         opt = torch.optim.Adam(net.parameters(), lr=run.params.learning_rate)
         loss_fn = nn.MSELoss() if regression else nn.CrossEntropyLoss()
         steps = run.steps_per_epoch(train_loader)
+        if _distributed() and run.steps is None:
+            # DDP needs the same number of backward passes on every rank: the shortest
+            # rank's epoch (ranks' shares differ by at most a batch)
+            n = torch.tensor([steps], dtype=torch.int64)
+            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+            steps = int(n.item())
         stream = iter(train_loader)
         net.train()
         try:
