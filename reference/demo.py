@@ -76,8 +76,10 @@ def training_run(root, out=sys.stdout, *, epochs: int = 25, seed: int = 0, steps
         project = create_project(root, "annotations.csv", "tfrecords", name="demo")
     hp = ModelParams(tile_px=tile_px, tile_um=tile_px, epochs=epochs, batch_size=32,
                      model="tiny_cnn", learning_rate=3e-3, augment="xyr")
+    # one torch thread: tiny convolutions only spin with more (91.6 s instead of 6.4 s
+    # with 2 threads on the 2-core VM under load)
     return project.train("category", hp, val_k_fold=val_k_fold, seed=seed, steps=steps,
-                         backend=backend, out=out)
+                         backend=backend, out=out, threads=1 if backend == "torch" else None)
 
 
 def training_demo(info: dict, out=sys.stdout, epochs: int = 25, seed: int = 0, steps=None,

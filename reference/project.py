@@ -421,7 +421,7 @@ class Project:
               val_dataset: Dataset | None = None, max_tiles: int = 0, val_k_fold=None,
               val_strategy: str = "k-fold", val_fraction=None, backend: str = "torch",
               model=None, seed=None, steps=None, balance_headers=None, filters=None,
-              filter_blank=None, out=None, name=None) -> dict:
+              filter_blank=None, out=None, name=None, threads=None) -> dict:
         """Train a model per fold and return the per-fold metrics (spec/training.md).
 
         ``dataset`` and ``val_dataset`` given: one fold, both used as configured.
@@ -432,7 +432,9 @@ class Project:
         ``backend``: 'torch' (default) or 'tensorflow', the adapter that trains;
         ``model``: overrides ``params.model``; ``seed``: the run's seed (drawn
         when None); ``steps``: batches per epoch instead of an epoch of tiles;
-        ``out``: where progress goes (stdout). Results go to
+        ``out``: where progress goes (stdout); ``threads``: torch's intra-op
+        threads while training (None: unchanged; 1 is fastest for tiny models on a
+        busy machine). Results go to
         ``<models_dir>/NNNNN-<outcomes>/``.
         """
         from .training import train
@@ -441,7 +443,7 @@ class Project:
                      max_tiles=max_tiles, val_k_fold=val_k_fold, val_strategy=val_strategy,
                      val_fraction=val_fraction, backend=backend, model=model, seed=seed,
                      steps=steps, balance_headers=balance_headers, filters=filters,
-                     filter_blank=filter_blank, out=out, name=name)
+                     filter_blank=filter_blank, out=out, name=name, threads=threads)
 
 
 def _no_tile_folder(sub: str, base: str, label: str, what: str) -> str:

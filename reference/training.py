@@ -184,7 +184,8 @@ class FoldRun:
     ``model`` (a name of :data:`KNOWN_MODELS` or a callable
     ``(params, n_outcomes) -> model``); ``seed`` (the fold's seed); ``epochs``;
     ``steps`` (batches per epoch when given, else None: ``len`` of the training
-    loader); ``folder`` (where this fold writes, None on ranks other than 0).
+    loader); ``folder`` (where this fold writes, None on ranks other than 0);
+    ``threads`` (the framework's intra-op threads while the fold trains, None: as set).
 
     The adapter builds its loaders from :meth:`train_options` and
     :meth:`val_options`, runs ``epochs`` epochs of :meth:`steps_per_epoch`
@@ -194,7 +195,7 @@ class FoldRun:
     """
 
     def __init__(self, *, fold, n_folds, train, val, labels, names, model_type, params, model,
-                 seed, steps, folder, progress, backend):
+                 seed, steps, folder, progress, backend, threads=None):
         self.fold, self.n_folds = fold, n_folds
         self.train, self.val = train, val
         self.labels = labels
@@ -209,6 +210,7 @@ class FoldRun:
         self.folder = folder
         self.progress = progress
         self.backend = backend
+        self.threads = threads
         self.history: list = []
         self.weights: str | None = None
         self._t0 = time.perf_counter()
@@ -406,7 +408,8 @@ def check_trainable(params, model, backend: str) -> None:
 def train(project, outcomes, params, *, dataset=None, val_dataset=None, max_tiles: int = 0,
           val_k_fold=None, val_strategy: str = "k-fold", val_fraction=None,
           backend: str = "torch", model=None, seed=None, steps=None, balance_headers=None,
-          filters=None, filter_blank=None, out=None, name: str | None = None) -> dict:
+          filters=None, filter_blank=None, out=None, name: str | None = None,
+          threads=None) -> dict:
     """``Project.train``: build every fold, then train them in order (spec/training.md).
 
     Returns ``{"folder": run folder or None, "seed": run seed, "folds": [fold
@@ -433,6 +436,12 @@ def train(project, outcomes, params, *, dataset=None, val_dataset=None, max_tile
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
                               or steps < 1):
         raise ProjectError(f"steps must be a positive integer or None, got {steps!r}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ProjectError(f"threads must be a positive integer or None, got {threads!r}")
+        if backend != "torch":
+            raise ProjectError("threads= is applied by the torch trainer only; TensorFlow's "
+                               "threads are set with tf.config.threading before it starts")
     seed = new_seed() if seed is None else check_seed(seed)
     model_type = params.model_type()
     classification = model_type == "classification"
@@ -508,7 +517,7 @@ def train(project, outcomes, params, *, dataset=None, val_dataset=None, max_tile
         run = FoldRun(fold=i, n_folds=len(pairs), train=tr, val=va, labels=labels, names=names,
                       model_type=model_type, params=params, model=model,
                       seed=(seed + i) % MAX_SEED, steps=steps, folder=fold_dir,
-                      progress=progress, backend=backend)
+                      progress=progress, backend=backend, threads=threads)
         results.append(train_fold(backend, run))
     summary = {"folder": folder, "seed": seed, "folds": results}
     if folder is not None:

@@ -57,6 +57,15 @@ def project(small, tmp_path):
     return tilespec.load_project(slideflow_project(tmp_path / "proj", small, "32px_32um"))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one torch thread on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def hp(**kw):
     kw = {"tile_px": 32, "tile_um": 32, "epochs": 1, "batch_size": 8, **kw}
     return tilespec.ModelParams(**kw)
@@ -267,6 +276,23 @@ def test_regression_and_user_model(project):
                          out=io.StringIO())["folds"]
     assert calls == [("mean_squared_error", 1)] and f["val_slides"] == []
     assert set(f["metrics"]) == {"fold", "epoch", "steps", "tiles", "train_loss"}
+
+
+def test_threads_apply_to_the_fold_only(project):
+    seen = []
+
+    def my_model(params, n):
+        seen.append(torch.get_num_threads())
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, n))
+
+    torch.set_num_threads(2)
+    project.train("category", hp(), model=my_model, val_k_fold=2, steps=1, seed=0, threads=1,
+                  out=io.StringIO())
+    assert seen == [1, 1] and torch.get_num_threads() == 2
+    with pytest.raises(ProjectError, match="threads must be a positive integer"):
+        project.train("category", hp(), threads=0)
+    with pytest.raises(ProjectError, match="threads= is applied by the torch trainer only"):
+        project.train("category", hp(), threads=1, backend="tensorflow")
 
 
 def test_tilespec_layout_project_trains(small, tmp_path):

@@ -91,7 +91,18 @@ def validate(model, loader, regression: bool):
 
 def train_fold(run) -> dict:
     """Train one fold as :class:`tilespec.training.FoldRun` describes it; return
-    ``run.result()`` (spec/training.md, "Adapters")."""
+    ``run.result()`` (spec/training.md, "Adapters"). ``run.threads`` sets torch's
+    intra-op threads for the fold (restored afterwards)."""
+    before = torch.get_num_threads()
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
+    try:
+        return _train_fold(run)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_fold(run) -> dict:
     regression = run.model_type == "regression"
     with torch.random.fork_rng():
         torch.manual_seed(run.seed % 2 ** 64)
