@@ -491,8 +491,7 @@ def train(project, outcomes, params, *, dataset=None, val_dataset=None, max_tile
             json.dump({"project": project.name, "outcomes": outcomes, "model_type": model_type,
                        "names": names, "backend": backend, "model": _model_ref(model),
                        "seed": seed, "steps": steps, "max_tiles": max_tiles, "datasets": how,
-                       "val_strategy": val_strategy if dataset is None or val_dataset is None
-                       else None, "val_k_fold": val_k_fold, "val_fraction": val_fraction,
+                       "val_strategy": None if val_dataset is not None else val_strategy, "val_k_fold": val_k_fold, "val_fraction": val_fraction,
                        "hp": _jsonable(params.to_dict())}, fh, indent=2)
             fh.write("\n")
     progress.line(f"training {len(pairs)} fold(s) ({how}) of a {_model_ref(model)} "

