@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 import sys
 import time
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -5,7 +5,8 @@ spec/adapter_torch.md, "Training").
 :class:`tilespec.training.FoldRun` from the reference (datasets, labels, seed, loader
 options, epoch length) and runs the loop: the fold's infinite training stream from
 ``Dataset.torch()``, ``run.epochs`` epochs of ``run.steps_per_epoch`` batches each,
-Adam at ``params.learning_rate``, cross-entropy (classification) or MSE
+Adam at ``params.learning_rate`` on the CUDA device when there is one (else the CPU),
+cross-entropy (classification) or MSE
 (regression), then one finite validation pass per epoch whose labels and scores go
 back to the reference (``run.end_epoch``), which computes the metrics. When
 ``torch.distributed`` is initialized the model is wrapped in
@@ -74,14 +75,24 @@ def _target(target, regression: bool):
     return target.to(torch.int64)
 
 
-def validate(model, loader, regression: bool):
+def device() -> torch.device:
+    """The current CUDA device when CUDA is available (the process group's device under
+    torchrun), else the CPU. The CUDA path is not exercised by the CPU test suite."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def validate(model, loader, regression: bool, dev=None):
     """(labels, scores) of one pass: class probabilities (softmax) or predictions."""
+    dev = torch.device("cpu") if dev is None else dev
     model.eval()
     ys, scores = [], []
     with torch.no_grad():
         for images, target in loader:
-            out = model(images)
-            scores.append((out if regression else torch.softmax(out, dim=1)).double().numpy())
+            out = model(images.to(dev))
+            out = out if regression else torch.softmax(out, dim=1)
+            scores.append(out.double().cpu().numpy())
             ys.append(target.numpy())
     model.train()
     if not ys:
@@ -106,19 +117,22 @@ def _train_fold(run) -> dict:
     regression = run.model_type == "regression"
     with torch.random.fork_rng():
         torch.manual_seed(run.seed % 2 ** 64)
-        model = build_model(run)
+        dev = device()
+        model = build_model(run).to(dev)
         train_loader = run.train.torch(**run.train_options())
         val_loader = run.val.torch(**run.val_options()) if run.val is not None else None
         net = model
         if _distributed():
-            net = nn.parallel.DistributedDataParallel(model)
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev] if dev.type == "cuda" else None)
         opt = torch.optim.Adam(net.parameters(), lr=run.params.learning_rate)
         loss_fn = nn.MSELoss() if regression else nn.CrossEntropyLoss()
         steps = run.steps_per_epoch(train_loader)
         if _distributed() and run.steps is None:
             # DDP needs the same number of backward passes on every rank: the shortest
             # rank's epoch (ranks' shares differ by at most a batch)
-            n = torch.tensor([steps], dtype=torch.int64)
+            on = dev if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+            n = torch.tensor([steps], dtype=torch.int64, device=on)
             torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
             steps = int(n.item())
         stream = iter(train_loader)
@@ -129,14 +143,14 @@ def _train_fold(run) -> dict:
                 for i in range(steps):
                     images, target = next(stream)
                     opt.zero_grad()
-                    loss = loss_fn(net(images), _target(target, regression))
+                    loss = loss_fn(net(images.to(dev)), _target(target, regression).to(dev))
                     loss.backward()
                     opt.step()
                     total += loss.item()
                     run.step(epoch, i + 1, steps, total / (i + 1))
                 y_true = y_score = None
                 if val_loader is not None:
-                    y_true, y_score = validate(model, val_loader, regression)
+                    y_true, y_score = validate(model, val_loader, regression, dev)
                 run.end_epoch(epoch, total / steps, steps, y_true, y_score)
         finally:
             del stream
