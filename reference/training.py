@@ -448,6 +448,12 @@ def train(project, outcomes, params, *, dataset=None, val_dataset=None, max_tile
     base = project._training_dataset(params, filters, filter_blank) if dataset is None else None
     if dataset is not None and (filters or filter_blank):
         dataset = dataset.filter(filters, filter_blank)
+    for ds in (base, dataset, val_dataset):
+        if ds is not None:
+            if ds.annotations is None:
+                raise ProjectError("train needs annotated datasets (the outcomes are "
+                                   "annotation columns); this one has no annotations")
+            ds.annotations.check_headers(outcomes, what="outcome header")
     if dataset is not None and val_dataset is not None:
         if max_tiles:
             warnings.warn(f"max_tiles={max_tiles} is ignored: dataset= and val_dataset= are "

@@ -345,7 +345,8 @@ def test_bad_training_input(project):
         project.train("age", hp(loss="mean_absolute_error"), steps=1)
     with pytest.raises(ProjectError, match="train: unknown model 'resnet'"):
         project.train("category", hp(), model="resnet", steps=1)
-    with pytest.raises(AnnotationError, match="'outcome'"):
+    with pytest.raises(AnnotationError, match="annotations.csv: unknown outcome header 'outcome'; "
+                       "the annotation columns are patient, slide, category, site, age"):
         project.train("outcome", hp(), steps=1)
     # demo patients: 2 tumor, 2 normal; 3 folds leave a fold with one patient
     with pytest.raises(ProjectError, match=r"fold \d: every validation slide \(.*\) has "
