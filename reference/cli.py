@@ -218,8 +218,9 @@ def cmd_demo(args, out=None) -> int:
     from .demo import sampling_demo, training_demo
 
     sampling_demo(info, out)
-    if args.train_steps > 0:
-        training_demo(info, out, steps=args.train_steps)
+    if args.train_epochs > 0 and args.train_steps != 0:
+        training_demo(info, out, epochs=args.train_epochs, steps=args.train_steps,
+                      tile_px=args.tile_px)
     return 0
 
 
@@ -270,8 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="write, index and inspect the built-in synthetic dataset")
     s.add_argument("dir", nargs="?", default="demo-data")
     s.add_argument("--tile-px", type=int, default=64)
-    s.add_argument("--train-steps", type=int, default=200,
-                   help="steps of the training example (PyTorch adapter; 0: no training)")
+    s.add_argument("--train-epochs", type=int, default=25,
+                   help="epochs of the training step (Project.train, PyTorch adapter; "
+                   "0: no training)")
+    s.add_argument("--train-steps", type=int, default=None,
+                   help="batches per training epoch (default: an epoch of the training "
+                   "fold's tiles; 0: no training)")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -67,3 +67,20 @@ def tilespec_ops(backend):
     suite (:mod:`tilespec.testing`) checks every op present against the
     reference within the spec's tolerances.
     """
+
+
+@hookspec(firstresult=True)
+def tilespec_train_fold(backend, run):
+    """Train one fold of ``Project.train`` (spec/training.md, "Adapters").
+
+    ``run`` is a :class:`tilespec.training.FoldRun`: the fold's datasets,
+    labels, params, model (a name of ``tilespec.training.KNOWN_MODELS`` or a
+    callable ``(params, n_outcomes) -> model``), seed and folder. Build the
+    loaders with ``run.train.<backend>(**run.train_options())`` and
+    ``run.val.<backend>(**run.val_options())``, train ``run.epochs`` epochs of
+    ``run.steps_per_epoch(loader)`` batches (calling ``run.step`` per batch
+    and ``run.end_epoch`` per epoch with the validation labels and scores:
+    class probabilities or predictions), write the weights to
+    ``run.weights_path(name)`` when it is not None, and return
+    ``run.result()``. Return None when ``backend`` is not this adapter's.
+    """

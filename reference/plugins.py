@@ -83,6 +83,15 @@ def ops_for(backend: str):
     return ops
 
 
+def train_fold(backend: str, run):
+    """Dispatch one fold of ``Project.train`` to the ``backend`` adapter's trainer
+    (spec/training.md, "Adapters")."""
+    result = plugin_manager().hook.tilespec_train_fold(backend=backend, run=run)
+    if result is None:
+        raise _missing(backend, f"Project.train(backend={backend!r})")
+    return result
+
+
 def reset() -> None:
     """Forget the plugin manager (tests; after installing an adapter at run time)."""
     global _pm
@@ -90,4 +99,4 @@ def reset() -> None:
 
 
 __all__ = ["plugin_manager", "adapters", "backends", "make_loader", "make_indexed", "ops_for",
-           "AdapterNotInstalledError", "KNOWN_ADAPTERS", "reset"]
+           "train_fold", "AdapterNotInstalledError", "KNOWN_ADAPTERS", "reset"]

@@ -248,15 +248,24 @@ def test_cli_lists_adapters(capsys):
     assert "tilespec-torch" in out and "tilespec-tf" in out
 
 
-def test_demo_trains_through_the_torch_adapter(demo_dataset):
+def test_demo_trains_through_project_train(tmp_path):
+    """The demo's last step is Project.train on the built-in dataset (a few epochs here;
+    test_training.py checks what it learns)."""
     pytest.importorskip("torch")
     from tilespec.demo import training_demo
+    from tilespec.synthetic import write_synthetic_dataset
 
+    info = write_synthetic_dataset(tmp_path / "demo", tile_px=32)
     out = io.StringIO()
-    figures = training_demo(demo_dataset, out, steps=20)
-    assert figures["steps"] == 20 and np.isfinite(figures["loss"])
-    assert 0.0 <= figures["accuracy"] <= 1.0
-    assert "training a tiny CNN for 20 steps" in out.getvalue()
+    result = training_demo(info, out, epochs=2, tile_px=32)
+    text = out.getvalue()
+    assert "Project.train: a tiny CNN learns 'category' over 2 patient folds" in text
+    assert [f["fold"] for f in result["folds"]] == [1, 2]
+    for f in result["folds"]:
+        assert f"fold {f['fold']}: validation accuracy" in text
+        assert 0.0 <= f["metrics"]["val_accuracy"] <= 1.0 and np.isfinite(f["metrics"]["val_loss"])
+    assert os.path.isfile(tmp_path / "demo" / "settings.json")
+    assert os.path.isdir(result["folder"]) and result["folder"].startswith(str(tmp_path))
 
 
 def test_demo_without_torch_adapter_says_how_to_get_it(demo_dataset, monkeypatch):

@@ -46,7 +46,7 @@ def test_create_project(demo_dataset, tmp_path):
     (None, "project settings file not found"),
     ("{", "not valid JSON: .* line 1"),
     ("[]", "must be a JSON object"),
-    ('{"annotations": "a.csv", "tfrecords": "t", "models_dir": "m"}', "unknown setting"),
+    ('{"annotations": "a.csv", "tfrecords": "t", "models": "m"}', "unknown setting"),
     ('{"tfrecords": "t"}', "missing setting 'annotations'"),
     ('{"annotations": "a.csv"}', "missing setting 'tfrecords'"),
     ('{"annotations": 3, "tfrecords": "t"}', "'annotations' must be a path"),

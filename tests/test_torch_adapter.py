@@ -247,23 +247,6 @@ def test_hooks_answer_only_for_torch(ds):
     assert "torch" in plugins.backends()
 
 
-# -------------------------------------------------------------------- training example
-def test_train_demo_runs_and_reports(demo_dataset):
-    import io
-
-    from tilespec_torch.train import train_demo
-
-    out = io.StringIO()
-    res = train_demo(demo_dataset["tfrecords"], demo_dataset["annotations"], out=out, steps=40,
-                     seed=0, log_every=20)
-    text = out.getvalue()
-    assert "step   20  loss" in text and "step   40  loss" in text
-    assert "validation accuracy" in text
-    assert res["steps"] == 40 and res["val_tiles"] == 72 and 0 <= res["accuracy"] <= 1
-    assert res["categories"] == ["normal", "tumor"] and res["seed"] == 0
-    assert np.isfinite(res["loss"])
-
-
 # -------------------------------------------------------------------- batch memory
 def test_batch_buffers_are_reused_only_when_no_tensor_uses_them():
     from tilespec_torch.loader import _BufferPool

@@ -59,3 +59,12 @@ def tilespec_ops(backend):
         return None
     from .ops import TFOps
     return TFOps
+
+
+@hookimpl
+def tilespec_train_fold(backend, run):
+    """One fold of ``Project.train(backend='tensorflow')`` (spec/training.md, "Adapters")."""
+    if backend != ADAPTER_NAME:
+        return None
+    from .train import train_fold
+    return train_fold(run)

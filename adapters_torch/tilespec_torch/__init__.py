@@ -63,6 +63,17 @@ def tilespec_ops(backend):
     return importlib.import_module(f"{__name__}.ops")
 
 
+@hookimpl
+def tilespec_train_fold(backend, run):
+    """One fold of ``Project.train(backend='torch')`` (spec/training.md, "Adapters");
+    None for other backends."""
+    if backend != ADAPTER_NAME:
+        return None
+    import importlib
+
+    return importlib.import_module(f"{__name__}.train").train_fold(run)
+
+
 def __getattr__(name):
     import importlib
 
@@ -75,4 +86,4 @@ def __getattr__(name):
 
 __all__ = ["ADAPTER_NAME", "IndexedInterleaver", "TorchLoader", "TorchPipeline", "collate",
            "ops", "tilespec_adapter_info", "tilespec_make_loader", "tilespec_make_indexed",
-           "tilespec_ops"]
+           "tilespec_ops", "tilespec_train_fold"]

@@ -1,14 +1,22 @@
-"""A tiny end-to-end training example on the built-in synthetic dataset
-(spec/adapter_torch.md, "Training example").
+"""The PyTorch trainer of ``Project.train(backend='torch')`` (spec/training.md, "Adapters";
+spec/adapter_torch.md, "Training").
 
-A small CNN learns tumor vs normal from the synthetic tiles (``tilespec demo DIR``
-writes them). The records are split with the sampling partition itself: the
-training stream is rank 0 of 2 (the first half of every tfrecord) and the
-validation pass is rank 1 (the second half), so no tile is in both. Training
-samples an infinite, category-balanced, augmented ('xyr') stream; validation is
-one finite pass without augmentation.
+:func:`train_fold` is this adapter's ``tilespec_train_fold`` hook body: it gets a
+:class:`tilespec.training.FoldRun` from the reference (datasets, labels, seed, loader
+options, epoch length) and runs the loop: the fold's infinite training stream from
+``Dataset.torch()``, ``run.epochs`` epochs of ``run.steps_per_epoch`` batches each,
+Adam at ``params.learning_rate`` on the CUDA device when there is one (else the CPU),
+cross-entropy (classification) or MSE
+(regression), then one finite validation pass per epoch whose labels and scores go
+back to the reference (``run.end_epoch``), which computes the metrics. When
+``torch.distributed`` is initialized the model is wrapped in
+``DistributedDataParallel`` and the training loader takes rank and num_replicas from
+the process group (each rank reads its own partition); every rank validates the whole
+validation set and rank 0 writes the results.
 
-    python -m tilespec_torch.train DIR [--steps N] [--seed S]
+The demo's training step (``tilespec demo``) goes through ``Project.train`` too:
+
+    python -m tilespec_torch.train DIR [--epochs N] [--seed S]
 """
 
 from __future__ import annotations
@@ -16,16 +24,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
+import numpy as np
 import torch
 from torch import nn
 
-import tilespec
-
 
 class TinyCNN(nn.Module):
-    """Three strided convolutions, global average pooling, a linear classifier."""
+    """Three strided convolutions, global average pooling, a linear head: the model
+    ``ModelParams(model='tiny_cnn')`` names (spec/training.md, "Models and losses")."""
 
     def __init__(self, classes: int = 2, width: int = 16):
         super().__init__()
@@ -40,77 +47,125 @@ class TinyCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def _locate(tfrecords, annotations):
-    """Accept the demo folder itself (with tfrecords/ and annotations.csv inside)."""
-    if annotations is None:
-        annotations = os.path.join(os.fspath(tfrecords), "annotations.csv")
-        tfrecords = os.path.join(os.fspath(tfrecords), "tfrecords")
-    return tfrecords, annotations
+#: The models of ``tilespec.training.KNOWN_MODELS``, built for ``n_outcomes`` outputs.
+MODELS = {"tiny_cnn": lambda params, n: TinyCNN(n)}
 
 
-def train_demo(tfrecords, annotations=None, out=sys.stdout, steps: int = 200, seed: int = 0,
-               batch_size: int = 32, log_every: int = 20, num_workers: int = 0) -> dict:
-    """Train :class:`TinyCNN` for ``steps`` batches and report validation accuracy.
-
-    spec/adapter_torch.md, "Training example". ``tfrecords`` is the folder of
-    tfrecords (or the demo folder, with ``annotations=None``). Prints the mean
-    loss every ``log_every`` steps and the final accuracy to ``out``; returns
-    ``{"steps", "loss", "accuracy", "val_tiles", "categories", "seconds", "seed"}``.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny convolutions: more threads only spin on a busy machine
-    try:
-        return _train(tfrecords, annotations, out, steps, seed, batch_size, log_every,
-                      num_workers)
-    finally:
-        torch.set_num_threads(threads)
+def build_model(run) -> nn.Module:
+    """The fold's model: a shipped one by name or the user's callable (spec/training.md)."""
+    if callable(run.model):
+        model = run.model(run.params, run.n_outcomes)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model callable {run.model!r} returned "
+                            f"{type(model).__name__}, not a torch.nn.Module")
+        return model
+    if run.model not in MODELS:  # pragma: no cover - the reference checks names first
+        raise ValueError(f"unknown model {run.model!r}; valid: {', '.join(MODELS)}")
+    return MODELS[run.model](run.params, run.n_outcomes)
 
 
-def _train(tfrecords, annotations, out, steps, seed, batch_size, log_every, num_workers):
-    t0 = time.perf_counter()
-    tfrecords, annotations = _locate(tfrecords, annotations)
-    ds = tilespec.Dataset(tfrecords=tfrecords, annotations=annotations)
-    labels, categories = ds.labels("category")
-    balanced = ds.balance(headers="category", strategy="category")
-    train = balanced.torch(labels=labels, batch_size=batch_size, infinite=True, seed=seed,
-                           augment="xyr", standardize=True, rank=0, num_replicas=2,
-                           num_workers=num_workers)
-    val = ds.torch(labels=labels, batch_size=64, infinite=False, seed=seed, standardize=True,
-                   rank=1, num_replicas=2)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = TinyCNN(len(categories))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    print(f"training a tiny CNN on {ds.num_tiles // 2} tiles ({', '.join(map(str, categories))}; "
-          f"category-balanced, augment 'xyr', batch {batch_size}, seed {train.seed})", file=out)
-    model.train()
-    running, count, loss_value = 0.0, 0, float("nan")
-    for step, (images, target) in enumerate(train, start=1):
-        opt.zero_grad()
-        loss = loss_fn(model(images), target)
-        loss.backward()
-        opt.step()
-        running += loss.item()
-        count += 1
-        if step % log_every == 0 or step == steps:
-            loss_value = running / count
-            print(f"  step {step:4d}  loss {loss_value:.4f}", file=out)
-            running, count = 0.0, 0
-        if step >= steps:
-            break
+def _distributed():
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
+def _target(target, regression: bool):
+    if regression:
+        return target.to(torch.float32).reshape(len(target), -1)
+    return target.to(torch.int64)
+
+
+def device() -> torch.device:
+    """The current CUDA device when CUDA is available (the process group's device under
+    torchrun), else the CPU. The CUDA path is not exercised by the CPU test suite."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def validate(model, loader, regression: bool, dev=None):
+    """(labels, scores) of one pass: class probabilities (softmax) or predictions."""
+    dev = torch.device("cpu") if dev is None else dev
     model.eval()
-    correct = total = 0
+    ys, scores = [], []
     with torch.no_grad():
-        for images, target in val:
-            correct += int((model(images).argmax(1) == target).sum())
-            total += len(target)
-    accuracy = correct / total if total else float("nan")
-    seconds = time.perf_counter() - t0
-    print(f"validation accuracy {accuracy:.3f} on {total} held-out tiles "
-          f"({seconds:.1f} s)", file=out)
-    return {"steps": steps, "loss": loss_value, "accuracy": accuracy, "val_tiles": total,
-            "categories": list(categories), "seconds": seconds, "seed": train.seed}
+        for images, target in loader:
+            out = model(images.to(dev))
+            out = out if regression else torch.softmax(out, dim=1)
+            scores.append(out.double().cpu().numpy())
+            ys.append(target.numpy())
+    model.train()
+    if not ys:
+        return np.zeros(0), np.zeros((0, 1))
+    return np.concatenate(ys), np.concatenate(scores)
+
+
+def train_fold(run) -> dict:
+    """Train one fold as :class:`tilespec.training.FoldRun` describes it; return
+    ``run.result()`` (spec/training.md, "Adapters"). ``run.threads`` sets torch's
+    intra-op threads for the fold (restored afterwards)."""
+    before = torch.get_num_threads()
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
+    try:
+        return _train_fold(run)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_fold(run) -> dict:
+    regression = run.model_type == "regression"
+    with torch.random.fork_rng():
+        torch.manual_seed(run.seed % 2 ** 64)
+        dev = device()
+        model = build_model(run).to(dev)
+        train_loader = run.train.torch(**run.train_options())
+        val_loader = run.val.torch(**run.val_options()) if run.val is not None else None
+        net = model
+        if _distributed():
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev] if dev.type == "cuda" else None)
+        opt = torch.optim.Adam(net.parameters(), lr=run.params.learning_rate)
+        loss_fn = nn.MSELoss() if regression else nn.CrossEntropyLoss()
+        steps = run.steps_per_epoch(train_loader)
+        if _distributed() and run.steps is None:
+            # DDP needs the same number of backward passes on every rank: the shortest
+            # rank's epoch (ranks' shares differ by at most a batch)
+            on = dev if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+            n = torch.tensor([steps], dtype=torch.int64, device=on)
+            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+            steps = int(n.item())
+        stream = iter(train_loader)
+        net.train()
+        try:
+            for epoch in range(1, run.epochs + 1):
+                total = 0.0
+                for i in range(steps):
+                    images, target = next(stream)
+                    opt.zero_grad()
+                    loss = loss_fn(net(images.to(dev)), _target(target, regression).to(dev))
+                    loss.backward()
+                    opt.step()
+                    total += loss.item()
+                    run.step(epoch, i + 1, steps, total / (i + 1))
+                y_true = y_score = None
+                if val_loader is not None:
+                    y_true, y_score = validate(model, val_loader, regression, dev)
+                run.end_epoch(epoch, total / steps, steps, y_true, y_score)
+        finally:
+            del stream
+        path = run.weights_path("weights.pt")
+        if path is not None:
+            torch.save(model.state_dict(), path)
+    return run.result()
+
+
+def train_demo(root, out=sys.stdout, epochs: int = 2, seed: int = 0, steps=None) -> dict:
+    """The demo's training step: ``Project.train`` on the built-in dataset in ``root``
+    (written by ``tilespec demo root``); spec/training.md, "The demo"."""
+    from tilespec.demo import training_run
+
+    return training_run(root, out=out, epochs=epochs, seed=seed, steps=steps)
 
 
 def main(argv=None) -> int:
@@ -118,14 +173,13 @@ def main(argv=None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="the demo folder written by `tilespec demo DIR` (it is "
                         "written here first when it does not exist)")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=0)
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.dir, "annotations.csv")):
         from tilespec.synthetic import write_synthetic_dataset
         write_synthetic_dataset(args.dir)
-    train_demo(args.dir, steps=args.steps, seed=args.seed, num_workers=args.num_workers)
+    train_demo(args.dir, epochs=args.epochs, seed=args.seed)
     return 0
 
 
