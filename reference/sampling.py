@@ -18,6 +18,10 @@ Exhaustion policies, as named constants:
     Each step picks a tfrecord with probability proportional to its weight
     among tfrecords that own a record, and emits its next record, cycling
     through the tfrecord pass after pass. The stream never ends.
+
+A loader reads its stream through a :class:`RankStream`: the same number of
+positions on every rank (pads or drops, ``uneven``), and with ``elastic`` the
+job's single stream cut into global batches.
 """
 
 from __future__ import annotations
