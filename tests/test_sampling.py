@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 from scipy import stats
 
 from tilespec.sampling import (RankStream, StreamPlan, finite_choices, num_batches,
@@ -256,6 +256,7 @@ def epoch_of(stream, B, drop_last):
     return list(zip(t.tolist(), j.tolist())), stream.pads(0, stop).tolist(), n
 
 
+@settings(max_examples=max(200, settings.default.max_examples))  # cheap: 10 ms an example
 @given(datasets(), st.integers(1, 5), st.one_of(st.none(), st.integers(1, 7)), st.booleans(),
        st.sampled_from(["pad", "drop"]), st.booleans(), st.booleans(), seeds)
 def test_equal_steps_on_every_rank(ds, R, B, drop_last, uneven, shuffle, elastic, seed):
@@ -323,6 +324,7 @@ def test_equal_steps_clip_7_batch_4_two_ranks():
 
 
 # ------------------------------------------------------------------ elastic streams
+@settings(max_examples=max(100, settings.default.max_examples))
 @given(datasets(), st.sampled_from([1, 2, 3, 4, 6, 12]), st.booleans(), st.booleans(),
        st.sampled_from(["pad", "drop"]), seeds)
 def test_elastic_ranks_concatenate_to_the_global_stream(ds, R, infinite, shuffle, uneven,

@@ -149,6 +149,7 @@ def tf_options(draw):
             "shuffle": draw(st.booleans()), "shard_idx": draw(st.integers(0, R - 1)),
             "num_shards": R, "batch_size": draw(st.one_of(st.none(), st.integers(1, 5))),
             "drop_last": draw(st.booleans()),
+            "uneven": draw(st.sampled_from(["pad", "drop"])), "elastic": draw(st.booleans()),
             "augment": draw(tt.augment_strings("xyrjb", max_size=4)),
             "standardize": draw(st.sampled_from([True, False, "unit", "per_image"])),
             "incl_slidenames": draw(st.booleans()), "incl_loc": draw(st.booleans()),
