@@ -446,8 +446,8 @@ def worker_batches(worker: int, num_workers: int, batch_size: int | None, total=
     """Yield ``(b, start, stop)`` for the batches worker ``worker`` produces.
 
     spec/sampling.md, "Workers". Worker w of W produces batches b with
-    ``b mod W == w`` (b >= start_batch), batch b holding stream positions
-    [b*B, (b+1)*B). For a finite stream of ``total`` positions the last
+    ``b mod W == w`` (b >= start_batch), batch b holding loader positions
+    [b*B, (b+1)*B) (stream positions through :class:`RankStream`). For a finite stream of ``total`` positions the last
     batch is partial, or dropped with ``drop_last``.
     """
     check_rank(worker, num_workers)
