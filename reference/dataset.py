@@ -556,8 +556,8 @@ class Dataset:
         :class:`tilespec.loader.NumpyLoader` (batch_size, infinite, shuffle, seed,
         rank, num_replicas, augment, normalizer, transform, standardize,
         crop_left, crop_width, resize_target, resize_method, resize_aa,
-        incl_slidenames, incl_loc, drop_last, on_error). The stream follows
-        :meth:`sampling_table`: clip counts and balancing weights.
+        incl_slidenames, incl_loc, drop_last, on_error, uneven, elastic). The stream
+        follows :meth:`sampling_table`: clip counts and balancing weights.
         """
         from .loader import NumpyLoader
 

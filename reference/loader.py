@@ -30,7 +30,7 @@ from .index import load_index
 from .pipeline import Pipeline, check_bool
 from .records import HEADER_BYTES, read_header, read_record_at, scan_frames
 from .rng import check_seed, new_seed, permutation, stream_key
-from .sampling import StreamPlan, check_rank, num_batches
+from .sampling import RankStream, check_rank, check_uneven, num_batches
 
 ON_ERROR = ("raise", "skip")
 INDEXED_GROUP = 0xFFFFFFFF  # permutation group of the indexed dataset's shuffle
@@ -671,8 +671,10 @@ class NumpyLoader:
                  normalizer=None, transform=None, standardize=True, crop_left=None,
                  crop_width=None, resize_target=None, resize_method="lanczos3", resize_aa=True,
                  incl_slidenames=False, incl_loc=False, drop_last=False, on_error="raise",
-                 record_slides=None):
+                 record_slides=None, uneven="pad", elastic=False):
         rank, num_replicas = check_rank(rank, num_replicas)
+        check_uneven(uneven)
+        elastic = check_bool("elastic", elastic)
         if batch_size is not None and (isinstance(batch_size, bool) or
                                        not isinstance(batch_size, (int, np.integer)) or
                                        batch_size < 1):
@@ -686,6 +688,7 @@ class NumpyLoader:
         self.shuffle = check_bool("shuffle", shuffle)
         self.rank, self.num_replicas = int(rank), int(num_replicas)
         self.drop_last = check_bool("drop_last", drop_last)
+        self.uneven, self.elastic = uneven, elastic
         self.pipeline, self._items = _pipeline_and_items(
             self.paths, self.default_standardize, labels=labels,
             incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error,
@@ -699,11 +702,32 @@ class NumpyLoader:
         self._window = None  # (plan, start, t, j): positions planned ahead
 
     # -- plans and state ----------------------------------------------------------------------
-    def plan(self, epoch: int) -> StreamPlan:
-        """The stream plan of ``epoch`` on this loader's rank."""
-        return StreamPlan(self.clip, self.weights, self.seed, rank=self.rank,
-                          num_replicas=self.num_replicas, epoch=epoch, infinite=self.infinite,
-                          shuffle=self.shuffle)
+    def plan(self, epoch: int, seed: int | None = None) -> RankStream:
+        """What this loader's rank reads in ``epoch`` (with ``seed``, default the
+        loader's): loader position -> stream position -> record (spec/sampling.md,
+        "Equal steps", "Elastic streams")."""
+        return RankStream(self.clip, self.weights, self.seed if seed is None else seed,
+                          rank=self.rank, num_replicas=self.num_replicas, epoch=epoch,
+                          infinite=self.infinite, shuffle=self.shuffle,
+                          batch_size=self.batch_size, drop_last=self.drop_last,
+                          uneven=self.uneven, elastic=self.elastic)
+
+    @property
+    def num_padded(self) -> int:
+        """Pads (repeated records) in each finite epoch of this rank (spec/sampling.md,
+        "Equal steps")."""
+        return self._plan.num_padded
+
+    @property
+    def num_dropped(self) -> int:
+        """Records of this rank's stream left out of each finite epoch by
+        ``uneven='drop'`` (elastic: also by ``drop_last``) (spec/sampling.md, "Equal steps")."""
+        return self._plan.num_dropped
+
+    @property
+    def global_batch_size(self) -> int | None:
+        """G = batch size x num_replicas of an elastic loader, else None."""
+        return self._plan.global_batch_size
 
     @property
     def skipped(self) -> list:
@@ -717,12 +741,20 @@ class NumpyLoader:
         return self._items.num_skipped
 
     def __len__(self) -> int:
-        """Items (or batches) per epoch: the owned clipped records of this rank."""
+        """Items (or batches) per epoch: the same on every rank (spec/sampling.md,
+        "Equal steps")."""
         n = len(self._plan)
         return n if self.batch_size is None else num_batches(n, self.batch_size, self.drop_last)
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+        """``{"seed", "epoch", "position"}``; an elastic loader's position is the
+        global stream position (of its next global batch) and its state also holds
+        ``global_batch_size`` (spec/sampling.md, "Loaders", "Elastic streams")."""
+        if not self.elastic:
+            return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+        B, G = self.batch_size or 1, self.global_batch_size
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position // B * G,
+                "global_batch_size": G}
 
     def load_state_dict(self, state: Mapping) -> None:
         missing = {"seed", "epoch", "position"} - set(state)
@@ -732,6 +764,24 @@ class NumpyLoader:
             int(state["position"])
         if epoch < 0 or position < 0 or (self.infinite and epoch != 0):
             raise ValueError(f"invalid loader state {dict(state)!r}")
+        G = state.get("global_batch_size")
+        if self.elastic:
+            if G is None:
+                raise ValueError("this elastic loader needs the state of an elastic loader "
+                                 "(one with 'global_batch_size'); got "
+                                 f"{dict(state)!r}")
+            if int(G) != self.global_batch_size:
+                raise ValueError(f"state has global batch size {G}, this loader "
+                                 f"{self.global_batch_size} (batch_size "
+                                 f"{self.batch_size or 1} x num_replicas "
+                                 f"{self.num_replicas}): resume with the same global batch")
+            if position % G:
+                raise ValueError(f"position {position} is not at a global batch boundary "
+                                 f"(global batch size {G})")
+            position = position // G * (self.batch_size or 1)
+        elif G is not None:
+            raise ValueError(f"state {dict(state)!r} is an elastic loader's "
+                             "(global_batch_size): load it into a loader with elastic=True")
         if self.batch_size and position % self.batch_size:
             raise ValueError(f"position {position} is not at a batch boundary "
                              f"(batch_size {self.batch_size})")
@@ -739,11 +789,11 @@ class NumpyLoader:
         self._plan = self.plan(epoch)
 
     # -- items --------------------------------------------------------------------------------
-    def items(self, start: int, stop: int, plan: StreamPlan | None = None) -> list:
+    def items(self, start: int, stop: int, plan: RankStream | None = None) -> list:
         """Items of positions [start, stop) (skipped ones left out), in order."""
         return self.make_items(start, stop, plan, owned=True)[0]
 
-    def _records(self, plan: StreamPlan, start: int, stop: int):
+    def _records(self, plan: RankStream, start: int, stop: int):
         """``plan.records(start, stop)``, planned :data:`PLAN_WINDOW` positions at a time.
 
         Records are a pure function of the position, so a window planned ahead
@@ -789,7 +839,7 @@ class NumpyLoader:
         plan = plan or self._plan
         t, j = self._records(plan, start, stop)
         n = len(t)
-        positions = np.arange(start, start + n)
+        positions = plan.positions(start, start + n)
         draws = self.pipeline.draw(plan.key, positions)
         stain = draws.stain
         maker = self._items if maker is None else maker
@@ -866,7 +916,9 @@ class AllSkippedGuard:
     when it yields and :meth:`skipped` with the records of a batch that came out
     empty."""
 
-    def __init__(self, plan: StreamPlan, paths):
+    def __init__(self, plan, paths):
+        # a RankStream's records are those of its stream plan (pads repeat them)
+        plan = getattr(plan, "stream", plan)
         self.plan, self.paths = plan, paths
         self.total = len(plan)
         self.seen: set = set()

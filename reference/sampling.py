@@ -18,6 +18,10 @@ Exhaustion policies, as named constants:
     Each step picks a tfrecord with probability proportional to its weight
     among tfrecords that own a record, and emits its next record, cycling
     through the tfrecord pass after pass. The stream never ends.
+
+A loader reads its stream through a :class:`RankStream`: the same number of
+positions on every rank (pads or drops, ``uneven``), and with ``elastic`` the
+job's single stream cut into global batches.
 """
 
 from __future__ import annotations
@@ -37,19 +41,39 @@ CHOICES_AHEAD = 1024  # infinite-stream picks drawn at least at a time (kept for
 def partition(clip, num_replicas: int, rank: int):
     """Rank ``rank``'s part of every tfrecord: ``(starts, sizes)`` int64 arrays.
 
-    spec/sampling.md, "Partition". The first c_t records of tfrecord t are split
-    like ``numpy.array_split(range(c_t), num_replicas)``: the first
-    ``c_t mod R`` parts hold ``c_t // R + 1`` records, the rest ``c_t // R``;
-    rank r owns part r.
+    spec/sampling.md, "Partition". The first c_t records of tfrecord t are cut
+    into R contiguous parts, part r going to rank r: every part has
+    ``q_t = c_t // R`` records, and the ``m_t = c_t mod R`` left over go one
+    each to the ranks ``f_t, f_t + 1, ..., f_t + m_t - 1`` (mod R), where
+    ``f_t = (m_0 + ... + m_{t-1}) mod R``: the remainders are dealt round the
+    ranks tfrecord after tfrecord, so rank totals differ by at most one record.
     """
     check_rank(rank, num_replicas)
     c = np.asarray(clip, dtype=np.int64)
     if c.ndim != 1 or (c < 0).any():
         raise ValueError(f"clip counts must be a 1-D array of integers >= 0, got {clip!r}")
-    q, rem = np.divmod(c, num_replicas)
-    starts = rank * q + np.minimum(rank, rem)
-    sizes = q + (rank < rem)
+    R = int(num_replicas)
+    q, rem = np.divmod(c, R)
+    first = (np.cumsum(rem) - rem) % R
+    starts = rank * q + _in_cyclic(rank, first, rem, R)
+    sizes = q + (_in_cyclic(rank + 1, first, rem, R) - _in_cyclic(rank, first, rem, R))
     return starts, sizes
+
+
+def _in_cyclic(r: int, first, m, R: int):
+    """How many of the ranks 0..r-1 lie in the cyclic run ``first, ..., first + m - 1``
+    (mod R), for arrays ``first`` and ``m`` (0 <= m < R)."""
+    end = first + m
+    straight = np.maximum(0, np.minimum(np.minimum(end, R), r) - first)
+    wrapped = np.maximum(0, np.minimum(end - R, r))
+    return straight + wrapped
+
+
+def live_records(clip, weights) -> int:
+    """Kept records of positive-weight tfrecords: the records a job's epoch covers."""
+    c = np.asarray(clip, dtype=np.int64)
+    w = np.asarray(weights, dtype=np.float64)
+    return int(c[w > 0].sum())
 
 
 def check_rank(rank, num_replicas, names=("rank", "num_replicas")):
@@ -187,7 +211,9 @@ class StreamPlan:
         self.clip = np.asarray(self.clip, dtype=np.int64)
         self.seed = check_seed(self.seed)
         self.weights = check_weights(self.weights, len(self.clip))
-        self.starts, self.sizes = partition(self.clip, self.num_replicas, self.rank)
+        # zero-weight tfrecords are never read: they take no part in the partition
+        self.starts, self.sizes = partition(np.where(self.weights > 0, self.clip, 0),
+                                            self.num_replicas, self.rank)
         if self.epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {self.epoch}")
         self.key = stream_key(self.seed, self.rank, self.epoch)
@@ -224,6 +250,26 @@ class StreamPlan:
         k = occurrence_index(c, counts)
         self._resume = (stop, counts + np.bincount(c, minlength=len(self.clip)))
         return c, self.starts[c] + self._within(c, k)
+
+    def records_at(self, positions):
+        """``(t, j)`` int64 arrays for the given positions (any order; of a finite
+        stream, each in [0, len(self)); of an infinite one, read as one range)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if not len(positions):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        lo, hi = int(positions.min()), int(positions.max()) + 1
+        if lo < 0 or (not self.infinite and hi > len(self)):
+            raise ValueError(f"positions outside [0, {len(self)}) of a finite stream")
+        if hi - lo == len(positions) and (len(positions) == 1 or
+                                          (np.diff(positions) == 1).all()):
+            return self.records(lo, hi)
+        if not self.infinite:
+            self.records(0, 0)  # plans the epoch
+            c, k = self._finite
+            c, k = c[positions], k[positions]
+            return c, self.starts[c] + self._within(c, k)
+        t, j = self.records(lo, hi)
+        return t[positions - lo], j[positions - lo]
 
     def _choices(self, start, stop):
         """Tfrecord picks of positions [start, stop) of an infinite stream. Picks are
@@ -274,13 +320,145 @@ class StreamPlan:
         return perm
 
 
+UNEVEN = ("pad", "drop")
+
+
+def check_uneven(uneven) -> str:
+    """Validate the equal-steps policy ``uneven``: 'pad' or 'drop'."""
+    if not isinstance(uneven, str) or uneven not in UNEVEN:
+        raise ValueError(f"uneven must be one of {UNEVEN}, got {uneven!r}")
+    return uneven
+
+
+@dataclass
+class RankStream:
+    """What one rank's loader reads in one epoch: loader position p -> stream position
+    -> record ``(t, j)`` (spec/sampling.md, "Equal steps" and "Elastic streams").
+
+    Without ``elastic`` the stream is rank r's own (a :class:`StreamPlan` over its
+    partition) and loader position p is stream position p. A finite epoch has the
+    same number of positions on every rank: N = ceil(L / R) with ``uneven='pad'``
+    (a rank whose stream is one shorter repeats records: position p >= n holds the
+    record of position (p - n) mod n, with the draws of position p), N = floor(L / R)
+    with ``uneven='drop'`` (a rank whose stream is one longer leaves out its last
+    position), L being the kept records of positive-weight tfrecords.
+
+    With ``elastic`` the stream is the whole job's (the plan of rank 0 of 1, the same
+    for any R) and global batch b is stream positions [b G, (b + 1) G), G = B R; rank
+    r reads positions ``b G + r B + k`` (k < B) as its batch b, i.e. loader position
+    p is stream position ``(p // B) G + r B + p mod B``. A finite epoch is padded to
+    a whole number of global batches (``uneven='pad'``, the same rule as above), or
+    its last partial global batch is dropped (``uneven='drop'`` or ``drop_last``).
+
+    ``records(start, stop)``, ``positions(start, stop)`` (the stream positions, which
+    key the draws) and ``pads(start, stop)`` take loader positions, clamped to the
+    end of a finite epoch; ``len()`` is the epoch's loader positions (for an infinite
+    loader, what a finite one would have); ``num_padded`` and ``num_dropped`` count
+    this rank's pads and left-out positions per finite epoch.
+    """
+
+    clip: np.ndarray
+    weights: np.ndarray
+    seed: int
+    rank: int = 0
+    num_replicas: int = 1
+    epoch: int = 0
+    infinite: bool = True
+    shuffle: bool = False
+    batch_size: int | None = None
+    drop_last: bool = False
+    uneven: str = "pad"
+    elastic: bool = False
+
+    def __post_init__(self):
+        check_rank(self.rank, self.num_replicas)
+        check_uneven(self.uneven)
+        if not isinstance(self.elastic, (bool, np.bool_)):
+            raise TypeError(f"elastic must be True or False, got {self.elastic!r}")
+        self.elastic = bool(self.elastic)
+        clip = np.asarray(self.clip, dtype=np.int64)
+        weights = check_weights(self.weights, len(clip))
+        R, r = int(self.num_replicas), int(self.rank)
+        B = self.B = 1 if self.batch_size is None else int(self.batch_size)
+        if B < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        L = live_records(clip, weights)
+        if self.elastic:
+            self.stream = StreamPlan(clip, weights, self.seed, rank=0, num_replicas=1,
+                                     epoch=self.epoch, infinite=self.infinite,
+                                     shuffle=self.shuffle)
+            G = self.global_batch_size = B * R
+            whole = L // G if (self.uneven == "drop" or self.drop_last) else -(-L // G)
+            self.length = whole * B
+            last = (whole - 1) * G + r * B   # this rank's part of the last global batch
+            self.num_padded = 0 if whole == 0 else max(0, last + B - max(L, last))
+            mine = whole * G + r * B          # of the global batch left out
+            self.num_dropped = max(0, min(L, mine + B) - mine)
+        else:
+            if L < R:
+                raise ValueError(
+                    f"rank {r} of {R}: {L} record(s) of positive-weight tfrecords for {R} "
+                    "ranks, so some rank owns no record; every rank needs one (with "
+                    "elastic=True every rank reads from the whole stream)")
+            self.stream = StreamPlan(clip, weights, self.seed, rank=r, num_replicas=R,
+                                     epoch=self.epoch, infinite=self.infinite,
+                                     shuffle=self.shuffle)
+            self.global_batch_size = None
+            n = len(self.stream)
+            self.length = -(-L // R) if self.uneven == "pad" else L // R
+            self.num_padded = max(0, self.length - n)
+            self.num_dropped = max(0, n - self.length)
+        if self.infinite:
+            self.num_padded = self.num_dropped = 0
+        self.key = self.stream.key
+        self.live, self.sizes, self.starts = (self.stream.live, self.stream.sizes,
+                                              self.stream.starts)
+
+    @property
+    def policy(self) -> str:
+        return self.stream.policy
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        if start < 0 or stop < start:
+            raise ValueError(f"bad position range [{start}, {stop})")
+        if not self.infinite:
+            stop = max(start, min(stop, self.length))
+        return np.arange(start, stop, dtype=np.int64)
+
+    def positions(self, start: int, stop: int) -> np.ndarray:
+        """The stream positions of loader positions [start, stop) (they key the draws)."""
+        p = self._range(start, stop)
+        if not self.elastic:
+            return p
+        q, k = np.divmod(p, self.B)
+        return q * self.global_batch_size + self.rank * self.B + k
+
+    def pads(self, start: int, stop: int) -> np.ndarray:
+        """True where a loader position in [start, stop) is a pad (a repeated record)."""
+        g = self.positions(start, stop)
+        if self.infinite:
+            return np.zeros(len(g), dtype=bool)
+        return g >= len(self.stream)
+
+    def records(self, start: int, stop: int):
+        """``(t, j)`` int64 arrays for loader positions [start, stop)."""
+        g = self.positions(start, stop)
+        if not self.infinite:
+            n = len(self.stream)
+            g = np.where(g < n, g, (g - n) % n)
+        return self.stream.records_at(g)
+
+
 def worker_batches(worker: int, num_workers: int, batch_size: int | None, total=None,
                    drop_last: bool = False, start_batch: int = 0):
     """Yield ``(b, start, stop)`` for the batches worker ``worker`` produces.
 
     spec/sampling.md, "Workers". Worker w of W produces batches b with
-    ``b mod W == w`` (b >= start_batch), batch b holding stream positions
-    [b*B, (b+1)*B). For a finite stream of ``total`` positions the last
+    ``b mod W == w`` (b >= start_batch), batch b holding loader positions
+    [b*B, (b+1)*B) (stream positions through :class:`RankStream`). For a finite stream of ``total`` positions the last
     batch is partial, or dropped with ``drop_last``.
     """
     check_rank(worker, num_workers, names=("worker", "num_workers"))
@@ -304,5 +482,6 @@ def num_batches(total: int, batch_size: int | None, drop_last: bool) -> int:
     return total // B if drop_last else -(-total // B)
 
 
-__all__ = ["FINITE", "INFINITE", "partition", "StreamPlan", "finite_choices",
+__all__ = ["FINITE", "INFINITE", "UNEVEN", "partition", "StreamPlan", "RankStream",
+           "check_uneven", "live_records", "finite_choices",
            "occurrence_index", "worker_batches", "num_batches", "check_rank", "check_weights"]

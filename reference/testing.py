@@ -377,7 +377,8 @@ def tile_dataset_layouts(max_slides: int = 4, max_tiles: int = 6, tile_px: int =
 
 def sampling_configs(max_replicas: int = 3, max_batch: int = 5):
     """Hypothesis strategy: loader keyword arguments of the sampling chapter
-    (seed, infinite, shuffle, rank/num_replicas, batch_size, drop_last)."""
+    (seed, infinite, shuffle, rank/num_replicas, batch_size, drop_last, uneven,
+    elastic)."""
     from hypothesis import strategies as st
 
     @st.composite
@@ -387,7 +388,9 @@ def sampling_configs(max_replicas: int = 3, max_batch: int = 5):
                 "shuffle": draw(st.booleans()), "rank": draw(st.integers(0, R - 1)),
                 "num_replicas": R, "batch_size": draw(st.one_of(st.none(),
                                                                 st.integers(1, max_batch))),
-                "drop_last": draw(st.booleans())}
+                "drop_last": draw(st.booleans()),
+                "uneven": draw(st.sampled_from(["pad", "drop"])),
+                "elastic": draw(st.booleans())}
 
     return configs()
 

@@ -213,6 +213,48 @@ def test_bad_loader_arguments(ds):
         L.load_state_dict({"seed": 0})
 
 
+# ---------------------------------------------------------------- equal steps, elastic
+def test_equal_steps_loader_pads_with_its_first_item_and_fresh_draws(ds):
+    # spec/sampling.md, "Equal steps": clip(7) over 4 ranks is 42 records, 11, 11, 10, 10:
+    # ranks 2 and 3 repeat their first record as an 11th item (its own draws, position 10)
+    d = ds.clip(7)
+    out = []
+    for r in range(4):
+        L = d.numpy(infinite=False, seed=9, rank=r, num_replicas=4, batch_size=4,
+                    incl_slidenames=True, incl_loc=True, standardize=False, augment="r")
+        batches = list(L)
+        assert len(batches) == len(L) == 3 and [len(b[0]) for b in batches] == [4, 4, 3]
+        assert L.num_padded == (r >= 2) and L.num_dropped == 0
+        items = [(b[0][k], b[2][k], int(b[3][k])) for b in batches for k in range(len(b[0]))]
+        out.append(items)
+        if r >= 2:
+            assert items[-1][1:] == items[0][1:]           # the same record again
+            t, j = L.plan(0).records(10, 11)
+            key = L.plan(0).key
+            steps = L.pipeline.draw(key, np.array([10])).steps[0]
+            want = L.item_maker.make(int(t[0]), int(j[0]), 10, steps, None)[0]
+            np.testing.assert_array_equal(items[-1][0], want)  # with position 10's draw
+    ids = [i[1:] for r, rank in enumerate(out) for i in rank[:10 + (r < 2)]]
+    assert len(ids) == len(set(ids)) == 42
+    drop = [d.numpy(infinite=False, seed=9, rank=r, num_replicas=4, batch_size=4,
+                    uneven="drop") for r in range(4)]
+    assert [len(L) for L in drop] == [3] * 4 and [L.num_dropped for L in drop] == [1, 1, 0, 0]
+    assert [sum(len(b[0]) for b in L) for L in drop] == [10] * 4
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(uneven="even"), ValueError, "uneven must be one of"),
+    (dict(uneven=None), ValueError, "uneven must be one of"),
+    (dict(elastic="yes"), TypeError, "elastic must be True or False"),
+    (dict(rank=1, num_replicas=200, infinite=False), ValueError, "owns no record"),
+])
+def test_equal_steps_options_are_checked_when_built(ds, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        ds.clip(1).numpy(**kwargs)
+    if "num_replicas" in kwargs:     # elastic: every rank reads from the whole stream
+        assert len(ds.clip(1).numpy(elastic=True, **kwargs)) == 1
+
+
 # ---------------------------------------------------------------- indexed dataset
 def test_indexed_items_in_order_and_partitioned(ds):
     ids = all_ids(ds)

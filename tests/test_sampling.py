@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 from scipy import stats
 
-from tilespec.sampling import (StreamPlan, finite_choices, num_batches, occurrence_index,
-                               partition, worker_batches)
+from tilespec.sampling import (RankStream, StreamPlan, finite_choices, num_batches,
+                               occurrence_index, partition, worker_batches)
 from tilespec.rng import stream_key, uniforms, SLOT_SAMPLE
 
 clips = st.lists(st.integers(0, 30), min_size=1, max_size=8)
@@ -22,18 +22,31 @@ def datasets(draw):
 
 
 def owned_records(clip, weights, rank, R):
-    starts, sizes = partition(clip, R, rank)
+    # zero-weight tfrecords take no part in the partition
+    starts, sizes = partition(np.where(np.asarray(weights) > 0, clip, 0), R, rank)
     return {(t, int(starts[t]) + k) for t in range(len(clip)) for k in range(sizes[t])
             if weights[t] > 0}
 
 
 @given(clips, st.integers(1, 6))
-def test_partition_matches_array_split(clip, R):
+def test_partition_deals_remainders_round_the_ranks(clip, R):
+    # spec/sampling.md, "Partition": contiguous parts in rank order; tfrecord t's
+    # c_t mod R left-over records go to ranks f_t, f_t + 1, ... (mod R), f_t being the
+    # left-overs dealt before t; so rank totals differ by at most one.
+    parts = [partition(clip, R, r) for r in range(R)]
+    f = 0
     for t, c in enumerate(clip):
-        parts = np.array_split(np.arange(c), R)
+        q, m = divmod(c, R)
+        extra = {(f + k) % R for k in range(m)}
+        at = 0
         for r in range(R):
-            starts, sizes = partition(clip, R, r)
-            assert list(range(starts[t], starts[t] + sizes[t])) == parts[r].tolist()
+            starts, sizes = parts[r]
+            assert starts[t] == at and sizes[t] == q + (r in extra)
+            at += sizes[t]
+        assert at == c
+        f = (f + m) % R
+    L = sum(clip)
+    assert [int(sizes.sum()) for _, sizes in parts] == [L // R + (r < L % R) for r in range(R)]
 
 
 @given(datasets(), st.integers(1, 4), seeds, st.booleans())
@@ -228,6 +241,114 @@ def test_worked_example():
     assert t.tolist() == [0, 1, 2, 2, 0, 0] and j.tolist() == [0, 0, 0, 1, 1, 2]
     t, j = StreamPlan([3, 1, 2], [1, 3, 2], 99, infinite=True).records(0, 8)
     assert t.tolist() == [0, 1, 2, 2, 1, 2, 2, 1] and j.tolist() == [0, 0, 0, 1, 0, 0, 1, 0]
-    parts = [partition([10, 3, 0], 3, r) for r in range(3)]
+    parts = [partition([10, 5, 0], 3, r) for r in range(3)]
     assert [(s.tolist(), z.tolist()) for s, z in parts] == [
-        ([0, 0, 0], [4, 1, 0]), ([4, 1, 0], [3, 1, 0]), ([7, 2, 0], [3, 1, 0])]
+        ([0, 0, 0], [4, 1, 0]), ([4, 1, 0], [3, 2, 0]), ([7, 3, 0], [3, 2, 0])]
+
+
+# ------------------------------------------------------------------ equal steps (ranks)
+def epoch_of(stream, B, drop_last):
+    """(records, pads) of the positions a loader yields in one finite epoch: whole
+    batches of B (the last one partial, or dropped with drop_last)."""
+    n = num_batches(len(stream), B, drop_last)
+    stop = min(len(stream), n * (B or 1))
+    t, j = stream.records(0, stop)
+    return list(zip(t.tolist(), j.tolist())), stream.pads(0, stop).tolist(), n
+
+
+@settings(max_examples=max(200, settings.default.max_examples))  # cheap: 10 ms an example
+@given(datasets(), st.integers(1, 5), st.one_of(st.none(), st.integers(1, 7)), st.booleans(),
+       st.sampled_from(["pad", "drop"]), st.booleans(), st.booleans(), seeds)
+def test_equal_steps_on_every_rank(ds, R, B, drop_last, uneven, shuffle, elastic, seed):
+    # spec/sampling.md, "Equal steps": for any dataset, clip, R, B and drop_last every
+    # rank yields the same number of batches; pads stay within the policy's bound and
+    # every record that is not a pad is yielded at most once (exactly once with 'pad'
+    # and without drop_last), across all ranks.
+    clip, w = ds
+    L = int(clip[w > 0].sum())
+    assume(L > 0)
+    kw = dict(num_replicas=R, infinite=False, shuffle=shuffle, batch_size=B,
+              drop_last=drop_last, uneven=uneven, elastic=elastic)
+    if L < R and not elastic:
+        for r in range(R):      # every rank refuses, not only those that would own nothing
+            with pytest.raises(ValueError, match="owns no record"):
+                RankStream(clip, w, seed, rank=r, **kw)
+        return
+    streams = [RankStream(clip, w, seed, rank=r, **kw) for r in range(R)]
+    epochs = [epoch_of(s, B, drop_last) for s in streams]
+    assert len({n for _, _, n in epochs}) == 1                  # equal steps
+    assert all(len(s) == len(streams[0]) for s in streams)      # len() agrees too
+    steps = epochs[0][2]
+    assert [s.num_padded for s in streams] == [sum(p) for _, p, _ in
+                                               (epoch_of(s, None, False) for s in streams)]
+    pads = sum(s.num_padded for s in streams)
+    G = (B or 1) * R
+    if elastic:
+        assert pads < G and (pads == 0 or (uneven == "pad" and not drop_last))
+        assert steps == (L // G if uneven == "drop" or drop_last else -(-L // G))
+    else:
+        assert all(s.num_padded <= 1 and s.num_dropped <= 1 for s in streams)
+        assert pads == (R - L % R) % R * (uneven == "pad")
+    real = [rec for recs, pad, _ in epochs for rec, p in zip(recs, pad) if not p]
+    assert len(real) == len(set(real))                          # non-pads at most once
+    kept = {(t, j) for t in range(len(clip)) for j in range(clip[t]) if w[t] > 0}
+    assert set(real) <= kept
+    padded = {rec for recs, pad, _ in epochs for rec, p in zip(recs, pad) if p}
+    assert padded <= kept                                       # pads repeat kept records
+    if uneven == "pad" and not drop_last:
+        assert set(real) == kept                                # every record once
+    else:                                                       # what may be left out
+        lost = sum(s.num_dropped for s in streams)
+        bound = lost + (R * ((B or 1) - 1) if drop_last and not elastic else 0)
+        assert len(kept) - len(real) <= bound
+        assert lost <= (G - 1 if elastic else R - 1)
+
+
+def test_equal_steps_clip_7_batch_4_two_ranks():
+    # The issue's case: 6 tfrecords clipped to 7 over 2 ranks was 24 and 18 records
+    # (7 and 5 steps of 4 after a hang); remainders dealt round the ranks give 21 each.
+    clip, w = np.full(6, 7), np.ones(6)
+    lens = [len(RankStream(clip, w, 1, rank=r, num_replicas=2, infinite=False,
+                           batch_size=4)) for r in range(2)]
+    assert lens == [21, 21]
+    # one record more than R divides: rank 1 pads one (its own first record again)
+    s = [RankStream(np.array([7, 7, 7]), np.ones(3), 1, rank=r, num_replicas=2,
+                    infinite=False, batch_size=4) for r in range(2)]
+    assert [len(x) for x in s] == [11, 11] and [x.num_padded for x in s] == [0, 1]
+    t, j = s[1].records(0, 11)
+    assert (t[-1], j[-1]) == (t[0], j[0]) and s[1].pads(0, 11).tolist() == [False] * 10 + [True]
+    assert s[1].positions(0, 11).tolist() == list(range(11))  # the pad has its own draws
+    d = [RankStream(np.array([7, 7, 7]), np.ones(3), 1, rank=r, num_replicas=2,
+                    infinite=False, batch_size=4, uneven="drop") for r in range(2)]
+    assert [len(x) for x in d] == [10, 10] and [x.num_dropped for x in d] == [1, 0]
+
+
+# ------------------------------------------------------------------ elastic streams
+@settings(max_examples=max(100, settings.default.max_examples))
+@given(datasets(), st.sampled_from([1, 2, 3, 4, 6, 12]), st.booleans(), st.booleans(),
+       st.sampled_from(["pad", "drop"]), seeds)
+def test_elastic_ranks_concatenate_to_the_global_stream(ds, R, infinite, shuffle, uneven,
+                                                         seed):
+    # spec/sampling.md, "Elastic streams": step b of rank r is global positions
+    # b G + r B ... b G + r B + B - 1 (G = 12 here), so the ranks' batches at each step,
+    # concatenated, are the R = 1 loader's batch b of size G, for any R.
+    clip, w = ds
+    assume((clip[w > 0] > 0).any())
+    G = 12
+    kw = dict(infinite=infinite, shuffle=shuffle, uneven=uneven, elastic=True)
+    one = RankStream(clip, w, seed, batch_size=G, **kw)
+    n = len(one) if not infinite else 5 * G
+    want = [np.stack(one.records(0, n)), one.positions(0, n), one.pads(0, n)]
+    B = G // R
+    parts = [RankStream(clip, w, seed, rank=r, num_replicas=R, batch_size=B, **kw)
+             for r in range(R)]
+    assert all(len(p) * R == len(one) for p in parts)
+    m = n // R
+    got = [[np.stack(p.records(0, m)) for p in parts], [p.positions(0, m) for p in parts],
+           [p.pads(0, m) for p in parts]]
+    for w_, g in zip(want, got):     # interleave the ranks' micro-batches step by step
+        steps = [np.concatenate([x[..., b * B:(b + 1) * B] for x in g], axis=-1)
+                 for b in range(m // B)]
+        joined = np.concatenate(steps, axis=-1) if steps else w_[..., :0]
+        np.testing.assert_array_equal(joined, w_)
+    assert np.array_equal(want[1], np.arange(n))   # the R = 1 stream is plain order

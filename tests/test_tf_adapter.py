@@ -106,7 +106,7 @@ def test_returns_a_tf_dataset_with_typed_elements(datasets):
                       incl_loc=True)
     assert isinstance(d, tf.data.Dataset)
     img, label, slide, x, y = d.element_spec
-    assert img.dtype == tf.float32 and img.shape.as_list() == [None, None, 3]
+    assert img.dtype == tf.float32 and img.shape.as_list() == [16, 16, 3]
     assert label.dtype == tf.int64 and slide.dtype == tf.string
     assert x.dtype == y.dtype == tf.int64
     assert d.seed == 3 and d.cardinality().numpy() == ds.num_tiles
@@ -115,6 +115,29 @@ def test_returns_a_tf_dataset_with_typed_elements(datasets):
     assert type(u8.element_spec[1]).__name__ == "NoneTensorSpec"
     assert next(iter(u8))[1] is None
     assert u8.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
+
+
+def test_element_spec_has_the_static_image_shape(datasets):
+    # spec/adapter_tf.md, "The loader": (H, W, 3) from the tiles (the first kept record),
+    # after crop and resize; so Keras builds, and a batch's shape is never (0, 0, 0, 3)
+    ds = datasets[1]                                            # 12 x 12 tiles
+    for opts, hw in [({}, [12, 12]), ({"crop_left": 2, "crop_width": 8}, [8, 8]),
+                     ({"resize_target": 20, "augment": "xyrjb"}, [20, 20]),
+                     ({"crop_left": 1, "crop_width": 10, "resize_target": 6}, [6, 6])]:
+        d = ds.tensorflow(batch_size=4, infinite=False, seed=5, standardize=False, **opts)
+        assert d.element_spec[0].shape.as_list() == [None] + hw + [3]
+        assert all(list(b[0].shape[1:]) == hw + [3] for b in d)
+        one = ds.tensorflow(infinite=False, seed=5, **opts)
+        assert one.element_spec[0].shape.as_list() == hw + [3]
+    d = ds.tensorflow(batch_size=4, infinite=False, drop_last=True, seed=5)
+    assert d.element_spec[0].shape.as_list() == [4, 12, 12, 3]
+    # a transform keeps whatever shape TensorFlow infers for its output
+    d = ds.tensorflow(infinite=False, seed=5, standardize=False,
+                      transform=lambda x: x[:5, :7])
+    assert d.element_spec[0].shape.as_list() == [5, 7, 3]
+    # the indexed dataset too
+    idx = tilespec_tf.loader.make_indexed(ds.tfrecords(), {"seed": 1})
+    assert idx.element_spec[0].shape.as_list() == [12, 12, 3]
 
 
 # ------------------------------------------------------------------ the stream, by property
@@ -126,6 +149,7 @@ def tf_options(draw):
             "shuffle": draw(st.booleans()), "shard_idx": draw(st.integers(0, R - 1)),
             "num_shards": R, "batch_size": draw(st.one_of(st.none(), st.integers(1, 5))),
             "drop_last": draw(st.booleans()),
+            "uneven": draw(st.sampled_from(["pad", "drop"])), "elastic": draw(st.booleans()),
             "augment": draw(tt.augment_strings("xyrjb", max_size=4)),
             "standardize": draw(st.sampled_from([True, False, "unit", "per_image"])),
             "incl_slidenames": draw(st.booleans()), "incl_loc": draw(st.booleans()),
@@ -159,13 +183,22 @@ def test_stream_conforms_to_reference(datasets, k, opts):
 
 
 def test_every_record_once_across_shards(datasets):
+    # spec/sampling.md, "Equal steps": 16 records over 3 shards are 6 items on each, two
+    # of them pads (a shard's first item again); every record once besides the pads
     ds = datasets[0]
-    seen = []
+    seen, lens, pads = [], [], 0
     for r in range(3):
         d = ds.tensorflow(infinite=False, shard_idx=r, num_shards=3, seed=11,
                           incl_slidenames=True, incl_loc=True, standardize=False)
-        seen += [(s.numpy(), int(x)) for _, _, s, x, _ in d]
+        items = [(s.numpy(), int(x)) for _, _, s, x, _ in d]
+        lens.append(len(items))
+        pads += d.tilespec.num_padded
+        seen += items[:len(items) - d.tilespec.num_padded]
+        assert items[len(items) - d.tilespec.num_padded:] == items[:d.tilespec.num_padded]
+    assert ds.num_tiles == 16 and lens == [6, 6, 6] and pads == 2
     assert len(seen) == len(set(seen)) == ds.num_tiles
+    d = ds.tensorflow(infinite=False, shard_idx=0, num_shards=3, uneven="drop", seed=11)
+    assert len(d) == 5 and int(d.cardinality()) == 5 and d.tilespec.num_dropped == 1
 
 
 def test_input_context_sets_the_shard(datasets):

@@ -545,3 +545,93 @@ def test_indexed_interleaver_takes_a_path_string(ds, tmp_path):
     with pytest.raises(tilespec.TFRecordError) as e:
         tilespec_torch.IndexedInterleaver(str(tmp_path / "missing"))
     assert str(e.value) == f"{tmp_path / 'missing'}: tfrecords folder or file not found"
+# ------------------------------------------------------------------ elastic streams
+# spec/sampling.md, "Elastic streams": with elastic=True the job has one stream; step b
+# of rank r is global positions b G + r B ... b G + r B + B - 1, so the ranks' batches at
+# a step, concatenated, are the R = 1 loader's batch b of size G, for any R and any
+# number of workers, and a state saved with R ranks resumes on R' ranks (same G).
+ELASTIC = tt.TileDatasetLayout((("e0", "p0", "a", 7), ("e1", "p1", "b", 4),
+                                ("e2", "p1", "a", 5), ("e3", "p2", "b", 9)), tile_px=8, seed=4)
+G = 12
+
+
+@pytest.fixture(scope="module")
+def elastic_ds(tmp_path_factory):
+    ds = _dataset(ELASTIC, tmp_path_factory.mktemp("elastic"))[0]
+    return ds.balance("category", strategy="category")
+
+
+def _elastic(ds, backend, R, r, workers, **kw):
+    opts = dict(dict(batch_size=G // R, rank=r, num_replicas=R, elastic=True, seed=77,
+                     labels="category", augment="xyr", standardize=False,
+                     incl_slidenames=True, incl_loc=True), **kw)
+    if backend == "numpy":
+        return ds.numpy(**opts)
+    return ds.torch(num_workers=workers, **opts)
+
+
+def _hwc(x):
+    x = tt.to_numpy(x)
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 and x.shape[1] == 3 else x
+
+
+def _global_steps(loaders, steps=None):
+    """The ranks' batches step by step, each step's fields concatenated in rank order."""
+    its = [iter(L) for L in loaders]
+    out = []
+    while steps is None or len(out) < steps:
+        parts = [next(it, None) for it in its]
+        if all(p is None for p in parts):
+            break
+        assert all(p is not None for p in parts), "ranks took different numbers of steps"
+        out.append([np.concatenate([_hwc(p[k]) for p in parts]) for k in range(len(parts[0]))])
+    for it in its:
+        if hasattr(it, "close"):
+            it.close()
+    return out
+
+
+def _assert_same_steps(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend,workers", [("numpy", 0), ("torch", 0), ("torch", 2)])
+@pytest.mark.parametrize("infinite", [False, True])
+def test_elastic_steps_equal_the_single_rank_stream(elastic_ds, backend, workers, infinite):
+    steps = None if not infinite else 4
+    want = _global_steps([_elastic(elastic_ds, "numpy", 1, 0, 0, infinite=infinite)], steps)
+    if not infinite:   # 25 records, padded to 3 global batches of 12
+        assert len(want) == 3 and [len(s[0]) for s in want] == [12, 12, 12]
+    for R in (1, 2, 3, 4):
+        loaders = [_elastic(elastic_ds, backend, R, r, workers, infinite=infinite)
+                   for r in range(R)]
+        if not infinite:
+            assert {len(L) for L in loaders} == {3}
+            assert sum(L.num_padded for L in loaders) == 36 - 25
+        _assert_same_steps(_global_steps(loaders, steps), want)
+
+
+@pytest.mark.parametrize("backend,workers", [("numpy", 0), ("torch", 2)])
+@pytest.mark.parametrize("R,R2", [(2, 4), (4, 1)])
+def test_elastic_resume_on_another_number_of_ranks(elastic_ds, backend, workers, R, R2):
+    k = 1
+    want = _global_steps([_elastic(elastic_ds, "numpy", 1, 0, 0, infinite=False)])
+    before = [_elastic(elastic_ds, backend, R, r, workers, infinite=False) for r in range(R)]
+    _assert_same_steps(_global_steps(before, k), want[:k])
+    states = [L.state_dict() for L in before]
+    assert all(s == states[0] for s in states)          # every rank saves the same state
+    assert states[0] == {"seed": 77, "epoch": 0, "position": k * G, "global_batch_size": G}
+    after = [_elastic(elastic_ds, backend, R2, r, workers, infinite=False) for r in range(R2)]
+    for L in after:
+        L.load_state_dict(states[0])
+    _assert_same_steps(_global_steps(after), want[k:])
+    assert all(L.state_dict()["epoch"] == 1 for L in after)
+    wrong = _elastic(elastic_ds, backend, R2, 0, workers, infinite=False, batch_size=5)
+    with pytest.raises(ValueError, match="global batch size 12"):
+        wrong.load_state_dict(states[0])
+    plain = elastic_ds.numpy(batch_size=3, seed=77)
+    with pytest.raises(ValueError, match="elastic=True"):
+        plain.load_state_dict(states[0])

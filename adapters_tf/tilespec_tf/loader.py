@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tilespec.annotations import LabelError
 from tilespec.errors import TFRecordError
-from tilespec.images import decode_image, image_format
+from tilespec.images import decode_image, image_format, image_size
 from tilespec import loader as ref_loader
 from tilespec.loader import AllSkippedGuard, NumpyLoader
 from tilespec.pipeline import check_bool
@@ -48,8 +48,9 @@ class LoaderInfo:
     ``epoch`` (of the next finite iteration), ``skipped`` (the first
     ``SKIP_LOG_LIMIT`` records skipped with ``on_error='skip'``: dicts of epoch,
     position, path, record, error), ``num_skipped`` (every skip), ``base``
-    (the reference loader holding the options) and ``len`` (items or batches per
-    epoch)."""
+    (the reference loader holding the options), ``len`` (items or batches per
+    epoch, the same on every shard) and ``num_padded``, ``num_dropped`` (per finite
+    epoch of this shard: spec/sampling.md, "Equal steps")."""
 
     def __init__(self, base: NumpyLoader, length: int):
         self.base = base
@@ -57,6 +58,8 @@ class LoaderInfo:
         self.skipped: list = []
         self.num_skipped = 0
         self.len = length
+        self.num_padded = base.num_padded      # spec/sampling.md, "Equal steps"
+        self.num_dropped = base.num_dropped
         self._epochs = itertools.count()
         self.epoch = 0
 
@@ -188,7 +191,7 @@ class _Generator:
 
     def chunk(self, source, plan, epoch, start, stop, guard=None):
         t, j = plan.records(start, stop)
-        positions = np.arange(start, start + len(t))
+        positions = plan.positions(start, start + len(t))
         draws = self.pipeline.draw(plan.key, positions)
         aug = self.pipeline.augment
         rows = []
@@ -270,12 +273,42 @@ def _signature(base, label_spec, keep_invalid):
     return sig
 
 
-def image_fn(pipeline):
+def tile_shape(items, clip, weights=None):
+    """(height, width) of the tiles, read from the header of the first kept record of
+    the first tfrecord that is read (positive clip and weight), or None when it
+    cannot be read (spec/adapter_tf.md, "The loader": static shapes)."""
+    for t, c in enumerate(np.asarray(clip)):
+        if c <= 0 or (weights is not None and weights[t] <= 0):
+            continue
+        try:
+            _, w, h = image_size(items.source.read(t, 0).image_raw)
+            return int(h), int(w)
+        except (TFRecordError, OSError, IndexError):
+            return None
+    return None
+
+
+def output_shape(pipeline, tile_hw):
+    """The static (H, W) of the images ``pipeline`` makes from tiles of ``tile_hw``
+    (None where unknown): the resize target, else the crop width, else the tile's
+    size; unknown for non-square images when 'r' may turn them."""
+    if pipeline.resize_target is not None:
+        return pipeline.resize_target, pipeline.resize_target
+    if pipeline.crop_width is not None:
+        return pipeline.crop_width, pipeline.crop_width
+    if tile_hw is None or (tile_hw[0] != tile_hw[1] and "r" in pipeline.augment):
+        return None
+    return tuple(tile_hw)
+
+
+def image_fn(pipeline, static_hw=None):
     """The TensorFlow image pipeline of ``pipeline`` (a :class:`tilespec.pipeline.Pipeline`):
     (raw bytes, per-character params, stain normals) -> the yielded image.
 
     spec/images.md, "Pipeline order": decode, crop, resize, stain normalization,
-    augmentations in string order, transform, standardize."""
+    augmentations in string order, transform, standardize. ``static_hw``, the (H, W)
+    every image has before the transform (:func:`output_shape`), makes the static
+    shape (H, W, 3), checked per image (``tf.ensure_shape``)."""
     aug = pipeline.augment
     normalizer = pipeline.normalizer
 
@@ -313,6 +346,8 @@ def image_fn(pipeline):
                               lambda i=img: i)
             elif c == "b":
                 img = tfops.blur_drawn(img, p)
+        if static_hw is not None:
+            img = tf.ensure_shape(img, (static_hw[0], static_hw[1], 3))
         if pipeline.transform is not None:
             img = pipeline.transform(img)
         if pipeline.standardize is not None:
@@ -353,7 +388,8 @@ def build(base: NumpyLoader, *, deterministic: bool = True):
     # Python side (reading, draws) running beside the parallel image map.
     ds = tf.data.Dataset.from_generator(gen, output_signature=_signature(
         base, label_spec, keep_invalid)).prefetch(2).unbatch()
-    images = image_fn(base.pipeline)
+    images = image_fn(base.pipeline, output_shape(
+        base.pipeline, tile_shape(base.item_maker, base.clip, base.weights)))
     has_label = label_spec is not None
     incl_slide, incl_loc = base.item_maker.incl_slidenames, base.item_maker.incl_loc
 
@@ -448,7 +484,8 @@ def make_indexed(tfrecords, options: dict):
                 rows.append(row)
             yield _Generator.stack(_StackView(label_dtype), rows)
 
-    images = image_fn(ref.pipeline)
+    images = image_fn(ref.pipeline, output_shape(ref.pipeline,
+                                                  tile_shape(ref.item_maker, ref.clip)))
     has_label = label_spec is not None
 
     def item(e):
@@ -475,4 +512,5 @@ class _StackView:
         self.label_dtype = label_dtype
 
 
-__all__ = ["make_dataset", "make_indexed", "build", "image_fn", "encode_steps", "LoaderInfo"]
+__all__ = ["make_dataset", "make_indexed", "build", "image_fn", "encode_steps", "LoaderInfo",
+           "tile_shape", "output_shape"]

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 import tilespec
 from tilespec.loader import AllSkippedGuard, ItemMaker, NumpyLoader, decode_planar
 from tilespec.pipeline import check_bool
-from tilespec.sampling import StreamPlan, worker_batches
+from tilespec.sampling import worker_batches
 
 from . import ops
 
@@ -409,9 +409,7 @@ class TileStream(IterableDataset):
         pool = None
         if info is not None and self.flags is not None and w < len(self.flags):
             pool = _WorkerPool(self.flags, w, generation)
-        plan = StreamPlan(ref.clip, ref.weights, seed, rank=ref.rank,
-                          num_replicas=ref.num_replicas, epoch=epoch, infinite=ref.infinite,
-                          shuffle=ref.shuffle)
+        plan = ref.plan(epoch, seed)
         total = None if ref.infinite else len(plan)
         batched = ref.batch_size is not None
         guard = AllSkippedGuard(plan, ref.paths)
@@ -510,6 +508,16 @@ class TorchLoader(_ReferenceState, DataLoader):
         """Every record skipped with on_error='skip' (``skipped`` logs at most
         tilespec's SKIP_LOG_LIMIT per worker)."""
         return self._num_skipped
+
+    @property
+    def num_padded(self) -> int:
+        """Pads per finite epoch of this rank (the reference's; spec/sampling.md)."""
+        return self.reference.num_padded
+
+    @property
+    def num_dropped(self) -> int:
+        """Records left out per finite epoch by ``uneven='drop'`` (the reference's)."""
+        return self.reference.num_dropped
 
     def state_dict(self) -> dict:
         return self.reference.state_dict()
