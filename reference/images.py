@@ -100,7 +100,7 @@ def open_image(data, fmt: str, max_pixels: int | None = MAX_TILE_PIXELS):
     the one signal; Pillow's ``DecompressionBombError`` (twice its limit) is
     an :class:`ImageTooLargeError`.
     """
-    head = _jpeg_header(data) if fmt == "jpeg" else _png_header(data)
+    head = _header_of(data, fmt)
     if head is not None and max_pixels is not None and head[0] * head[1] > max_pixels:
         raise _too_large(fmt, head[0], head[1], max_pixels)
     limit = Image.MAX_IMAGE_PIXELS
@@ -222,6 +222,23 @@ def _png_header(data):
     return best
 
 
+_LAST = (None, None)  # (bytes object, its header): a loader checks, then decodes, one tile
+
+
+def _header_of(data, fmt):
+    """(width, height, channels) or None, parsed once per ``bytes`` object in a row:
+    the loaders' item check and the decoder that follows it share one parse (bytes are
+    immutable, and the object is held here, so its identity cannot be reused)."""
+    global _LAST
+    last, head = _LAST
+    if data is last:
+        return head
+    head = _jpeg_header(data) if fmt == "jpeg" else _png_header(data)
+    if type(data) is bytes:
+        _LAST = (data, head)
+    return head
+
+
 def image_header(data):
     """``(format, width, height, channels)`` read from the header bytes alone, or None
     when they cannot be read that far (the decoder then says why); no decoder runs.
@@ -235,7 +252,7 @@ def image_header(data):
     fmt = image_format(data)
     if fmt is None:
         return None
-    head = _jpeg_header(data) if fmt == "jpeg" else _png_header(data)
+    head = _header_of(data, fmt)
     return None if head is None else (fmt, *head)
 
 
