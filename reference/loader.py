@@ -584,6 +584,11 @@ class NumpyLoader:
     of them stacked by :func:`collate` when ``batch_size`` is set. Images are HWC
     uint8, or float32 when standardized ('unit' by default).
 
+    ``max_record_bytes`` and ``max_tile_pixels`` are the size caps of every read and
+    decode, and a tile of another size than the dataset's is an error unless the
+    pipeline resizes or crops (spec/reliability.md, "Size caps"); all three are
+    reading errors, raised or skipped per ``on_error``.
+
     The loader's state is ``(seed, epoch, position)``: iteration starts at the
     state and advances it with every item (a batch advances it by its size);
     finishing a finite epoch moves to the next epoch at position 0. An
@@ -825,7 +830,8 @@ class IndexedInterleaver:
     order and records in file order (the partition of :func:`partition` over
     ``clip``); ``shuffle=True`` reorders items by a permutation keyed by
     (seed, rank, epoch). Augmentation draws are keyed by (seed, rank, epoch, i)
-    with the epoch set by :meth:`set_epoch` (default 0). No balancing.
+    with the epoch set by :meth:`set_epoch` (default 0). No balancing. The size caps
+    and the tile-size check are those of :class:`NumpyLoader`.
     """
 
     default_standardize = "unit"
