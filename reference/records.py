@@ -279,9 +279,10 @@ def read_records(path, *, verify: bool = True, compression=None,
     :class:`EmptyFileError`; a record longer than ``max_record_bytes`` a
     :class:`RecordTooLargeError` before any of it is read (spec/reliability.md,
     "Size caps"; in an uncompressed file, a record running past the end of the
-    file is truncation, as without a cap, and only what the file holds is read). Payloads over 16 MiB are read in 16 MiB pieces (GZIP streams
-    included), so a length that lies costs at most what the stream holds, up to
-    the cap (twice that while the pieces are joined).
+    file is truncation, as without a cap, and only what the file holds is read).
+    Payloads over 16 MiB are read in 16 MiB pieces (GZIP streams included), so a
+    length that lies costs at most what the stream holds, up to the cap (twice
+    that while the pieces are joined).
     """
     compression = _check_compression(compression)
     cap = check_max_record_bytes(max_record_bytes)

@@ -563,3 +563,30 @@ def test_cli_verify_caps(tmp_path, capsys):
     assert ": image-cap: " in capsys.readouterr().out
     assert main(["verify", str(paths[1]), "--max-record-bytes", "100"]) == 1
     assert ": record-cap: " in capsys.readouterr().out
+
+
+def test_the_tf_indexed_dataset_checks_too(tmp_path):
+    pytest.importorskip("tilespec_tf")
+    from tilespec import plugins
+    paths = _mixed(tmp_path)
+    d = plugins.make_indexed("tensorflow", [str(p) for p in paths], {"standardize": False})
+    with pytest.raises(Exception, match="12x10"):
+        list(d)
+
+
+def test_a_damaged_first_record_is_passed_over_for_the_tile_size(tmp_path):
+    paths = _mixed(tmp_path)
+    data = bytearray(paths[0].read_bytes())
+    data[20] ^= 1  # record 0's payload: its checksum fails
+    paths[0].write_bytes(bytes(data))
+    tilespec.build_index(paths[1])
+    maker = NumpyLoader(paths[1:], [2], [1.0], standardize=False).item_maker
+    assert maker.tile_size() == (16, 16, f"that of {paths[1]}, record 0")
+    # with the damaged file first, the size comes from the next file's record 0, and the
+    # damaged record raises its own error at its turn (here: first)
+    L = NumpyLoader(paths, [3, 2], [1.0, 1.0], infinite=False, standardize=False)
+    with pytest.raises(tilespec.TFRecordError) as e:
+        list(L)
+    assert L.item_maker.tile_size()[:2] == (16, 16)
+    assert (e.value.path, e.value.record) == (str(paths[0]), 0)
+    assert not isinstance(e.value, tilespec.TileSizeError)
