@@ -17,9 +17,9 @@ from . import __version__
 from .crc32c import BACKEND
 from .errors import TFRecordError
 from .example import parse_example, parse_tile
-from .images import image_size
+from .images import MAX_TILE_PIXELS, image_size
 from .index import IndexRebuildWarning, index_path, index_state, load_index
-from .records import read_records
+from .records import MAX_RECORD_BYTES, read_records
 
 TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
 
@@ -167,6 +167,20 @@ def cmd_index(args, out=None) -> int:
     return 0
 
 
+def _tile_px(text: str):
+    """``--tile-px``: 'first' or a positive number of pixels."""
+    if text == "first":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'first', got "
+                                         f"{text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got {value}")
+    return value
+
+
 def cmd_verify(args, out=None) -> int:
     """``tilespec verify PATH...``: check every record of every file, print one line per
     problem (files in order, as each file is done) and a summary table; exit code 1
@@ -194,7 +208,8 @@ def cmd_verify(args, out=None) -> int:
 
     try:
         result = verify(files, level=args.level, index=not args.no_index, jobs=args.jobs,
-                        progress=on_file)
+                        progress=on_file, max_record_bytes=args.max_record_bytes,
+                        max_tile_pixels=args.max_tile_pixels, tile_size=args.tile_px)
     finally:
         progress.close()
     print(result.summary(), file=out)
@@ -265,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-j", "--jobs", type=int, default=None,
                    help="processes (default: one per CPU)")
     s.add_argument("-v", "--verbose", action="store_true", help="a line for every file")
+    s.add_argument("--max-record-bytes", type=int, default=MAX_RECORD_BYTES, metavar="N",
+                   help="the record-size cap: a record declaring more payload bytes is "
+                        f"'record-cap' (default {MAX_RECORD_BYTES}, 64 MiB)")
+    s.add_argument("--max-tile-pixels", type=int, default=MAX_TILE_PIXELS, metavar="N",
+                   help="the image-size cap (width x height): a larger image is 'image-cap' "
+                        f"and is not decoded (default {MAX_TILE_PIXELS}, 4096x4096)")
+    s.add_argument("--tile-px", type=_tile_px, default=None, metavar="PX",
+                   help="the tile size every image must have ('tile-size'): a number of "
+                        "pixels, or 'first' for the size of each file's first image "
+                        "(default: not checked)")
     s.set_defaults(func=cmd_verify)
     s = sub.add_parser("adapters", help="list installed adapters (backends)")
     s.set_defaults(func=cmd_adapters)

@@ -172,14 +172,18 @@ class _Generator:
         path = source.paths[t]
         try:
             tile = source.read(t, j)
+            self.items.check_image(tile.image_raw)  # size caps and tile size, before decoding
+            cap = self.items.max_tile_pixels
             if self.items.on_error == "skip":
-                decode_image(tile.image_raw)  # the reference's decodability, so the same skips
+                decode_image(tile.image_raw, max_pixels=cap)  # the reference's decodability,
+                # so the same skips
             elif image_format(tile.image_raw) is None:
                 decode_image(tile.image_raw)  # raises the reference's error for these bytes
             return tile
         except TFRecordError as e:
+            e = e.located(path=path, record=j, offset=source.offset_of(t, j))
             if self.items.on_error == "raise":
-                raise e.located(path=path, record=j) from None
+                raise e from None
             info = self.info
             info.num_skipped += 1
             if len(info.skipped) < ref_loader.SKIP_LOG_LIMIT:  # the reference's bounded log
@@ -468,10 +472,11 @@ def make_indexed(tfrecords, options: dict):
                 path = source.paths[t]
                 try:
                     tile = source.read(t, j)
+                    items.check_image(tile.image_raw)  # size caps and tile size
                     if image_format(tile.image_raw) is None:
                         decode_image(tile.image_raw)
                 except TFRecordError as e:
-                    raise e.located(path=path, record=j) from None
+                    raise e.located(path=path, record=j, offset=source.offset_of(t, j)) from None
                 row = {"raw": tile.image_raw, "params": encode_steps(aug, draws.steps[k])}
                 if items.labels is not None:
                     row["label"] = items.label(tile.slide, path)
