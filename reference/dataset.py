@@ -462,17 +462,19 @@ class Dataset:
 
     @property
     def tile_size(self):
-        """``(height, width)`` of the dataset's tiles: the image of the first record of
-        the first non-empty tfrecord (read from its header; cached), or None when every
-        tfrecord is empty (spec/dataset.md, "Counts"). Loaders check crop boxes
-        against it when they are built."""
+        """``(height, width)`` of the dataset's tiles: the image of its first readable
+        record, read from its header (:meth:`tilespec.loader.TileSource.tile_size`,
+        the one rule; cached), or None when no record reads (every tfrecord empty)
+        (spec/dataset.md, "Counts"). Loaders check crop boxes and every tile against it."""
         from .loader import TileSource
 
         key = ("tile_size", self._paths)
         if key not in self._files_cache:
-            source = TileSource(self._paths, on_error=self._on_error)
+            source = TileSource(self._paths, on_error=self._on_error,
+                                max_record_bytes=self._limits["max_record_bytes"])
             try:
-                self._files_cache[key] = source.tile_size()[0]
+                size = source.tile_size(self._limits["max_tile_pixels"])
+                self._files_cache[key] = None if size is None else size[:2]
             finally:
                 source.close()
         return self._files_cache[key]

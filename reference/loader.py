@@ -174,7 +174,7 @@ class TileSource:
     def _record_slide(self, fd, path, j, offset) -> str:
         head = os.pread(fd, HEADER_BYTES + 256, offset)
         length = read_header(io.BytesIO(head[:HEADER_BYTES]), path=path, record=j,
-                             offset=offset, verify=True)
+                             offset=offset, verify=True, max_record_bytes=self.max_record_bytes)
         if length is None:
             raise TruncatedRecordError("offset is at or past the end of the file", path=path,
                                        record=j, offset=offset)
@@ -193,21 +193,32 @@ class TileSource:
             slide = parse_tile(payload).slide
         return slide
 
-    def tile_size(self):
-        """``(height, width)`` of the image of the first record of the first non-empty
-        tfrecord, read from its header, with that record's path; ``(None, None)`` when
-        every tfrecord is empty (spec/sampling.md, "Checked at construction")."""
-        for t in range(len(self.paths)):
-            for j in range(len(self.offsets(t))):
+    def tile_size(self, max_pixels: int = MAX_TILE_PIXELS):
+        """The dataset's tile size, ``(height, width, where)``: the image size of the
+        first record, tfrecords in order and records in file order, whose record and
+        image header read within ``max_pixels`` (spec/reliability.md, "Size caps");
+        ``where`` names that record. None when no record qualifies (every tfrecord
+        empty, or damaged). Damaged records are passed over here: each raises (or is
+        skipped, per ``on_error``) at its own turn. The one definition every check
+        uses: crop boxes at construction, the per-item size check, Dataset.tile_size."""
+        for t, path in enumerate(self.paths):
+            try:
+                n = len(self.offsets(t))
+            except TFRecordError:  # no index can be built: the file raises at its turn
+                continue
+            for j in range(n):
                 try:
-                    _, w, h = image_size(self.read(t, j).image_raw)
-                except TFRecordError as e:
-                    if self.on_error != "skip":
-                        raise e.located(path=self.paths[t], record=j,
-                                        offset=self.offset_of(t, j)) from None
+                    raw = self.read(t, j).image_raw
+                    hw = check_image_header(raw, max_pixels=max_pixels)
+                    if hw is None:  # a header only Pillow reads: ask it (no cap, no warning)
+                        _, w, h = image_size(raw)
+                        if w * h > max_pixels:
+                            continue
+                        hw = (h, w)
+                except (TFRecordError, IndexError):
                     continue
-                return (h, w), self.paths[t]
-        return None, None
+                return hw[0], hw[1], f"that of {path}, record {j}"
+        return None
 
     def _file(self, t: int):
         f = self._files.pop(t, None)
@@ -463,21 +474,7 @@ class ItemMaker:
     def _find_tile_size(self):
         source = self.source.reopened()
         try:
-            for t, path in enumerate(source.paths):
-                try:
-                    if len(source.offsets(t)) == 0:
-                        continue
-                    raw = source.read(t, 0).image_raw
-                    hw = check_image_header(raw, max_pixels=self.max_tile_pixels)
-                    if hw is None:  # a header only Pillow reads: ask it (no cap, no warning)
-                        _, w, h = image_size(raw)
-                        if w * h > self.max_tile_pixels:
-                            continue
-                        hw = (h, w)
-                except (TFRecordError, IndexError):
-                    continue
-                return hw[0], hw[1], f"that of {path}, record 0"
-            return None
+            return source.tile_size(self.max_tile_pixels)
         finally:
             source.close()
 
@@ -643,7 +640,8 @@ def check_construction(items: ItemMaker, record_slides=None, clip=None) -> None:
       with :meth:`TileSource.slides`, or from ``record_slides`` (``{path: names}``
       or a callable giving it, e.g. :meth:`tilespec.Dataset.record_slides`, which
       caches them);
-    - a crop box lies inside the tile size (:meth:`TileSource.tile_size`).
+    - a crop box lies inside the tile size (:meth:`ItemMaker.tile_size`, the one
+      of :meth:`TileSource.tile_size`).
     """
     source, pipeline = items.source, items.pipeline
     if clip is not None and np.any(np.asarray(clip) > 0):
@@ -669,15 +667,16 @@ def check_construction(items: ItemMaker, record_slides=None, clip=None) -> None:
             raise LabelError(f"slide {s!r} (stored in {p}) has no label; labels cover "
                              f"{len(items.labels)} slides{more}")
     if pipeline.crop_width is not None:
-        size, path = source.tile_size()
+        size = items.tile_size()
         try:
-            ops.check_crop_box(pipeline.crop_left, pipeline.crop_width, *size)
+            if size is not None:
+                ops.check_crop_box(pipeline.crop_left, pipeline.crop_width, *size[:2])
         except ValueError:
             raise ValueError(f"crop_left={pipeline.crop_left}, crop_width={pipeline.crop_width}: "
                              f"the box [{pipeline.crop_left}, "
                              f"{pipeline.crop_left + pipeline.crop_width}) is outside the tiles "
-                             f"of {size[0]} x {size[1]} pixels (height x width; the first "
-                             f"record of {path})") from None
+                             f"of {size[0]} x {size[1]} pixels (height x width; the tile size is "
+                             f"{size[2]})") from None
 
 
 def collate(items, images=None):
