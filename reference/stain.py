@@ -446,13 +446,41 @@ class StainNormalizer:
             raise StainNormalizationError(f"on_blank must be 'error' or 'passthrough'; got "
                                           f"{on_blank!r}")
         self.on_blank = on_blank
-        self.blank_count = 0
+        self._blank_counters: list = []
+        self._blank_count = 0
         self._fit: dict = {}
         self._augment: dict = {}
         self.fit_preset(fit_preset)
         self.augment_preset(augment_preset)
         if fit_params:
             self.set_fit(**fit_params)
+
+    # -- blank counting ----------------------------------------------------
+
+    @property
+    def blank_count(self) -> int:
+        """Images passed through unchanged as blank (``on_blank='passthrough'``), by this
+        normalizer's transform and by every adapter counter added with
+        :meth:`add_blank_counter` (spec/stain.md, "Blank images")."""
+        return self._blank_count + sum(int(c()) for c in self._blank_counters)
+
+    @blank_count.setter
+    def blank_count(self, value: int) -> None:
+        self._blank_count = int(value) - sum(int(c()) for c in self._blank_counters)
+
+    def add_blank_counter(self, counter) -> None:
+        """Add a zero-argument callable giving the number of blank images an adapter passed
+        through itself (e.g. a counter inside a TensorFlow graph); :attr:`blank_count`
+        includes it. A pickled or copied normalizer keeps the counts, not the counters."""
+        if not callable(counter):
+            raise StainNormalizationError("add_blank_counter takes a callable returning an int")
+        self._blank_counters.append(counter)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_blank_count"] = self.blank_count
+        state["_blank_counters"] = []
+        return state
 
     # -- configuration -----------------------------------------------------
 

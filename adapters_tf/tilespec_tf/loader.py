@@ -26,6 +26,7 @@ from tilespec import loader as ref_loader
 from tilespec.loader import AllSkippedGuard, NumpyLoader
 
 from . import ops as tfops
+from . import stain as tfstain
 
 #: The augmentation character -> the reference op its drawn step names.
 OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "jpeg",
@@ -194,6 +195,7 @@ class _Generator:
         positions = np.arange(start, start + len(t))
         draws = self.pipeline.draw(plan.key, positions)
         aug = self.pipeline.augment
+        targets = _stain_targets(self.pipeline, draws)
         rows = []
         for k in range(len(t)):
             tk, jk = int(t[k]), int(j[k])
@@ -212,8 +214,8 @@ class _Generator:
                     raise LabelError(f"{path}, record {jk}: incl_loc=True but the record has "
                                      "no loc_x/loc_y")
                 row["loc_x"], row["loc_y"] = tile.loc_x, tile.loc_y
-            if draws.stain is not None:
-                row["stain"] = draws.stain[k]
+            if targets is not None:
+                row["stain"] = targets[min(k, len(targets) - 1)]
             rows.append(row)
         if guard is not None:  # every owned record skipped without a yield: raise
             if any(r is not None for r in rows):
@@ -266,30 +268,33 @@ def _signature(base, label_spec, keep_invalid):
     if base.item_maker.incl_loc:
         sig["loc_x"] = tf.TensorSpec([None], tf.int64)
         sig["loc_y"] = tf.TensorSpec([None], tf.int64)
-    if base.pipeline.normalizer is not None and "n" in base.pipeline.augment:
-        sig["stain"] = tf.TensorSpec([None, base.pipeline.stain_draws], tf.float64)
+    if base.pipeline.normalizer is not None:
+        sig["stain"] = tf.TensorSpec([None, tfstain.target_size(base.pipeline.normalizer.method)],
+                                     tf.float64)
     if keep_invalid:
         sig["valid"] = tf.TensorSpec([None], tf.bool)
     return sig
 
 
+def _stain_targets(pipeline, draws):
+    """Per-position stain target vectors (N, k) of a chunk (the fit plus the reference's
+    drawn perturbation with 'n'; the fit alone, (1, k), without), or None without a
+    normalizer (spec/adapter_tf.md, "Stain")."""
+    if pipeline.normalizer is None:
+        return None
+    return tfstain.stain_targets(pipeline.normalizer, draws.stain)
+
+
 def image_fn(pipeline):
     """The TensorFlow image pipeline of ``pipeline`` (a :class:`tilespec.pipeline.Pipeline`):
-    (raw bytes, per-character params, stain normals) -> the yielded image.
+    (raw bytes, per-character params, stain target vector) -> the yielded image.
 
     spec/images.md, "Pipeline order": decode, crop, resize, stain normalization,
-    augmentations in string order, transform, standardize."""
+    augmentations in string order, transform, standardize. Stain normalization is in
+    graph ops (:func:`tilespec_tf.stain.graph_one`), with the image's target vector
+    (:func:`_stain_targets`, made by the generator from the reference's draws)."""
     aug = pipeline.augment
     normalizer = pipeline.normalizer
-
-    def stain(img, z):
-        if z is None:
-            out = normalizer.transform(img)
-        else:
-            from tilespec.stain import draw_stain_perturbation
-            out = normalizer.transform(img, augment=True,
-                                       perturbation=draw_stain_perturbation(normalizer, z))
-        return np.asarray(out, dtype=np.uint8)
 
     def fn(raw, params, z=None):
         img = tfops.decode(raw)
@@ -300,8 +305,9 @@ def image_fn(pipeline):
                                pipeline.resize_aa)
         if normalizer is not None:
             shape = img.shape
-            args = [img] if z is None else [img, z]
-            img = tf.numpy_function(stain, args, tf.uint8, stateful=False)
+            if z is None:       # a caller without target vectors: the fit
+                z = tf.constant(tfstain.target_vectors(normalizer)[0])
+            img = tfstain.graph_one(normalizer, img, z)
             img.set_shape(shape)
         for k, c in enumerate(aug):
             p = params[k]
@@ -428,6 +434,7 @@ def make_indexed(tfrecords, options: dict):
         for a in range(0, n, CHUNK):
             idx = np.arange(a, min(n, a + CHUNK))
             draws = ref.pipeline.draw(ref._key, idx)
+            targets = _stain_targets(ref.pipeline, draws)
             rows = []
             for k, i in enumerate(idx):
                 t, j = ref.record(int(i))
@@ -445,8 +452,8 @@ def make_indexed(tfrecords, options: dict):
                     row["slide"] = tile.slide.encode("utf-8")
                 if items.incl_loc:
                     row["loc_x"], row["loc_y"] = tile.loc_x, tile.loc_y
-                if draws.stain is not None:
-                    row["stain"] = draws.stain[k]
+                if targets is not None:
+                    row["stain"] = targets[min(k, len(targets) - 1)]
                 rows.append(row)
             yield _Generator.stack(_StackView(label_dtype), rows)
 
