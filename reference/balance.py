@@ -83,6 +83,9 @@ def balance_weights(strategy, clip, groups: Sequence[Hashable] | None = None) ->
     """
     strategy = canonical_balance_strategy(strategy)
     c = _as_counts(clip, "clip counts")
+    if c.size and int(c.sum()) == 0:
+        raise BalanceError(f"cannot balance with strategy {strategy!r}: the dataset's "
+                           f"{c.size} tfrecord(s) hold no tiles (every clipped count is 0)")
     if strategy == "slide":
         return slide_weights(c.size)
     if strategy == "tile":
