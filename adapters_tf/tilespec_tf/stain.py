@@ -137,12 +137,25 @@ def _brightness(img):
     return tf.reshape(tf.cast(tf.gather(table, idx), tf.uint8), tf.shape(img))
 
 
+def _pow(x, a: float):
+    """x^a for x > 0 as exp(a ln x): within a few float64 ulps of ``np.power``, and far
+    cheaper than TensorFlow's float64 ``pow`` on CPU (0.4 + ~1 ms against 12 ms for 2e5
+    values, measured)."""
+    return tf.exp(a * tf.math.log(x))
+
+
+def _cbrt(x):
+    """Cube root of x > 0: :func:`_pow` and one Newton step (``np.cbrt``'s value to ~1 ulp)."""
+    y = _pow(x, 1.0 / 3.0)
+    return y - (y * y * y - x) / (3.0 * y * y)
+
+
 def _rgb_to_lab(pixels):
     """(P, 3) uint8 -> (P, 3) float64 L*a*b* (the reference's conversion)."""
     lin = tf.gather(_c(_LINEAR), tf.cast(pixels, tf.int32))
     xyz = tf.matmul(lin, _c(_colour.SRGB_TO_XYZ.T)) / _c(_colour.D65_WHITE)
     eps, kappa = _colour.LAB_EPSILON, _colour.LAB_KAPPA
-    f = tf.where(xyz > eps, tf.pow(tf.maximum(xyz, eps), 1.0 / 3.0), (kappa * xyz + 16.0) / 116.0)
+    f = tf.where(xyz > eps, _cbrt(tf.maximum(xyz, eps)), (kappa * xyz + 16.0) / 116.0)
     fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
     return tf.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=1)
 
@@ -157,7 +170,7 @@ def _lab_to_rgb(lab):
     xyz = tf.where(u > delta, u * u * u, (116.0 * u - 16.0) / kappa) * _c(_colour.D65_WHITE)
     lin = tf.matmul(xyz, _c(_colour.XYZ_TO_SRGB.T))
     thr = _colour.SRGB_ENCODE_THRESHOLD
-    return tf.where(lin > thr, 1.055 * tf.pow(tf.maximum(lin, thr), 1.0 / 2.4) - 0.055,
+    return tf.where(lin > thr, 1.055 * _pow(tf.maximum(lin, thr), 1.0 / 2.4) - 0.055,
                     12.92 * lin)
 
 
