@@ -1,7 +1,8 @@
 """Stain normalization and stain augmentation (spec/stain.md).
 
-``StainNormalizer(method)`` with methods ``'reinhard'``, ``'reinhard_fast'`` and
-``'macenko'``. A normalizer holds a *fit* (the target parameters) and an
+``StainNormalizer(method)`` with methods ``'reinhard'``, ``'reinhard_fast'``,
+``'reinhard_mask'``, ``'reinhard_fast_mask'``, ``'macenko'`` and ``'macenko_fast'``
+(:data:`METHODS`). A normalizer holds a *fit* (the target parameters) and an
 *augmentation space* (one standard deviation per target parameter)::
 
     norm = StainNormalizer("macenko")            # fit preset 'v3', augmentation preset 'v2'
@@ -19,6 +20,12 @@ normal variates from its counter-based generator, keyed per stream position):
 ``k = NORMAL_DRAWS[method]`` (6 for Reinhard, 8 for Macenko). For convenience
 ``transform(img, augment=True, rng=generator)`` draws ``z`` from a
 ``numpy.random.Generator`` itself; global ``np.random`` is never used.
+
+slideflow's entry points (spec/stain.md, "Entry points"): ``fit`` from a preset name, an
+image path or an array; ``get_fit``/``set_fit``; ``rgb_to_rgb``, ``jpeg_to_rgb``,
+``png_to_rgb``, ``jpeg_to_jpeg``, ``png_to_png``, ``torch_to_torch``, ``tf_to_tf``,
+``tf_to_rgb``; the module-level :func:`autoselect`. No framework is imported here
+unless a tensor entry point is called (and then the adapter does the work).
 
 All arithmetic is float64. Every float -> uint8 conversion rounds to nearest
 (ties to even) and clips to [0, 255].

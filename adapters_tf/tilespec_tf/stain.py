@@ -78,6 +78,12 @@ def target_size(method: str) -> int:
     return sum(int(np.prod(s)) for s in _stain.FIT_SHAPES[method].values())
 
 
+# The Python side (targets, counters) is never converted by autograph: it is the
+# reference's code, run once while tracing.
+_python = tf.autograph.experimental.do_not_convert
+
+
+@_python
 def target_vectors(normalizer, n: int = 1, deltas=None) -> np.ndarray:
     """(n, k) float64: each image's target (the fit, plus ``deltas[key][i]`` from
     ``normalizer.deltas``) flattened as :func:`target_size` says."""
@@ -91,6 +97,7 @@ def target_vectors(normalizer, n: int = 1, deltas=None) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
+@_python
 def stain_targets(normalizer, normal_draws) -> np.ndarray:
     """(N, k) target vectors for N images from their standard normal draws (N, k'), by the
     reference's draw (spec/stain.md, "Stain augmentation"); ``normal_draws`` None: the fit."""
@@ -256,6 +263,7 @@ def normalize_one(img, target, method: str):
 _COUNTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+@_python
 def blank_counter(normalizer) -> tf.Variable:
     """The int64 ``tf.Variable`` counting the blank images graphs pass through for
     ``normalizer`` (created once per normalizer, outside any graph; included in
@@ -315,14 +323,20 @@ def transform(normalizer, img, *, perturbation=None) -> tf.Tensor:
         targets = tf.broadcast_to(_c(target_vectors(normalizer)),
                                   [tf.shape(img)[0], target_size(normalizer.method)])
     else:
-        deltas = normalizer.deltas(n, batch, perturbation is not None, perturbation=perturbation)
-        targets = _c(target_vectors(normalizer, n, deltas))
+        targets = _c(_targets(normalizer, n, batch, perturbation))
     if tf.executing_eagerly():
         return _eager(normalizer, img, targets, batch, perturbation)
     if not batch:
         return graph_one(normalizer, img, targets[0])
     return tf.map_fn(lambda a: graph_one(normalizer, a[0], a[1]), (img, targets),
                      fn_output_signature=tf.uint8)
+
+
+@_python
+def _targets(normalizer, n, batch, perturbation):
+    """(n, k) target vectors, the perturbation validated by the reference."""
+    deltas = normalizer.deltas(n, batch, perturbation is not None, perturbation=perturbation)
+    return target_vectors(normalizer, n, deltas)
 
 
 def _eager(normalizer, img, targets, batch, perturbation):
