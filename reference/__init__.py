@@ -17,6 +17,7 @@ from .index import build_index, load_index
 from .records import read_record_at, read_records, write_records
 from .verify import verify  # spec/reliability.md
 from .stain import StainNormalizer  # spec/stain.md
+from . import stain as norm  # slideflow's name for it: tilespec.norm.autoselect(...)
 from .project import Dataset, ModelParams, load_project  # spec/dataset.md
 from .loader import IndexedInterleaver, NumpyLoader  # spec/sampling.md
 from .hookspecs import hookimpl  # spec/adapters.md

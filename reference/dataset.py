@@ -266,7 +266,7 @@ class Dataset:
 
     def __init__(self, tfrecords, annotations=None, filters=None, filter_blank=None, *,
                  on_error: str = "raise", max_record_bytes: int = MAX_RECORD_BYTES,
-                 max_tile_pixels: int = MAX_TILE_PIXELS):
+                 max_tile_pixels: int = MAX_TILE_PIXELS, min_tiles: int = 0):
         if on_error not in ("raise", "skip"):
             raise DatasetError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         try:
@@ -318,6 +318,32 @@ class Dataset:
             warnings.warn(f"{len(empty)} of the {len(counts)} tfrecord(s) are empty (0 records):"
                           f" {_listing(empty, 'empty_tfrecords()')}; they are kept with 0 tiles "
                           "and never sampled", EmptyTFRecordWarning, stacklevel=2)
+        self._min_tiles = 0
+        if min_tiles:
+            self._keep_min_tiles(min_tiles)
+
+    def _keep_min_tiles(self, min_tiles) -> None:
+        """Leave out (in place) the tfrecords with fewer than ``min_tiles`` records n_t,
+        as slideflow's ``min_tiles`` filter (spec/dataset.md, "Filters")."""
+        if isinstance(min_tiles, bool) or not isinstance(min_tiles, numbers.Integral) \
+                or min_tiles < 0:
+            raise DatasetError(f"min_tiles must be an integer >= 0, got {min_tiles!r}")
+        counts = self._counts()
+        kept = tuple(p for p, n in zip(self._paths, counts) if n >= min_tiles)
+        if not kept:
+            raise DatasetError(f"empty dataset: none of the {len(self._paths)} tfrecord(s) has "
+                               f"at least min_tiles={int(min_tiles)} tiles (the most is "
+                               f"{int(counts.max())})")
+        if kept != self._paths:
+            derived = self._derive(paths=kept)      # the weights and clips of what is kept
+            self._setup(self._ann, kept, self._filters, self._filter_blank, self._counts_cache,
+                        derived._balance_cfg, derived._clip_cfg, self._on_error)
+        self._min_tiles = max(self._min_tiles, int(min_tiles))
+
+    @property
+    def min_tiles(self) -> int:
+        """The active min_tiles filter (0: none; spec/dataset.md, "Filters")."""
+        return self._min_tiles
 
     # -- internal state ------------------------------------------------------------------------
 
@@ -355,6 +381,7 @@ class Dataset:
         new._limits = self._limits
         new.unmatched_tfrecords = list(self.unmatched_tfrecords)
         new.missing_slides = list(self.missing_slides)
+        new._min_tiles = getattr(self, "_min_tiles", 0)
         return new
 
     def __copy__(self):
@@ -527,12 +554,17 @@ class Dataset:
         """The active filter_blank headers (spec/dataset.md, "Building")."""
         return list(self._filter_blank)
 
-    def filter(self, filters=None, filter_blank=None) -> "Dataset":
-        """A new dataset keeping the slides that also pass ``filters`` / ``filter_blank``.
+    def filter(self, filters=None, filter_blank=None, min_tiles: int = 0) -> "Dataset":
+        """A new dataset keeping the slides that also pass ``filters`` / ``filter_blank``
+        and have at least ``min_tiles`` records.
 
         spec/dataset.md, "Filters". Filters add to the active ones (all must
         pass). The result keeps the balance and clip configuration.
         """
+        if min_tiles and filters is None and filter_blank is None:
+            new = self._derive()
+            new._keep_min_tiles(min_tiles)
+            return new
         ann = self._need_annotations("filter()")
         f_new, blank_new = normalize_filters(ann, filters, filter_blank)
         merged = dict(self._filters)
@@ -545,6 +577,8 @@ class Dataset:
                                + (f", filter_blank={filter_blank!r}" if filter_blank else ""))
         new = self._derive(paths=paths)
         new._filters, new._filter_blank = merged, blank
+        if min_tiles:
+            new._keep_min_tiles(min_tiles)
         return new
 
     # -- labels ---------------------------------------------------------------------------------
