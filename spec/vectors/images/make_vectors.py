@@ -6,7 +6,7 @@ A second, deliberately plain implementation of the exact formulas of spec/images
 scalar Python floats (IEEE double) and integers, read off the spec's sentences, with
 no import of tilespec or NumPy. float32 steps the spec prescribes (standardization)
 are rounded with ``struct``. The random draws come from the plain generator of
-spec/vectors/sampling/make_vectors.py. tests/test_vectors.py checks the reference
+spec/vectors/sampling/make_vectors.py. tests/test_vectors_images.py checks the reference
 (and every adapter's image ops) against these files, and that this script rebuilds
 them byte for byte.
 

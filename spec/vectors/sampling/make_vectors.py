@@ -5,7 +5,7 @@
 This file is a second, deliberately plain implementation of every exact formula of
 spec/sampling.md: scalar Python integers and floats, one position at a time, read
 off the spec's sentences, with no import of tilespec (or NumPy). The vectors it
-writes are what an independent implementation must reproduce; tests/test_vectors.py
+writes are what an independent implementation must reproduce; tests/test_vectors_sampling.py
 checks the reference against them and that this script rebuilds them byte for byte.
 
 Floats are written by ``json`` (``repr``: the shortest decimal that reads back as the

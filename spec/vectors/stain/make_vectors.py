@@ -4,7 +4,7 @@
 
 A second, deliberately plain implementation of the exact formulas of spec/stain.md:
 scalar Python floats and integers, read off the spec's sentences (its constants
-tables included), with no import of tilespec or NumPy. tests/test_vectors.py checks the
+tables included), with no import of tilespec or NumPy. tests/test_vectors_stain.py checks the
 reference and the adapters' stain ops against these files, and that this script
 rebuilds them byte for byte.
 """
@@ -207,12 +207,16 @@ def perturbation_vectors():
 
 
 def percentile(values, q):
-    """v_i + f (v_{i+1} - v_i), i + f = (q / 100)(n - 1), values sorted."""
+    """v_i + f (v_{i+1} - v_i), i + f = (q / 100)(n - 1), values sorted; evaluated from the
+    nearer end, v_{i+1} - (1 - f)(v_{i+1} - v_i) when f >= 1/2 (as NumPy)."""
     v = sorted(values)
     h = (q / 100) * (len(v) - 1)
     i = math.floor(h)
     fr = h - i
-    return v[i] if i + 1 >= len(v) else v[i] + fr * (v[i + 1] - v[i])
+    if i + 1 >= len(v):
+        return v[i]
+    d = v[i + 1] - v[i]
+    return v[i + 1] - d * (1 - fr) if fr >= 0.5 else v[i] + fr * d
 
 
 def brightness(img, mask=False):
