@@ -180,6 +180,11 @@ def check_plan(v, make, n_inf):
         if 0 <= start < n:
             t, j = make(infinite=True).records(start, n)
             assert (t.tolist(), j.tolist()) == (want[0][start:], want[1][start:]), start
+    plan = make(infinite=True)  # one plan asked out of order, backwards by one
+    for a, b in ((500, 1600), (499, 600), (1600, n), (0, 5), (1024, 1030), (1023, 1024), (7, 9)):
+        a, b = min(a, n), min(b, n)
+        t, j = plan.records(a, b)
+        assert (t.tolist(), j.tolist()) == (want[0][a:b], want[1][a:b]), (a, b)
 
 
 PLANS = vectors("plans.json")

@@ -110,7 +110,8 @@ def quality_disagreements():
 def given_draw_vectors():
     """Each character's step for given (u0, u1): u = 0, u just below 1, and both sides of
     every threshold (0.5, the quarters of r, 0.1 for blur, the sigma bounds 1/2, 3/4, 7/8,
-    each JPEG quality boundary q / 51)."""
+    each JPEG quality boundary q / 51). The double 0.1 itself is no multiple of 2^-53, so
+    the generator never draws it, but the rule u0 < 0.1 is stated for any double."""
     half = [0.0, ULP, below(0.5), 0.5, above(0.5 + ULP), BELOW_ONE]
     cases = {
         "x": [(u, 0.3) for u in half],
@@ -120,7 +121,7 @@ def given_draw_vectors():
         "j": ([(below(0.5), u) for u in [0.0, ULP, BELOW_ONE] +
                [f(q / 51) for q in range(1, 51) for f in (below, above)] + quality_disagreements()]
               + [(0.5, 0.0), (BELOW_ONE, BELOW_ONE), (0.0, 0.5)]),
-        "b": ([(u0, 0.3) for u0 in (0.0, below(0.1), above(0.1), 0.5, BELOW_ONE)] +
+        "b": ([(u0, 0.3) for u0 in (0.0, below(0.1), 0.1, above(0.1), 0.5, BELOW_ONE)] +
               [(0.0, u1) for u1 in (0.0, below(0.5), 0.5, below(0.75), 0.75, below(0.875),
                                     0.875, BELOW_ONE)]),
     }
@@ -266,7 +267,7 @@ def resize_weight_vectors():
 
 def kernel_vectors():
     """Kernel values at given x: at and either side of each support radius and branch."""
-    xs = (0.0, 0.0005, 0.001, 0.0011, 0.5, 0.9999999999999999, 1.0, 1.5 - 2 ** -52, 1.5,
+    xs = (0.0, 0.0005, 0.001, 0.0011, 0.00390625, 0.0078125, 0.125, 0.5, 0.9999999999999999, 1.0, 1.5 - 2 ** -52, 1.5,
           1.5000000000000002, 2 - 2 ** -52, 2.0, 2.5, 3.0, 3.0000000000000004, 4.5, 5.0, 5.5)
     return [{"kernel": name, "radius": KERNELS[name][1], "x": list(xs),
              "k": [KERNELS[name][0](x) for x in xs]} for name in KERNELS]
@@ -394,9 +395,16 @@ def standardize_vectors():
         m32, s32 = f32(mean), f32(max(std, 1 / math.sqrt(N)))
         out.append({"mode": "per_image", "image": name,
                     "standardized": [f32(f32(v - m32) / s32) for v in vals]})
-    const = [[[9, 9, 9]] * 2] * 2
-    out.append({"mode": "per_image", "image": "constant",
-                "pixels": const, "standardized": [0.0] * 12})
+    # a constant image, and one whose std (0.276) is below the floor 1/sqrt(12) = 0.289
+    for name, pixels in (("constant", [[[9, 9, 9]] * 2] * 2),
+                         ("low_contrast", [[[9, 9, 9], [9, 9, 9]], [[9, 9, 9], [9, 9, 10]]])):
+        vals = [v for row in pixels for px in row for v in px]
+        N = len(vals)
+        mean = sum(vals) / N
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / N)
+        m32, s32 = f32(mean), f32(max(std, 1 / math.sqrt(N)))
+        out.append({"mode": "per_image", "image": name, "pixels": pixels,
+                    "standardized": [f32(f32(v - m32) / s32) for v in vals]})
     return out
 
 

@@ -377,7 +377,8 @@ def he_image():
     for y in range(5):
         row = []
         for x in range(6):
-            ch, ce = 0.2 + 0.13 * ((3 * y + x) % 7), 0.15 + 0.11 * ((y + 2 * x) % 5)
+            k = 6 * y + x    # 30 distinct (H, E) concentration pairs
+            ch, ce = 0.2 + 0.031 * k, 0.15 + 0.027 * ((11 * k) % 30)
             row.append([to_uint8(255 * math.exp(-(ch * H[c] / nh + ce * E[c] / ne)) - 1)
                         for c in range(3)])
         img.append(row)
