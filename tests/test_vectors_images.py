@@ -222,3 +222,42 @@ def test_geometry(backend):
     for v in vectors("geometry.json"):
         got = getattr(impl, v["op"])(impl.from_numpy(IMAGES["a"]), *v["args"])
         assert np.asarray(impl.to_numpy(got)).tolist() == v["out"], (backend, v["op"], v["args"])
+
+
+@pytest.mark.skipif("tensorflow" not in BACKENDS, reason="the TensorFlow adapter is not installed")
+def test_tf_adapter_applies_the_drawn_steps_of_the_vectors():
+    """The TF loader encodes each character's draw as one number (tilespec_tf.loader.
+    encode_steps) and decodes it in the graph (rot90 by k, jpeg_variable, blur_drawn):
+    every distinct step of the threshold vectors must come back as the same op."""
+    import tensorflow as tf
+    from tilespec_tf import loader as tfloader, ops as tfops
+
+    img = tf.constant(IMAGES["c"])
+    seen = set()
+    for v in vectors("augment_given_uniforms.json"):
+        for s in v["steps"]:
+            key = (v["char"], json.dumps(s))
+            if key in seen:
+                continue
+            seen.add(key)
+            steps = [augment.Step(s[0], tuple(s[1]))] if s else []
+            p = tfloader.encode_steps(v["char"], steps)[0]
+            if v["char"] == "b":
+                got = tfops.blur_drawn(img, tf.constant(p))
+                want = tfops.gaussian_blur(img, s[1][0]) if s else img
+            elif v["char"] == "j":
+                if not s:
+                    assert p == 0
+                    continue
+                if s[1][0] not in (50, 67, 68, 99, 100):  # the ends and a rounding edge
+                    continue
+                got = tfops.jpeg_variable(img, tf.constant(p))
+                want = tfops.jpeg(img, s[1][0])
+            elif v["char"] == "r":
+                got = tf.image.rot90(img, int(p))
+                want = tfops.rot90(img, s[1][0]) if s else img
+            else:
+                assert p == (1.0 if s else 0.0)
+                continue
+            assert np.array_equal(got.numpy(), want.numpy()), key
+    assert len(seen) > 60  # every distinct step was seen (those of JPEG encoded, 5 applied)
