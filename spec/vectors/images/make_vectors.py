@@ -267,7 +267,8 @@ def resize_weight_vectors():
 
 def kernel_vectors():
     """Kernel values at given x: at and either side of each support radius and branch."""
-    xs = (0.0, 0.0005, 0.001, 0.0011, 0.00390625, 0.0078125, 0.125, 0.5, 0.9999999999999999, 1.0, 1.5 - 2 ** -52, 1.5,
+    xs = (0.0, 0.0005, 0.001, 0.0011, 0.00390625, 0.0078125, 0.125, 0.5, 0.9999999999999999,
+          1.0, 1.5 - 2 ** -52, 1.5,
           1.5000000000000002, 2 - 2 ** -52, 2.0, 2.5, 3.0, 3.0000000000000004, 4.5, 5.0, 5.5)
     return [{"kernel": name, "radius": KERNELS[name][1], "x": list(xs),
              "k": [KERNELS[name][0](x) for x in xs]} for name in KERNELS]

@@ -54,7 +54,8 @@ def augment_slot(k):
 
 
 def stream_key(seed, rank, epoch):
-    """Step 1 and 2: root key (seed mod 2^32, seed >> 32); words 0, 1 of philox(K, (r, e, 0, domain))."""
+    """Steps 1 and 2: root key (seed mod 2^32, seed >> 32); the stream key is words 0, 1
+    of philox(K, (r, e, 0, domain))."""
     w = philox((rank, epoch, 0, STREAM_DOMAIN), (seed % 2 ** 32, seed >> 32))
     return w[0], w[1]
 
@@ -207,7 +208,8 @@ def uniform_vectors():
 
 def normal_vectors():
     out = []
-    for seed, rank, epoch, slot, n in ((99, 0, 0, augment_slot(4), 6), (7, 2, 1, augment_slot(0), 3),
+    for seed, rank, epoch, slot, n in ((99, 0, 0, augment_slot(4), 6),
+                                       (7, 2, 1, augment_slot(0), 3),
                                        (2 ** 63 - 1, 0, 3, augment_slot(2), 8)):
         key = stream_key(seed, rank, epoch)
         out.append({"seed": str(seed), "rank": rank, "epoch": epoch, "slot": slot,

@@ -160,7 +160,8 @@ AUGMENT_BASE = {
 FIT_KEYS = {"reinhard": ("target_means", "target_stds"),
             "reinhard_fast": ("target_means", "target_stds"),
             "macenko": ("stain_matrix_target", "target_concentrations")}
-AUG_KEYS = {"reinhard": ("means_stdev", "stds_stdev"), "reinhard_fast": ("means_stdev", "stds_stdev"),
+AUG_KEYS = {"reinhard": ("means_stdev", "stds_stdev"),
+            "reinhard_fast": ("means_stdev", "stds_stdev"),
             "macenko": ("matrix_stdev", "concentrations_stdev")}
 
 
@@ -392,7 +393,8 @@ def macenko_vectors():
     out = []
     for preset in ("v1", "v2"):
         he_t, maxc_t = FIT["macenko"][preset]
-        out.append({"image": img, "fit": {"stain_matrix_target": he, "target_concentrations": max_c},
+        out.append({"image": img,
+                    "fit": {"stain_matrix_target": he, "target_concentrations": max_c},
                     "target": preset, "out": macenko_transform(img, he_t, maxc_t)})
     return out
 
