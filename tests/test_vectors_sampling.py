@@ -194,7 +194,7 @@ PLANS = vectors("plans.json")
 @pytest.mark.parametrize("blocks", ["default", "small"])
 def test_plans(monkeypatch, v, blocks):
     if blocks == "small":  # move the planners' block and draw-ahead boundaries inside
-        monkeypatch.setattr(sampling, "BLOCK", 5)
+        monkeypatch.setattr(sampling, "BLOCK", 37)
         monkeypatch.setattr(sampling, "CHOICES_AHEAD", 3)
 
     def make(infinite):
