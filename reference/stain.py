@@ -251,7 +251,14 @@ def standardize_brightness(img: np.ndarray, *, mask: bool = False) -> np.ndarray
     p = float(np.percentile(values.astype(np.float64), BRIGHTNESS_PERCENTILE))
     if p == 0.0:
         return img.copy()
-    return to_uint8(img.astype(np.float64) / p)
+    # I * 255 is exact; the division is the one rounding (not (I / p) * 255, which rounds
+    # twice and, e.g. for p = 61.2, turns the tie 45 * 255 / p = 187.5 into 187.49999...)
+    return _rint_uint8(img.astype(np.float64) * 255.0 / p)
+
+
+def _rint_uint8(x: np.ndarray) -> np.ndarray:
+    """clip(rint(x), 0, 255) as uint8, x on the 0..255 scale (spec/stain.md: to_uint8)."""
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- Reinhard

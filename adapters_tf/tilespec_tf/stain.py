@@ -11,7 +11,8 @@ reference's order, in float64:
   (:mod:`tilespec.colour`) and optical density (:func:`tilespec.stain.optical_density`);
 * brightness standardization: the 90th percentile read off the image's histogram
   (NumPy's linear interpolation, operation for operation), then the reference's
-  ``to_uint8(v / p)`` of each level (``tf.round`` rounds ties to even): bit-exact;
+  ``to_uint8(v * 255 / p)`` of each level (the product first, then one division, as
+  spec/stain.md says; ``tf.round`` rounds ties to even): bit-exact;
 * Reinhard: L*a*b* by the reference's matrices and constants, population means and
   stds, the transfer, L*a*b* -> sRGB, round and clip; the masked methods keep the
   pixels with L* >= 93 (:data:`tilespec.stain.MASK_L_THRESHOLD`);
@@ -123,8 +124,9 @@ def _percentile_sorted(v, q: float):
     return tf.where(t >= 0.5, b - d * (1.0 - t), a + d * t)
 
 
-def _brightness(img):
-    """Brightness standardization of one uint8 image (any shape, last axis 3); bit-exact."""
+def standardize_brightness(img):
+    """Brightness standardization of one uint8 image (any shape, last axis 3), as
+    spec/stain.md, "Brightness standardization": bit-exact with the reference."""
     idx = tf.cast(tf.reshape(img, [-1]), tf.int32)
     counts = tf.math.bincount(idx, minlength=256, maxlength=256, dtype=tf.int64)
     cum = tf.cumsum(counts)
@@ -139,7 +141,7 @@ def _brightness(img):
     d = b - a
     p = tf.where(t >= 0.5, b - d * (1.0 - t), a + d * t)
     safe_p = tf.where(p == 0.0, tf.ones_like(p), p)
-    table = tf.clip_by_value(tf.round(_c(_LEVELS) / safe_p * 255.0), 0.0, 255.0)
+    table = tf.clip_by_value(tf.round(_c(_LEVELS) * 255.0 / safe_p), 0.0, 255.0)
     table = tf.where(p == 0.0, _c(_LEVELS), table)
     return tf.reshape(tf.cast(tf.gather(table, idx), tf.uint8), tf.shape(img))
 
@@ -188,7 +190,7 @@ def _to_uint8_255(x):
 
 def _reinhard_one(img, target, brightness: bool, masked: bool):
     """(normalized HWC uint8, blank code) of one image with target vector (6,)."""
-    j = _brightness(img) if brightness else img
+    j = standardize_brightness(img) if brightness else img
     pixels = tf.reshape(j, [-1, 3])
     lab = _rgb_to_lab(pixels)
     means = tf.reduce_mean(lab, axis=0)
@@ -205,7 +207,7 @@ def _reinhard_one(img, target, brightness: bool, masked: bool):
 
 def _macenko_one(img, target, brightness: bool):
     """(normalized HWC uint8, blank code) of one image with target vector (8,)."""
-    j = _brightness(img) if brightness else img
+    j = standardize_brightness(img) if brightness else img
     od = tf.gather(_c(_OD), tf.cast(tf.reshape(j, [-1, 3]), tf.int32))      # (P, 3)
     tissue = tf.reduce_all(od >= _stain.MACENKO_BETA, axis=1)
     od_t = tf.boolean_mask(od, tissue)
@@ -365,5 +367,5 @@ def _eager(normalizer, img, targets, batch, perturbation):
     return out if batch else out[0]
 
 
-__all__ = ["transform", "graph_one", "normalize_one", "stain_targets", "target_vectors",
+__all__ = ["transform", "standardize_brightness", "graph_one", "normalize_one", "stain_targets", "target_vectors",
            "target_size", "blank_counter", "BLANK_MESSAGES"]

@@ -354,8 +354,9 @@ def _brightness_levels(idx: torch.Tensor, n: int) -> np.ndarray:
     levels = np.empty((n, 256), np.uint8)
     for i in range(n):
         p = _hist_percentile(counts[i], _stain.BRIGHTNESS_PERCENTILE)
-        # the reference's to_uint8(img / p), on the 256 levels
-        levels[i] = _LEVELS if p == 0.0 else _colour.to_uint8(_LEVELS_F / p)
+        # the reference's to_uint8(img * 255 / p), on the 256 levels
+        levels[i] = (_LEVELS if p == 0.0 else
+                     np.clip(np.rint(_LEVELS_F * 255.0 / p), 0, 255).astype(np.uint8))
     return levels
 
 
