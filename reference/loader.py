@@ -507,7 +507,7 @@ class NumpyLoader:
 
     def __init__(self, paths, clip, weights, *, labels=None, batch_size=None, infinite=True,
                  shuffle=False, seed=None, rank=0, num_replicas=1, augment=False,
-                 normalizer=None, transform=None, standardize=True, crop_left=None,
+                 normalizer=None, transform=None, standardize=False, crop_left=None,
                  crop_width=None, resize_target=None, resize_method="lanczos3", resize_aa=True,
                  incl_slidenames=False, incl_loc=False, drop_last=False, on_error="raise"):
         check_rank(rank, num_replicas)
@@ -743,7 +743,7 @@ class IndexedInterleaver:
 
     def __init__(self, tfrecords, *, clip=None, labels=None, rank=0, num_replicas=1,
                  shuffle=False, seed=None, augment=False, normalizer=None, transform=None,
-                 standardize=True, crop_left=None, crop_width=None, resize_target=None,
+                 standardize=False, crop_left=None, crop_width=None, resize_target=None,
                  resize_method="lanczos3", resize_aa=True, incl_slidenames=False,
                  incl_loc=False, on_error="raise"):
         from .sampling import partition

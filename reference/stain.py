@@ -170,7 +170,9 @@ def _check_image(img, what="image") -> tuple[np.ndarray, bool]:
         raise StainNormalizationError(f"{what} must be a numpy uint8 array (HWC or NHWC); got "
                                       f"{type(img).__name__}")
     if img.dtype != np.uint8:
-        raise StainNormalizationError(f"{what} must have dtype uint8; got {img.dtype}")
+        from .ops import float_image_hint
+        raise StainNormalizationError(f"{what} must have dtype uint8; got {img.dtype}"
+                                      f"{float_image_hint(img.dtype)}")
     if img.ndim not in (3, 4) or img.shape[-1] != 3:
         raise StainNormalizationError(f"{what} must have shape (H, W, 3) or (N, H, W, 3); got "
                                       f"{img.shape}")
