@@ -38,7 +38,7 @@ class _PlanLoader(NumpyLoader):
 
     Used for validation, plans, draws, labels and record reading; never iterated."""
 
-    default_standardize = "per_image"
+    default_standardize = tfops.TFOps.default_standardize
 
 
 class LoaderInfo:
@@ -282,7 +282,8 @@ def image_fn(pipeline):
     aug = pipeline.augment
     normalizer = pipeline.normalizer
 
-    def stain(img, z):
+    # tf.numpy_function calls stain(*args): (img,) without 'n', (img, z) with it
+    def stain(img, z=None):
         if z is None:
             out = normalizer.transform(img)
         else:
@@ -406,9 +407,8 @@ def make_indexed(tfrecords, options: dict):
     options = dict(options)
     deterministic = bool(options.pop("deterministic", True))
     epoch = options.pop("epoch", 0)
-    options.setdefault("standardize", True)
-    if options["standardize"] is True:
-        options["standardize"] = "per_image"
+    if options.get("standardize") is True:
+        options["standardize"] = tfops.TFOps.default_standardize
     ref = IndexedInterleaver(tfrecords, **options)
     ref.set_epoch(epoch)
     n = len(ref)
