@@ -495,7 +495,8 @@ class NumpyLoader:
 
     Iterating yields items ``(image, label[, slide][, loc_x, loc_y])``, or batches
     of them stacked by :func:`collate` when ``batch_size`` is set. Images are HWC
-    uint8, or float32 when standardized ('unit' by default).
+    uint8 (``standardize=False``, the default), or float32 when standardized
+    (``standardize=True`` is 'unit').
 
     The loader's state is ``(seed, epoch, position)``: iteration starts at the
     state and advances it with every item (a batch advances it by its size);

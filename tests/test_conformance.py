@@ -25,6 +25,13 @@ from tilespec.pipeline import RESIZE_METHODS
 from tilespec.stain import METHODS, StainNormalizer
 
 BACKENDS = plugins.backends()
+
+
+def examples(n: int) -> int:
+    """``n`` drawn examples under the ci and dev profiles; the thorough profile
+    (HYPOTHESIS_PROFILE=thorough) scales them with its own count (x 50)."""
+    default = settings.default.max_examples
+    return n if default <= 100 else default * n // 40
 TILE_PX = 16
 #: Options compared per drawn combination: items (or batches) of an infinite stream.
 INFINITE_ITEMS = 5
@@ -68,7 +75,7 @@ EXACT_OPS = ("flip_left_right", "flip_up_down", "rot90", "crop", "jpeg")
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", sorted(EXACT_OPS + ("gaussian_blur", "resize")))
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(single=tt.edge_images(1, 24), batch=tt.edge_images(1, 12, batch=True),
        data=st.data())
 def test_op_conforms(backend, op, single, batch, data):
@@ -104,7 +111,7 @@ def _per_image_bound(img, want):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["unit", "per_image"])
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(single=tt.edge_images(1, 24), batch=tt.edge_images(1, 12, batch=True),
        batched=st.booleans())
 def test_standardize_conforms(backend, mode, single, batch, batched):
@@ -126,7 +133,7 @@ def test_standardize_conforms(backend, mode, single, batch, batched):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(x=tt.tie_floats())
 def test_to_uint8_conforms_at_ties(backend, x):
     """to_uint8 exact: ties to even, clipping, +-inf (spec/images.md, "uint8 conversion")."""
@@ -137,7 +144,7 @@ def test_to_uint8_conforms_at_ties(backend, x):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 @given(img=tt.edge_images(1, 16), augment=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_stain_normalize_conforms(backend, method, img, augment, seed):
     """An adapter's stain_normalize against the reference's transform within
@@ -244,7 +251,7 @@ INDEXED_EXAMPLES = ([dict(normalizer="reinhard", seed=1, epoch=0), dict(seed=1, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @_with_examples(LOADER_EXAMPLES)
 @given(opts=tt.loader_options(TILE_PX))
 def test_loader_conforms_over_the_option_space(backend, dataset, opts):
@@ -277,7 +284,7 @@ def _make_indexed(backend, paths, opts, epoch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 @_with_examples(INDEXED_EXAMPLES)
 @given(opts=tt.indexed_options(TILE_PX, 3))
 def test_indexed_conforms_over_the_option_space(backend, dataset, opts):

@@ -34,7 +34,8 @@ OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "j
 CHUNK = 256
 
 class _PlanLoader(NumpyLoader):
-    """The reference loader with TensorFlow's default standardization ('per_image').
+    """The reference loader with TensorFlow's standardization for standardize=True
+    ('per_image').
 
     Used for validation, plans, draws, labels and record reading; never iterated."""
 
@@ -329,8 +330,9 @@ def image_fn(pipeline):
 def make_dataset(dataset, options: dict):
     """The ``tf.data.Dataset`` of ``Dataset.tensorflow(**options)`` (spec/adapter_tf.md).
 
-    Elements: ``(image, label[, slide][, loc_x, loc_y])``; image HWC uint8, or float32
-    when standardized ('per_image' by default); label None without labels; slide
+    Elements: ``(image, label[, slide][, loc_x, loc_y])``; image HWC uint8 (the
+    default, ``standardize=False``), or float32 when standardized (``standardize=True``
+    is 'per_image'); label None without labels; slide
     tf.string; loc_x, loc_y int64. Batched when ``batch_size`` is set.
     """
     options = dict(options)
