@@ -283,8 +283,14 @@ def image_fn(pipeline):
     aug = pipeline.augment
     normalizer = pipeline.normalizer
 
-    # tf.numpy_function calls stain(*args): (img,) without 'n', (img, z) with it
+    # tf.numpy_function calls stain(*args): (img,) without 'n', (img, z) with it.
+    # With a normalizer, crop and resize run here too, by the reference: stain
+    # normalization amplifies a one-level difference of its input (TensorFlow's float32
+    # resize differs from the reference's at rounding ties, as spec/images.md allows),
+    # by up to 9 grey levels after Macenko on 16-pixel tiles; on the reference's input
+    # the step is the reference's.
     def stain(img, z=None):
+        img = pipeline.geometry(np.asarray(img))
         if z is None:
             out = normalizer.transform(img)
         else:
@@ -295,16 +301,18 @@ def image_fn(pipeline):
 
     def fn(raw, params, z=None):
         img = tfops.decode(raw)
-        if pipeline.crop_width is not None:
-            img = tfops.crop(img, pipeline.crop_left, pipeline.crop_width)
-        if pipeline.resize_target is not None:
-            img = tfops.resize(img, pipeline.resize_target, pipeline.resize_method,
-                               pipeline.resize_aa)
-        if normalizer is not None:
-            shape = img.shape
+        if normalizer is not None:   # crop, resize and stain by the reference (see stain)
+            side = pipeline.resize_target or pipeline.crop_width
+            shape = img.shape if side is None else tf.TensorShape([side, side, 3])
             args = [img] if z is None else [img, z]
             img = tf.numpy_function(stain, args, tf.uint8, stateful=False)
             img.set_shape(shape)
+        else:
+            if pipeline.crop_width is not None:
+                img = tfops.crop(img, pipeline.crop_left, pipeline.crop_width)
+            if pipeline.resize_target is not None:
+                img = tfops.resize(img, pipeline.resize_target, pipeline.resize_method,
+                                   pipeline.resize_aa)
         for k, c in enumerate(aug):
             p = params[k]
             if c == "x":
