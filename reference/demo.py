@@ -38,15 +38,16 @@ def sampling_demo(info: dict, out=sys.stdout, seed: int = 7) -> dict:
           f"{ {k.rsplit('/', 1)[-1]: v for k, v in clipped.clip_counts.items()} }", file=out)
     loader = clipped.balance("category", strategy="category").numpy(
         labels=labels, batch_size=16, infinite=False, seed=seed, augment="xyrjb",
-        incl_slidenames=True)
+        standardize=True, incl_slidenames=True)
     batches = list(loader)
     imgs = batches[0][0]
-    print(f"finite epoch, category-balanced, augment='xyrjb': {len(batches)} batches "
+    print(f"finite epoch, category-balanced, augment='xyrjb', standardize=True ('unit'): "
+          f"{len(batches)} batches "
           f"of {imgs.shape[1:]} {imgs.dtype} in [{imgs.min():.2f}, {imgs.max():.2f}]; "
           f"labels of batch 0: {batches[0][1].tolist()}", file=out)
     resumed = clipped.balance("category", strategy="category").numpy(
         labels=labels, batch_size=16, infinite=False, seed=0, augment="xyrjb",
-        incl_slidenames=True)
+        standardize=True, incl_slidenames=True)
     resumed.load_state_dict({"seed": seed, "epoch": 0, "position": 32})
     same = all(np.array_equal(a[0], b[0]) for a, b in zip(resumed, batches[2:]))
     print(f"resumed at position 32 from state (seed={seed}, epoch=0): the remaining "

@@ -739,7 +739,8 @@ class NumpyLoader:
 
     Iterating yields items ``(image, label[, slide][, loc_x, loc_y])``, or batches
     of them stacked by :func:`collate` when ``batch_size`` is set. Images are HWC
-    uint8, or float32 when standardized ('unit' by default).
+    uint8 (``standardize=False``, the default), or float32 when standardized
+    (``standardize=True`` is 'unit').
 
     Options are checked when the loader is built (spec/sampling.md, "Checked at
     construction"); ``record_slides`` (``{path: slide names}`` or a callable giving
@@ -760,7 +761,7 @@ class NumpyLoader:
 
     def __init__(self, paths, clip, weights, *, labels=None, batch_size=None, infinite=True,
                  shuffle=False, seed=None, rank=None, num_replicas=None, augment=False,
-                 normalizer=None, transform=None, standardize=True, crop_left=None,
+                 normalizer=None, transform=None, standardize=False, crop_left=None,
                  crop_width=None, resize_target=None, resize_method="lanczos3", resize_aa=True,
                  incl_slidenames=False, incl_loc=False, drop_last=False, on_error="raise",
                  record_slides=None, uneven="pad", elastic=False,
@@ -1053,7 +1054,7 @@ class IndexedInterleaver:
 
     def __init__(self, tfrecords, *, clip=None, labels=None, rank=None, num_replicas=None,
                  shuffle=False, seed=None, augment=False, normalizer=None, transform=None,
-                 standardize=True, crop_left=None, crop_width=None, resize_target=None,
+                 standardize=False, crop_left=None, crop_width=None, resize_target=None,
                  resize_method="lanczos3", resize_aa=True, incl_slidenames=False,
                  incl_loc=False, on_error="raise", max_record_bytes=MAX_RECORD_BYTES,
                  max_tile_pixels=MAX_TILE_PIXELS):

@@ -86,6 +86,19 @@ MACENKO_MAXC_PERCENTILE = 99.0     # "max" concentration percentile
 MIN_TISSUE_PIXELS = 3              # Macenko: fewer tissue pixels -> blank image
 MIN_EIGENVALUE = 1e-10             # Macenko: 2nd largest OD covariance eigenvalue at most this -> blank
 MIN_LAB_STD = 1e-6                 # Reinhard: a source L*a*b* std at most this -> blank
+#: The blank rules' reasons (spec/stain.md, "Blank images"): the fixed lead of every
+#: BlankImageError message of a transform, written once; the reference appends the
+#: measured values, and an adapter that decides in its own ops (the TF graph) says the same.
+BLANK_REASONS = {
+    "single_colour": f"the image has a single colour, so it has no stain to normalize: an "
+                     f"L*a*b* std <= {MIN_LAB_STD:g}",
+    "few_tissue": f"the image is blank or background: fewer than {MIN_TISSUE_PIXELS} tissue "
+                  f"pixels (optical density >= {MACENKO_BETA} in every channel)",
+    "no_plane": f"a single stain colour: the tissue pixels' optical densities do not span a "
+                f"plane (second eigenvalue <= {MIN_EIGENVALUE:g})",
+    "no_stain": "the image has no measurable stain: its 99th-percentile stain concentrations "
+                "are not positive",
+}
 MASK_L_THRESHOLD = 93.0            # reinhard*_mask: pixels with L* at least this are background
 
 
@@ -221,7 +234,9 @@ def _check_image(img, what="image") -> tuple[np.ndarray, bool]:
         raise StainNormalizationError(f"{what} must be a numpy uint8 array (HWC or NHWC); got "
                                       f"{type(img).__name__}")
     if img.dtype != np.uint8:
-        raise StainNormalizationError(f"{what} must have dtype uint8; got {img.dtype}")
+        from .ops import float_image_hint
+        raise StainNormalizationError(f"{what} must have dtype uint8; got {img.dtype}"
+                                      f"{float_image_hint(img.dtype)}")
     if img.ndim not in (3, 4) or img.shape[-1] != 3:
         raise StainNormalizationError(f"{what} must have shape (H, W, 3) or (N, H, W, 3); got "
                                       f"{img.shape}")
@@ -301,8 +316,7 @@ def _reinhard_transform_one(img: np.ndarray, brightness: bool, t_means, t_stds,
     flat = lab.reshape(-1, 3)
     means, stds = flat.mean(axis=0), flat.std(axis=0)
     if np.any(stds <= MIN_LAB_STD):
-        raise BlankImageError(f"the image has a single colour (L*a*b* stds {_fmt(stds)} <= "
-                              f"{MIN_LAB_STD:g}); it has no stain to normalize")
+        raise BlankImageError(f"{BLANK_REASONS['single_colour']} (stds {_fmt(stds)})")
     lab -= means                    # (lab - means) * (t_stds / stds) + t_means, in place
     lab *= t_stds / stds
     lab += t_means
@@ -344,14 +358,10 @@ def _macenko_decompose(img: np.ndarray, *, mask: bool = False, brightness: bool 
     od_t = od[tissue]
     n_tissue = od_t.shape[0]
     if n_tissue < MIN_TISSUE_PIXELS:
-        raise BlankImageError(
-            f"only {n_tissue} tissue pixel(s) (optical density >= {MACENKO_BETA} in every "
-            f"channel), at least {MIN_TISSUE_PIXELS} needed: the image is blank or background")
+        raise BlankImageError(f"{BLANK_REASONS['few_tissue']}; only {n_tissue} tissue pixel(s)")
     eigvals, eigvecs = np.linalg.eigh(np.cov(od_t, rowvar=False))   # ascending eigenvalues
     if not eigvals[1] > MIN_EIGENVALUE:
-        raise BlankImageError(
-            f"the tissue pixels' optical densities do not span a plane (second eigenvalue "
-            f"{eigvals[1]:.3g} <= {MIN_EIGENVALUE:g}): a single stain colour")
+        raise BlankImageError(f"{BLANK_REASONS['no_plane']}; it is {eigvals[1]:.3g}")
     e1, e2 = eigvecs[:, 2], eigvecs[:, 1]
     if (od_t @ e1).sum() < 0:
         e1 = -e1
@@ -367,8 +377,7 @@ def _macenko_decompose(img: np.ndarray, *, mask: bool = False, brightness: bool 
     conc = np.linalg.solve(he.T @ he, he.T @ od_c.T)                 # least squares, (2, M)
     max_c = np.percentile(conc, MACENKO_MAXC_PERCENTILE, axis=1)
     if not (np.all(np.isfinite(max_c)) and np.all(max_c > 0)):
-        raise BlankImageError(f"99th-percentile stain concentrations {_fmt(max_c)} are not "
-                              "positive: the image has no measurable stain")
+        raise BlankImageError(f"{BLANK_REASONS['no_stain']} ({_fmt(max_c)})")
     return he, max_c, conc
 
 

@@ -37,11 +37,12 @@ OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "j
 CHUNK = 256
 
 class _PlanLoader(NumpyLoader):
-    """The reference loader with TensorFlow's default standardization ('per_image').
+    """The reference loader with TensorFlow's standardization for standardize=True
+    ('per_image').
 
     Used for validation, plans, draws, labels and record reading; never iterated."""
 
-    default_standardize = "per_image"
+    default_standardize = tfops.TFOps.default_standardize
 
 
 class LoaderInfo:
@@ -316,13 +317,27 @@ def image_fn(pipeline, static_hw=None):
     aug = pipeline.augment
     normalizer = pipeline.normalizer
 
+    def reference_geometry(img):
+        return np.asarray(pipeline.geometry(np.asarray(img)), dtype=np.uint8)
+
     def fn(raw, params, z=None):
         img = tfops.decode(raw)
-        if pipeline.crop_width is not None:
-            img = tfops.crop(img, pipeline.crop_left, pipeline.crop_width)
-        if pipeline.resize_target is not None:
-            img = tfops.resize(img, pipeline.resize_target, pipeline.resize_method,
-                               pipeline.resize_aa)
+        if normalizer is not None and pipeline.resize_target is not None:
+            # Before a normalizer, crop and resize run by the reference: stain
+            # normalization amplifies a one-level difference of its input (TensorFlow's
+            # float32 resize differs from the reference's at rounding ties, as
+            # spec/images.md allows) by up to 9 grey levels after Macenko on 16-pixel
+            # tiles; on the reference's input the graph ops are within spec/stain.md's
+            # bounds. The one Python step of such a pipeline (spec/adapter_tf.md, "Stain").
+            side = pipeline.resize_target
+            img = tf.numpy_function(reference_geometry, [img], tf.uint8, stateful=False)
+            img.set_shape([side, side, 3])
+        else:
+            if pipeline.crop_width is not None:   # exact in TensorFlow (a slice)
+                img = tfops.crop(img, pipeline.crop_left, pipeline.crop_width)
+            if pipeline.resize_target is not None:
+                img = tfops.resize(img, pipeline.resize_target, pipeline.resize_method,
+                                   pipeline.resize_aa)
         if normalizer is not None:
             shape = img.shape
             if z is None:       # a caller without target vectors: the fit
@@ -356,8 +371,9 @@ def image_fn(pipeline, static_hw=None):
 def make_dataset(dataset, options: dict):
     """The ``tf.data.Dataset`` of ``Dataset.tensorflow(**options)`` (spec/adapter_tf.md).
 
-    Elements: ``(image, label[, slide][, loc_x, loc_y])``; image HWC uint8, or float32
-    when standardized ('per_image' by default); label None without labels; slide
+    Elements: ``(image, label[, slide][, loc_x, loc_y])``; image HWC uint8 (the
+    default, ``standardize=False``), or float32 when standardized (``standardize=True``
+    is 'per_image'); label None without labels; slide
     tf.string; loc_x, loc_y int64. Batched when ``batch_size`` is set.
     """
     options = dict(options)
@@ -437,9 +453,8 @@ def make_indexed(tfrecords, options: dict):
     options = dict(options)
     deterministic = check_bool("deterministic", options.pop("deterministic", True))
     epoch = options.pop("epoch", 0)
-    options.setdefault("standardize", True)
-    if options["standardize"] is True:
-        options["standardize"] = "per_image"
+    if options.get("standardize") is True:
+        options["standardize"] = tfops.TFOps.default_standardize
     ref = IndexedInterleaver(tfrecords, **options)
     ref.set_epoch(epoch)
     n = len(ref)

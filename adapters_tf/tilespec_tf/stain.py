@@ -53,17 +53,9 @@ _LEVELS = np.arange(256, dtype=np.float64)
 _LINEAR = _colour.srgb_to_linear(_LEVELS / 255.0)
 _OD = _stain.optical_density(np.arange(256, dtype=np.uint8))
 
-#: Blank rule codes (0: not blank) and their messages (the reference's wording).
-BLANK_MESSAGES = (
-    "",
-    f"the image has a single colour (an L*a*b* std <= {_stain.MIN_LAB_STD:g}); it has no stain "
-    "to normalize",
-    f"fewer than {_stain.MIN_TISSUE_PIXELS} tissue pixels (optical density >= "
-    f"{_stain.MACENKO_BETA} in every channel): the image is blank or background",
-    f"the tissue pixels' optical densities do not span a plane (second eigenvalue <= "
-    f"{_stain.MIN_EIGENVALUE:g}): a single stain colour",
-    "99th-percentile stain concentrations are not positive: the image has no measurable stain",
-)
+#: Blank rule codes (0: not blank) and their messages: the reference's reasons.
+BLANK_MESSAGES = ("", _stain.BLANK_REASONS["single_colour"], _stain.BLANK_REASONS["few_tissue"],
+                  _stain.BLANK_REASONS["no_plane"], _stain.BLANK_REASONS["no_stain"])
 _HINT = " (StainNormalizer(on_blank='passthrough') leaves such images unchanged)"
 
 

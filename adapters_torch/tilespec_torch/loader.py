@@ -472,7 +472,8 @@ class TorchLoader(_ReferenceState, DataLoader):
     """``Dataset.torch()``: a DataLoader over one rank's stream (spec/adapter_torch.md).
 
     Yields ``(image, label[, slide][, loc_x, loc_y])`` items or batches, images CHW
-    (N, 3, H, W when batched) uint8, or float32 when standardized. The stream is the
+    (N, 3, H, W when batched) uint8 (the default, ``standardize=False``), or float32
+    when standardized. The stream is the
     reference's for any ``num_workers``. Also exposes ``seed``, ``state_dict()``,
     ``load_state_dict()``, ``len()`` (positions or batches per epoch, as the
     reference), ``skipped`` (records skipped with on_error='skip', from every worker)
