@@ -329,7 +329,7 @@ def _render_grid_pil(grid: ImageGrid, path):
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    scale = max(1, 96 // max(p.image.shape[0] for p in grid.panels))
+    scale = max(1, 128 // max(p.image.shape[0] for p in grid.panels))
     th, tw = max(p.image.shape[0] for p in grid.panels) * scale, \
         max(p.image.shape[1] for p in grid.panels) * scale
     lines = max(p.title.count("\n") + 1 for p in grid.panels)

@@ -173,7 +173,7 @@ def test_image_grids_fall_back_to_pillow(ds, tmp_path, monkeypatch):
     monkeypatch.setattr(show, "have_matplotlib", lambda: False)
     grid = show.augment_grid(show.read_tiles(ds, 2), "xr", draws=3)
     w, h = _png(show.render(grid, tmp_path / "a.png"))
-    assert w == 4 * (max(64 * 1, 110) + 10) and h > 2 * 96
+    assert w == 4 * (64 * 2 + 10) and h > 2 * 128  # 64-px tiles drawn at twice their size
 
 
 def test_plots_without_matplotlib_name_the_extra(ds, tmp_path, monkeypatch, capsys):
