@@ -235,8 +235,9 @@ def cmd_show(args, out=None) -> int:
     kind = args.picture
     if kind == "augment":
         source = args.target
-        if os.path.isdir(source) and os.path.isdir(os.path.join(source, "tfrecords")):
-            source = os.path.join(source, "tfrecords")
+        if os.path.isdir(source) and any(os.path.exists(os.path.join(source, n))
+                                         for n in ("settings.json", "tfrecords")):
+            source = open_dataset(source)  # a project or a demo folder
         data = show.augment_grid(show.read_tiles(source, args.rows), args.augment,
                                  normalizer=args.normalizer, seed=args.seed, draws=args.draws)
     else:
