@@ -158,7 +158,8 @@ def cmd_verify(args, out=None) -> int:
 
 def cmd_demo(args, out=None) -> int:
     """``tilespec demo [DIR]``: write the synthetic dataset, index and inspect it, show
-    sampling on it, and train a tiny model when the PyTorch adapter is installed."""
+    sampling on it, train a tiny model when the PyTorch adapter is installed, and write
+    the pictures (DIR/pictures/*.png, spec/pictures.md)."""
     from .synthetic import write_synthetic_dataset
 
     out = sys.stdout if out is None else out
@@ -173,11 +174,11 @@ def cmd_demo(args, out=None) -> int:
     from .demo import pictures_demo, sampling_demo, training_demo
 
     sampling_demo(info, out)
-    if not args.no_pictures:
-        pictures_demo(info, out)
     if args.train_epochs > 0 and args.train_steps != 0:
         training_demo(info, out, epochs=args.train_epochs, steps=args.train_steps,
                       tile_px=args.tile_px)
+    if not args.no_pictures:  # last, so the demo ends saying where they are
+        pictures_demo(info, out)
     return 0
 
 
