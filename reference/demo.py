@@ -60,8 +60,8 @@ def pictures_demo(info: dict, out=sys.stdout, seed: int = 0) -> dict:
     where they are: augment.png (the 'xyrjb' draws of four tiles), sampling.png
     (category-balanced weights vs observed frequencies), batch.png (a category-balanced
     batch), shards.png (2 ranks x 2 workers over clip(16)). Returns ``{name: path}``;
-    the sampling and shard pictures need matplotlib (the ``plot`` extra) and are
-    skipped, saying so, without it."""
+    the sampling picture needs matplotlib (the ``plot`` extra) and is skipped, saying
+    so, without it (the others are drawn with Pillow)."""
     import os
 
     from . import show

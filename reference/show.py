@@ -7,7 +7,8 @@ reference itself (:func:`augment_grid`, :func:`sampling_bars`, :func:`batch_shee
 :func:`shard_map`): the same draws, plans and loaders the reference uses, so a test
 can check the data against them. A thin renderer (:func:`render`) draws the data
 into a PNG with matplotlib (the ``plot`` extra: ``pip install "tilespec[plot]"``);
-the image grids (augment, batch) fall back to Pillow when matplotlib is missing.
+the image grids (augment, batch) and the shard map fall back to Pillow when
+matplotlib is missing.
 Nothing here is imported by ``import tilespec``.
 """
 
@@ -370,8 +371,61 @@ def _render_sampling(fig_data: SamplingFigure, path):
     fig.savefig(path)
 
 
+PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
+           "#8c8c8c", "#ccb974", "#64b5cd"]
+UNREAD = "#e6e6e6"
+
+
+def _reader_colours(R: int, W: int) -> list:
+    """An RGB colour (floats in [0, 1]) per reader r * W + w: the rank's hue, lighter for
+    later workers."""
+    out = []
+    for r in range(R):
+        h = PALETTE[r % len(PALETTE)]
+        base = np.array([int(h[k:k + 2], 16) / 255 for k in (1, 3, 5)])
+        for w in range(W):
+            f = 0.45 * w / W
+            out.append(base * (1 - f) + f)
+    return out
+
+
+def _render_shards_pil(m: ShardMap, path):
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    R, W = m.num_replicas, m.num_workers
+    colours = [tuple(int(255 * v) for v in c) for c in _reader_colours(R, W)]
+    cell, left, top = 14, 90, 30
+    width = max(len(x) for x in m.reader)
+    legend_w, rows = 150, max(len(m.reader), R * W + 2)
+    img = Image.new("RGB", (left + width * cell + legend_w, top + rows * cell + 10), "white")
+    d = ImageDraw.Draw(img)
+    d.text((6, 6), m.title, fill="black", font=font)
+    pads = {(t, j) for (_, _, _, t, j, pad) in m.reads if pad}
+    for t, row in enumerate(m.reader):
+        y = top + t * cell
+        d.text((6, y + 1), m.names[t], fill="black", font=font)
+        for j, v in enumerate(row):
+            x = left + j * cell
+            d.rectangle([x, y, x + cell - 2, y + cell - 2], fill=colours[v] if v >= 0 else UNREAD)
+            if (t, j) in pads:
+                d.line([x + 3, y + 3, x + cell - 5, y + cell - 5], fill="black")
+                d.line([x + 3, y + cell - 5, x + cell - 5, y + 3], fill="black")
+    x0 = left + width * cell + 10
+    entries = [(colours[r * W + w], f"rank {r} worker {w}") for r in range(R) for w in range(W)]
+    entries.append((UNREAD, "not read"))
+    for k, (c, label) in enumerate(entries):
+        y = top + k * cell
+        d.rectangle([x0, y, x0 + cell - 2, y + cell - 2], fill=c)
+        d.text((x0 + cell + 4, y + 1), label, fill="black", font=font)
+    if pads:
+        y = top + len(entries) * cell
+        d.text((x0, y + 1), "x: read again (pad)", fill="black", font=font)
+    img.save(path)
+
+
 def _render_shards(m: ShardMap, path):
-    from matplotlib.colors import ListedColormap, to_rgb
+    from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
     R, W = m.num_replicas, m.num_workers
@@ -379,17 +433,11 @@ def _render_shards(m: ShardMap, path):
     grid = np.full((len(m.reader), width), np.nan)
     for t, row in enumerate(m.reader):
         grid[t, :len(row)] = row
-    base = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
-            "#8c8c8c", "#ccb974", "#64b5cd"]
-    colours = []
-    for r in range(R):
-        for w in range(W):
-            c = np.array(to_rgb(base[r % len(base)]))
-            colours.append(c * (1 - 0.45 * w / max(W, 1)) + 0.45 * w / max(W, 1))
+    colours = _reader_colours(R, W)
     fig = _figure(min(16, 2.2 + 0.22 * width), 1.4 + 0.38 * len(m.reader))
     ax = fig.subplots()
     unread = np.where(grid == -1, 0.0, np.nan)
-    ax.imshow(np.ma.masked_invalid(unread), cmap=ListedColormap(["#e6e6e6"]), vmin=0, vmax=1,
+    ax.imshow(np.ma.masked_invalid(unread), cmap=ListedColormap([UNREAD]), vmin=0, vmax=1,
               aspect="auto", interpolation="nearest")
     ax.imshow(np.ma.masked_where(~(grid >= 0), grid), cmap=ListedColormap(colours),
               vmin=-0.5, vmax=R * W - 0.5, aspect="auto", interpolation="nearest")
@@ -406,7 +454,7 @@ def _render_shards(m: ShardMap, path):
     ax.tick_params(which="minor", length=0)
     handles = [Patch(color=colours[r * W + w], label=f"rank {r} worker {w}")
                for r in range(R) for w in range(W)]
-    handles.append(Patch(color="#e6e6e6", label="not read"))
+    handles.append(Patch(color=UNREAD, label="not read"))
     if pads:
         handles.append(ax.collections[0])
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
@@ -418,9 +466,9 @@ def _render_shards(m: ShardMap, path):
 def render(data, path) -> str:
     """Draw figure data from this module into the PNG ``path``; return the path.
 
-    Image grids use matplotlib when it is installed, Pillow otherwise; the sampling
-    bars and the shard map need matplotlib (:class:`PlotUnavailableError` names the
-    extra to install)."""
+    The image grids and the shard map use matplotlib when it is installed, Pillow
+    otherwise; the sampling bars need matplotlib (:class:`PlotUnavailableError` names
+    the extra to install)."""
     path = os.fspath(path)
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -429,7 +477,7 @@ def render(data, path) -> str:
     elif isinstance(data, SamplingFigure):
         _render_sampling(data, path)
     elif isinstance(data, ShardMap):
-        _render_shards(data, path)
+        (_render_shards if have_matplotlib() else _render_shards_pil)(data, path)
     else:
         raise TypeError(f"cannot render {type(data).__name__}")
     return path

@@ -174,6 +174,19 @@ def test_image_grids_fall_back_to_pillow(ds, tmp_path, monkeypatch):
     grid = show.augment_grid(show.read_tiles(ds, 2), "xr", draws=3)
     w, h = _png(show.render(grid, tmp_path / "a.png"))
     assert w == 4 * (64 * 2 + 10) and h > 2 * 128  # 64-px tiles drawn at twice their size
+    m = show.shard_map(ds.clip(10), num_replicas=2, num_workers=2, batch_size=4)
+    path = show.render(m, tmp_path / "s.png")
+    with Image.open(path) as im:
+        w, h = im.size
+        assert w == 90 + 40 * 14 + 150 and h == 30 + 6 * 14 + 10  # 40: the longest tfrecord
+        rgb = im.convert("RGB")
+        # the cell of record j of tfrecord t has its reader's colour, grey when unread
+        colours = [tuple(int(255 * v) for v in c) for c in show._reader_colours(2, 2)]
+        for t in range(6):
+            for j in range(10):
+                v = m.reader[t][j]
+                want = colours[v] if v >= 0 else (230, 230, 230)
+                assert rgb.getpixel((90 + j * 14 + 6, 30 + t * 14 + 1)) == want
 
 
 def test_plots_without_matplotlib_name_the_extra(ds, tmp_path, monkeypatch, capsys):
@@ -188,6 +201,8 @@ def test_plots_without_matplotlib_name_the_extra(ds, tmp_path, monkeypatch, caps
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     with pytest.raises(show.PlotUnavailableError, match=r'pip install "tilespec\[plot\]"'):
         show.render(show.sampling_bars(ds, draws=50), tmp_path / "s.png")
+    assert not show.have_matplotlib()  # the grids and the shard map are drawn by Pillow
+    _png(show.render(show.shard_map(ds, num_replicas=2, num_workers=1), tmp_path / "h.png"))
     root = os.path.dirname(ds.tfrecords()[0])
     assert main(["show", "sampling", root, "-o", str(tmp_path / "s.png")]) == 1
     assert capsys.readouterr().err.strip() == \
