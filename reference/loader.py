@@ -765,7 +765,8 @@ class NumpyLoader:
                  crop_width=None, resize_target=None, resize_method="lanczos3", resize_aa=True,
                  incl_slidenames=False, incl_loc=False, drop_last=False, on_error="raise",
                  record_slides=None, uneven="pad", elastic=False,
-                 max_record_bytes=MAX_RECORD_BYTES, max_tile_pixels=MAX_TILE_PIXELS):
+                 max_record_bytes=MAX_RECORD_BYTES, max_tile_pixels=MAX_TILE_PIXELS,
+                 progress=False):
         rank, num_replicas = check_rank(rank, num_replicas)
         check_uneven(uneven)
         elastic = check_bool("elastic", elastic)
@@ -783,6 +784,10 @@ class NumpyLoader:
         self.rank, self.num_replicas = int(rank), int(num_replicas)
         self.drop_last = check_bool("drop_last", drop_last)
         self.uneven, self.elastic = uneven, elastic
+        self.progress = check_bool("progress", progress)
+        if self.progress and self.infinite:
+            raise ValueError("progress=True shows a bar over a finite epoch: pass "
+                             "infinite=False too (an infinite loader has no end to show)")
         self.pipeline, self._items = _pipeline_and_items(
             self.paths, self.default_standardize, labels=labels,
             incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error,
@@ -959,6 +964,16 @@ class NumpyLoader:
             return out, None
         return out, stacker.images(len(out))
 
+    def progress_bar(self):
+        """With ``progress=True``, a :class:`tilespec.progress.Progress` over this epoch's
+        batches (items) from the current position, else None (spec/sampling.md, "Loaders")."""
+        if not self.progress:
+            return None
+        from .progress import Progress
+        B = self.batch_size or 1
+        return Progress(len(self) - self.position // B, f"epoch {self.epoch}", min_total=1,
+                        unit="batches" if self.batch_size else "items")
+
     def __iter__(self):
         if self._plan.epoch != self.epoch:
             self._plan = self.plan(self.epoch)
@@ -966,6 +981,7 @@ class NumpyLoader:
         B = self.batch_size or 1
         total = None if self.infinite else len(plan)
         guard = AllSkippedGuard(plan, self.paths)
+        bar, done = self.progress_bar(), 0
         try:
             while total is None or self.position < total:
                 start = self.position
@@ -981,9 +997,15 @@ class NumpyLoader:
                     continue
                 guard.reset()
                 yield items[0] if self.batch_size is None else collate(items, images)
+                if bar is not None:
+                    done += 1
+                    bar.step(done)
         except GeneratorExit:  # the caller left the loop: release the files now
             self.close()        # (they are reopened if the loader is iterated again)
             raise
+        finally:
+            if bar is not None:
+                bar.close()
         self.epoch += 1
         self.position = 0
 

@@ -378,6 +378,10 @@ def make_dataset(dataset, options: dict):
     """
     options = dict(options)
     deterministic = check_bool("deterministic", options.pop("deterministic", True))
+    if check_bool("progress", options.pop("progress", False)):
+        raise ValueError("progress=True is for the numpy and torch loaders; a tf.data "
+                         "pipeline shows progress through Keras (model.fit(verbose=1)) or "
+                         "tf.keras.utils.Progbar")
     rank, num_replicas = _shard(options)
     labels = dataset._loader_labels(options.pop("labels", None))
     table = dataset.sampling_table()

@@ -551,6 +551,7 @@ class TorchLoader(_ReferenceState, DataLoader):
         self.dataset.set_state(ref.seed, ref.epoch, ref.position // B)
         it = super().__iter__()
         in_worker = self.num_workers > 0
+        bar, done = ref.progress_bar(), 0   # progress=True: the reference's bar
         try:
             for b, payload, (skipped, counted), slot in it:
                 self._num_skipped += counted
@@ -570,9 +571,14 @@ class TorchLoader(_ReferenceState, DataLoader):
                 ref.position = stop if total is None else min(stop, total)
                 if payload is not None:
                     yield payload
+                    if bar is not None:
+                        done += 1
+                        bar.step(done)
             ref.epoch += 1
             ref.position = 0
         finally:
+            if bar is not None:
+                bar.close()
             if not self.persistent_workers:
                 if hasattr(it, "_shutdown_workers"):
                     it._shutdown_workers()
