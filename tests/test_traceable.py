@@ -143,3 +143,22 @@ def test_decodes_the_reference_loaders_stream(traced):
                                                                           rest[0].args[0])
             checked += 1
     assert checked > 100
+
+
+@pytest.mark.parametrize("method", ["reinhard", "macenko"])
+def test_survives_stain_normalization_and_augmentation(traced, method):
+    """The record and symmetry are recovered after stain normalization with stain
+    augmentation ('n'), as the reference loader applies it."""
+    _info, ds, tr = traced
+    loader = ds.numpy(infinite=True, augment="xyrn", normalizer=method, seed=3,
+                      standardize=False)
+    draws = draw_augmentations("xyr", stream_key(3, 0, 0), np.arange(60))
+    plan = loader.plan(0)
+    for i, (img, _label) in zip(range(60), loader):
+        t, j = plan.records(i, i + 1)
+        rid = tr.by_key[(int(t[0]), int(j[0]))]
+        if tr.records[rid].flat is not None:
+            continue
+        g = symmetry_of([(s.op, *s.args) for s in draws.steps[i]])
+        got = tr.identify(img)
+        assert (got.rid, got.symmetry) == (rid, g)
