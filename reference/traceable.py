@@ -357,7 +357,8 @@ class Tracer:
     # -- what happened to the pixels -------------------------------------------------
     def expected(self, rid: int, g, op: str = "none", arg=None) -> np.ndarray:
         """The record's pixels after symmetry ``g`` and then ``op`` ('none', 'jpeg'
-        with quality ``arg``, 'blur' with sigma ``arg``), float64 (cached)."""
+        with quality ``arg``, 'blur' with sigma ``arg``, 'jpeg+blur' with ``arg`` =
+        (quality, sigma)), float64 (cached)."""
         key = (rid, tuple(g), op, arg)
         out = self._cache.get(key)
         if out is None:
@@ -366,6 +367,9 @@ class Tracer:
                 img = ops.jpeg(img, int(arg))
             elif op == "blur":
                 img = ops.gaussian_blur(img, float(arg))
+            elif op == "jpeg+blur":   # string order 'jb'
+                img = ops.gaussian_blur(self.expected(rid, g, "jpeg", arg[0]).astype(np.uint8),
+                                        float(arg[1]))
             out = self._cache[key] = img.astype(np.float64)
         return out
 
@@ -431,6 +435,51 @@ class Tracer:
         return op, arg, tried[best], none
 
 
-__all__ = ["write_traceable_dataset", "Tracer", "Trace", "Record", "SYMMETRIES",
+def _scale_of(img: np.ndarray, standardize) -> str:
+    if img.dtype == np.uint8 or not standardize:
+        return "levels"
+    return "unit" if standardize in (True, "unit") else "affine"
+
+
+def decode(tracer: "Tracer", image, *, augment: str = "xyrjb", standardize=None,
+           layout: str | None = None) -> dict:
+    """Everything one yielded image tells (spec/audit.md, "Traceable tiles"): the
+    record (``rid``, ``slide``, ``tfrecord``, ``index``, ``loc``), the symmetry and the
+    assignments of ``augment``'s x/y/r characters that give it, and the JPEG quality
+    and blur sigma estimated (None: not applied) when ``augment`` has 'j' / 'b'.
+    ``standardize``: what the loader was asked for (False/None: uint8; True or
+    'unit'; 'per_image'); ``layout`` 'HWC'/'CHW' or None (detected)."""
+    img, layout = image_hwc(image, layout)
+    t = tracer.identify(img)
+    out = {"layout": layout, "rid": t.rid, "flat": t.flat, "symmetry": t.symmetry,
+           "score": t.score, "margin": t.margin}
+    if t.rid is None:
+        return out
+    rec = tracer.records[t.rid]
+    out.update(slide=rec.slide, tfrecord=rec.path, index=rec.index, loc=rec.loc)
+    if t.flat:
+        return out
+    out["xyr"] = explain_symmetry(t.symmetry, augment)
+    scale = _scale_of(img, standardize)
+    quals = list(range(30, 101)) if "j" in augment else []
+    best = None
+    for sigma in [None] + ([0.5, 1.0, 1.5, 2.0, 2.5, 3.0] if "b" in augment else []):
+        if sigma is None:
+            cands = [("none", None)] + [("jpeg", q) for q in quals]
+        else:
+            cands = [("blur", sigma)] + [("jpeg+blur", (q, sigma)) for q in quals]
+        r = tracer.classify(img, t.rid, t.symmetry, cands, scale, coarse=5)
+        if best is None or r[2] < best[2]:
+            best = r
+        if best[2] == 0:
+            break
+    op, arg, d, _ = best
+    out["jpeg"] = arg if op == "jpeg" else arg[0] if op == "jpeg+blur" else None
+    out["blur"] = arg if op == "blur" else arg[1] if op == "jpeg+blur" else None
+    out["distance"] = d
+    return out
+
+
+__all__ = ["write_traceable_dataset", "decode", "Tracer", "Trace", "Record", "SYMMETRIES",
            "apply_symmetry", "symmetry_of", "true_labels", "explain_symmetry", "image_hwc",
            "traceable_tile", "DEFAULT_SLIDES", "FLAT_LEVELS", "MIN_DISTANCE"]

@@ -162,3 +162,31 @@ def test_survives_stain_normalization_and_augmentation(traced, method):
         g = symmetry_of([(s.op, *s.args) for s in draws.steps[i]])
         got = tr.identify(img)
         assert (got.rid, got.symmetry) == (rid, g)
+
+
+def test_decode_tells_everything_about_a_reference_item(traced):
+    """decode() of 'xyrjb' items: record, symmetry (and the x/y/r assignments that give
+    it), JPEG quality and blur sigma, from uint8 and 'unit' images."""
+    from tilespec.traceable import decode
+
+    _info, ds, tr = traced
+    for std in (False, "unit"):
+        loader = ds.numpy(infinite=True, augment="xyrjb", seed=11, standardize=std)
+        draws = draw_augmentations("xyrjb", stream_key(11, 0, 0), np.arange(30))
+        plan = loader.plan(0)
+        for i, (img, _label) in zip(range(30), loader):
+            t, j = plan.records(i, i + 1)
+            rid = tr.by_key[(int(t[0]), int(j[0]))]
+            d = decode(tr, img, augment="xyrjb", standardize=std)
+            assert d["rid"] == rid
+            if d["flat"]:
+                continue
+            steps = draws.steps[i]
+            want = {s.op: s.args for s in steps}
+            assert d["jpeg"] == (want["jpeg"][0] if "jpeg" in want else None), (i, steps)
+            assert d["blur"] == (want["gaussian_blur"][0] if "gaussian_blur" in want
+                                 else None), (i, steps)
+            geo = [(s.op, *s.args) for s in steps if s.op in ("flip_left_right",
+                                                               "flip_up_down", "rot90")]
+            assert d["symmetry"] == symmetry_of(geo) and len(d["xyr"]) == 2
+            assert d["slide"] == tr.records[rid].slide
