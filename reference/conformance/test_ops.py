@@ -24,7 +24,7 @@ OP_CASES = {
 
 
 @pytest.mark.parametrize("op", sorted(OP_CASES))
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(img=tt.images(3, 24), data=st.data())
 def test_op_conforms(backend, op, img, data):
     """uint8 results within the op's bound (exact for the exact ops)."""
