@@ -453,6 +453,12 @@ class _Audit:
         return self.run(None, self.tiles, infinite=True, augment=char, standardize=False,
                         seed=seed)
 
+    def _short(self, seen) -> str:
+        """A note when an infinite stream ended early (the power shown is at the
+        items it gave)."""
+        return (f" (the infinite stream ended after {len(seen)} of {self.tiles} items)"
+                if len(seen) < self.tiles else "")
+
     def check_seed(self, char) -> int:
         return int(self.options.get("seed", self.seed)) + "xyrjb".index(char)
 
@@ -467,7 +473,8 @@ class _Audit:
         p = binom_p(on, n, 0.5)
         ok = p >= self.alpha and other == 0 and n > 0
         return Check(f"flip_{char}", "pass" if ok else "fail",
-                     f"rate {on / max(n, 1):.3f} ({on}/{n}, {_fmt_p(p)}), {other} other transforms",
+                     f"rate {on / max(n, 1):.3f} ({on}/{n}, {_fmt_p(p)}), {other} other transforms"
+                     + self._short(seen),
                      f"{op} with p = 0.5, nothing else", "exact binomial, two-sided",
                      self.alpha, f"{binom_power(n, 0.5, 0.4, self.alpha):.3f} vs p=0.4; "
                      f"{binom_power(n, 0.5, 0.25, self.alpha):.3f} vs p=0.25", n,
@@ -504,7 +511,7 @@ class _Audit:
         p1 = [0.35, 0.65 / 3, 0.65 / 3, 0.65 / 3]
         return Check("rot90", "pass" if ok else "fail",
                      f"k counts {counts.tolist()} ({_fmt_p(p)}), {other} flipped; direction "
-                     f"{direction}", "k uniform on 0..3, rot90 counter-clockwise",
+                     f"{direction}" + self._short(seen), "k uniform on 0..3, rot90 counter-clockwise",
                      "chi-square on k; direction by agreement with tilespec's draws",
                      self.alpha, f"{chi2_power(n, [0.25] * 4, p1, self.alpha):.3f} vs "
                      "P(k=0)=0.35", n, {"counts": counts.tolist(), "p": p, "other": other,
@@ -549,7 +556,8 @@ class _Audit:
         return Check("jpeg", "pass" if ok else "fail",
                      f"rate {nj / max(n, 1):.3f} ({nj}/{n}, {_fmt_p(p_rate)}); quality "
                      f"{lo}..{hi}, {int(counts[50])} at 100 ({_fmt_p(p100)}), {int(counts[0])} "
-                     f"at 50, {out_range} outside 50..100, uniformity {_fmt_p(p_q)}",
+                     f"at 50, {out_range} outside 50..100, uniformity {_fmt_p(p_q)}"
+                     + self._short(seen),
                      "p = 0.5; quality uniform on 50..100",
                      "binomial (rate; q=50 and q=100 counts vs 1/51), chi-square over 51 qualities",
                      self.alpha, f"rate {binom_power(n, 0.5, 0.4, self.alpha):.3f} vs p=0.4; "
@@ -581,7 +589,8 @@ class _Audit:
             and other == 0 and n > 0
         return Check("blur", "pass" if ok else "fail",
                      f"rate {nb / max(n, 1):.3f} ({nb}/{n}, {_fmt_p(p_rate)}); sigma "
-                     f"0.5/1/1.5/2: {counts.tolist()} ({_fmt_p(p_mix)}), {outside} other",
+                     f"0.5/1/1.5/2: {counts.tolist()} ({_fmt_p(p_mix)}), {outside} other"
+                     + self._short(seen),
                      "p = 0.1; sigma 0.5, 1, 1.5, 2 with p 1/2, 1/4, 1/8, 1/8",
                      "binomial (rate), chi-square (sigma mix)", self.alpha,
                      f"rate {binom_power(n, 0.1, 0.17, self.alpha):.3f} vs p=0.17; mix "
