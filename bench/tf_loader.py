@@ -15,6 +15,12 @@ in both):
   random ops, ``per_image_standardization``) in a parallel deterministic map,
   batch 64, prefetch.
 
+With ``--normalizer METHOD`` two more rows, interleaved with those: the same
+``Dataset.tensorflow()`` with ``normalizer=StainNormalizer(METHOD,
+on_blank='passthrough')``, its stain step in TensorFlow graph ops (what the loader
+does) and, for comparison, through ``tf.numpy_function`` calling the reference
+(what it did before; rebuilt here by the bench only).
+
 It prints tiles/s, the ratio of the two, and the peak resident-memory growth
 of a run. Run ``.venv/bin/python bench/tf_loader.py`` (``--quick`` for a smoke
 run). On a machine shared with other work, wall times vary: compare the two
@@ -88,6 +94,36 @@ def plain_pipeline(paths, seed: int = 0):
     return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
 
 
+@contextlib.contextmanager
+def numpy_function_stain():
+    """While active, loaders built use ``tf.numpy_function`` and the reference for their
+    stain step (the loader before its stain step became graph ops)."""
+    import tensorflow as tf
+
+    from tilespec.stain import FIT_SHAPES
+    from tilespec_tf import loader
+
+    def graph_one(normalizer, img, target):
+        fit = normalizer.get_fit()
+
+        def run(im, t):
+            delta, at = {}, 0
+            for key, shape in FIT_SHAPES[normalizer.method].items():
+                size = int(np.prod(shape))
+                delta[key] = t[at:at + size].reshape(shape) - fit[key]
+                at += size
+            return normalizer.transform(im, augment=True, perturbation=delta)
+
+        return tf.numpy_function(run, [img, target], tf.uint8, stateful=False)
+
+    saved = loader.tfstain.graph_one
+    loader.tfstain.graph_one = graph_one
+    try:
+        yield
+    finally:
+        loader.tfstain.graph_one = saved
+
+
 def consume(ds, batches: int) -> int:
     n = 0
     for img, *_ in ds.take(batches):
@@ -116,8 +152,17 @@ def run(args) -> dict:
         plain = plain_pipeline(paths, seed=1)
         tiles = args.batches * BATCH
         results = []
-        # interleave the two workloads' runs so both see the same machine load
+        # interleave the workloads' runs so all see the same machine load
         order = [("plain tf.data", plain), ("tilespec tf", ours)]
+        if args.normalizer:
+            norm = tilespec.StainNormalizer(args.normalizer, on_blank="passthrough")
+            opts = dict(infinite=True, batch_size=BATCH, augment=AUGMENT,
+                        standardize="per_image", seed=1, incl_slidenames=True, normalizer=norm)
+            graph = ds.tensorflow(**opts)
+            with numpy_function_stain():
+                numpy_fn = ds.tensorflow(**opts)
+            order += [(f"+ {args.normalizer} graph ops", graph),
+                      (f"+ {args.normalizer} numpy_function", numpy_fn)]
         for name, d in order:
             results.append(measure(name, lambda d=d: consume(d, args.batches), items=tiles,
                                    nbytes=0, repeats=args.repeats, warmup=1, trace=False))
@@ -138,8 +183,13 @@ def run(args) -> dict:
           f"per_image, median of {len(results[0].times)} runs")
     print(format_table(["pipeline", "tiles/s", "vs plain", "wall ms", "cpu ms", "spread",
                         "RSS +MiB"], rows))
-    return {"environment": env, "results": [r.as_dict() for r in results],
-            "ratio": results[1].items_per_s / plain_rate}
+    out = {"environment": env, "results": [r.as_dict() for r in results],
+           "ratio": results[1].items_per_s / plain_rate}
+    if len(results) == 4:
+        out["stain_graph_vs_numpy_function"] = results[2].items_per_s / results[3].items_per_s
+        print(f"stain step in graph ops vs tf.numpy_function: "
+              f"{out['stain_graph_vs_numpy_function']:.2f}x the tiles/s (same run)")
+    return out
 
 
 def main(argv=None):
@@ -151,6 +201,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="runs per round (two rounds)")
     p.add_argument("--dir", help="write the dataset here instead of a temporary folder")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--normalizer", help="also time a stain normalizer of this method (graph ops "
+                   "and numpy_function), e.g. reinhard or macenko")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 batches, 1 round of 2")
     args = p.parse_args(argv)
     if args.quick:

@@ -7,8 +7,9 @@ images (decode). See README.md.
 
 from .crc32c import BACKEND as CRC32C_BACKEND
 from .errors import (CorruptDataError, CorruptLengthError, EmptyFileError, ExampleParseError,
-                     ImageDecodeError, IndexFileError, NotATFRecordError, TFRecordError,
-                     TileSchemaError, TruncatedRecordError)
+                     ImageDecodeError, ImageTooLargeError, IndexFileError, NotATFRecordError,
+                     RecordTooLargeError, TFRecordError, TileSchemaError, TileSizeError,
+                     TruncatedRecordError)
 from .example import Tile, encode_example, encode_tile, parse_example, parse_tile
 from .images import decode_image
 from . import ops
@@ -16,6 +17,7 @@ from .index import build_index, load_index
 from .records import read_record_at, read_records, write_records
 from .verify import verify  # spec/reliability.md
 from .stain import StainNormalizer  # spec/stain.md
+from . import stain as norm  # slideflow's name for it: tilespec.norm.autoselect(...)
 from .project import Dataset, ModelParams, load_project  # spec/dataset.md
 from .loader import IndexedInterleaver, NumpyLoader  # spec/sampling.md
 from .hookspecs import hookimpl  # spec/adapters.md
@@ -29,6 +31,7 @@ __all__ = [
     "TFRecordError", "EmptyFileError", "NotATFRecordError", "CorruptLengthError",
     "CorruptDataError", "TruncatedRecordError", "ExampleParseError", "TileSchemaError",
     "ImageDecodeError", "IndexFileError", "CRC32C_BACKEND",
+    "RecordTooLargeError", "ImageTooLargeError", "TileSizeError",
     "StainNormalizer", "Dataset", "ModelParams", "load_project", "NumpyLoader",
     "IndexedInterleaver", "ops", "hookimpl", "adapters", "AdapterNotInstalledError",
 ]

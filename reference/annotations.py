@@ -70,6 +70,10 @@ class Annotations:
     where: Mapping[str, str]
     source: str | None = None
 
+    def __len__(self) -> int:
+        """The number of rows (slides), as ``len()`` of slideflow's annotations DataFrame."""
+        return len(self.rows)
+
     @property
     def headers(self) -> tuple:
         """The outcome headers: every column except patient and slide."""
@@ -195,16 +199,40 @@ def annotations_from_rows(rows) -> Annotations:
     return _validate(columns, records(), None, "row")
 
 
+def annotations_from_frame(frame) -> Annotations:
+    """A data frame -> :class:`Annotations` (spec/dataset.md, "Annotations"): anything with
+    ``to_dict('records')`` (a pandas DataFrame; pandas is not needed), its rows read as
+    row dicts, missing values (None, NaN) blank."""
+    try:
+        rows = frame.to_dict("records")
+    except Exception as e:                                  # noqa: BLE001 - any frame's error
+        raise AnnotationError(f"annotations: {type(frame).__name__}.to_dict('records') "
+                              f"failed: {e}") from None
+    if not isinstance(rows, (list, tuple)):
+        raise AnnotationError(f"annotations: {type(frame).__name__}.to_dict('records') gave a "
+                              f"{type(rows).__name__}, not a list of row dicts")
+    return annotations_from_rows([{k: None if _missing(v) else v for k, v in r.items()}
+                                  if isinstance(r, Mapping) else r for r in rows])
+
+
+def _missing(value) -> bool:
+    """None, a float NaN or pandas' NA / NaT (a data frame's missing values)."""
+    return (value is None or (isinstance(value, float) and value != value)
+            or type(value).__name__ in ("NAType", "NaTType"))
+
+
 def read_annotations(source) -> Annotations:
-    """A CSV path or a list of row dicts -> :class:`Annotations` (spec/dataset.md)."""
+    """A CSV path, a list of row dicts or a data frame -> :class:`Annotations` (spec/dataset.md)."""
     if isinstance(source, Annotations):
         return source
     if isinstance(source, (str, os.PathLike)):
         return read_annotations_csv(source)
     if isinstance(source, (list, tuple)):
         return annotations_from_rows(source)
-    raise AnnotationError(f"annotations must be a CSV path or a list of row dicts, "
-                          f"not {type(source).__name__}")
+    if callable(getattr(source, "to_dict", None)):
+        return annotations_from_frame(source)
+    raise AnnotationError(f"annotations must be a CSV path, a list of row dicts or a data frame "
+                          f"(with to_dict('records')), not {type(source).__name__}")
 
 
 def normalize_filters(ann: Annotations, filters, filter_blank) -> tuple:

@@ -19,7 +19,7 @@ r     rot90(k)                        k = floor(4 u0) (k = 0 is no step)
 j     jpeg(quality)                   applied when u0 < 0.5; quality = 50 + floor(51 u1)
 b     gaussian_blur(sigma)            applied when u0 < 0.1; sigma = 0.5 if u1 < 1/2,
                                       1.0 if u1 < 3/4, 1.5 if u1 < 7/8, else 2.0
-n     stain augmentation             z = normals(..., k = normalizer.normal_draws)
+n     stain augmentation              z = normals(..., k = normalizer.normal_draws)
 ====  ==============================  ==========================================
 """
 

@@ -93,8 +93,12 @@ def balance_weights(strategy, clip, groups: Sequence[Hashable] | None = None,
     if counts is not None and keep.shape != c.shape:
         raise BalanceError(f"got {keep.size} counts for {c.size} tfrecords")
     if c.size and not keep.any():
-        raise BalanceError(f"every one of the {c.size} tfrecord(s) is empty (0 records): "
-                           "nothing to balance")
+        raise BalanceError(f"cannot balance with strategy {strategy!r}: the dataset's "
+                           f"{c.size} tfrecord(s) hold no tiles (every one of the {c.size} "
+                           "tfrecord(s) is empty, 0 records)")
+    if c.size and int(c.sum()) == 0:
+        raise BalanceError(f"cannot balance with strategy {strategy!r}: the dataset's "
+                           f"{c.size} tfrecord(s) hold no tiles (every clipped count is 0)")
     w = np.zeros(c.size)
     if strategy == "slide":
         w[keep] = slide_weights(int(keep.sum()))

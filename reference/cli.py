@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 from collections import Counter
 
@@ -17,9 +16,10 @@ from . import __version__
 from .crc32c import BACKEND
 from .errors import TFRecordError
 from .example import parse_example, parse_tile
-from .images import image_size
+from .images import MAX_TILE_PIXELS, image_size
 from .index import IndexRebuildWarning, index_path, index_state, load_index
-from .records import read_records
+from .progress import Progress  # noqa: F401  (tilespec.cli.Progress: also used by tests)
+from .records import MAX_RECORD_BYTES, read_records
 
 TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
 
@@ -43,51 +43,6 @@ def find_tfrecords(target) -> list[str]:
     if os.path.isfile(target):
         return [target]
     raise CLIError(f"{target}: no such file or folder")
-
-
-class Progress:
-    """A one-line progress display on a terminal (stderr by default); spec/index.md, "Loading".
-
-    Shown only when the stream is a tty and there are several files; redrawn
-    at most every ``interval`` seconds (always for the first and last step),
-    so thousands of files cost a few writes per second. :meth:`clear` erases
-    the line before other output is printed.
-    """
-
-    def __init__(self, total: int, what: str, stream=None, interval: float = 0.1):
-        self.total, self.what = total, what
-        self.stream = sys.stderr if stream is None else stream
-        self.live = total > 1 and bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval
-        self.start = time.monotonic()
-        self.last_draw = None
-        self.width = 0
-
-    def step(self, done: int, name: str):
-        if not self.live:
-            return
-        now = time.monotonic()
-        if (self.last_draw is not None and done < self.total
-                and now - self.last_draw < self.interval):
-            return
-        self.last_draw = now
-        rate = done / max(now - self.start, 1e-9)
-        line = (f"{self.what} {done}/{self.total} files ({rate:.1f}/s) "
-                f"{os.path.basename(name)[:40]}")
-        pad = max(self.width - len(line), 0)
-        self.stream.write("\r" + line + " " * pad)
-        self.width = len(line)
-        self.stream.flush()
-
-    def clear(self):
-        """Erase the progress line (before printing something else)."""
-        if self.live and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
-            self.width = 0
-
-    def close(self):
-        self.clear()
 
 
 def inspect_file(path) -> dict:
@@ -167,6 +122,20 @@ def cmd_index(args, out=None) -> int:
     return 0
 
 
+def _tile_px(text: str):
+    """``--tile-px``: 'first' or a positive number of pixels."""
+    if text == "first":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'first', got "
+                                         f"{text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got {value}")
+    return value
+
+
 def cmd_verify(args, out=None) -> int:
     """``tilespec verify PATH...``: check every record of every file, print one line per
     problem (files in order, as each file is done) and a summary table; exit code 1
@@ -194,7 +163,8 @@ def cmd_verify(args, out=None) -> int:
 
     try:
         result = verify(files, level=args.level, index=not args.no_index, jobs=args.jobs,
-                        progress=on_file)
+                        progress=on_file, max_record_bytes=args.max_record_bytes,
+                        max_tile_pixels=args.max_tile_pixels, tile_size=args.tile_px)
     finally:
         progress.close()
     print(result.summary(), file=out)
@@ -203,7 +173,8 @@ def cmd_verify(args, out=None) -> int:
 
 def cmd_demo(args, out=None) -> int:
     """``tilespec demo [DIR]``: write the synthetic dataset, index and inspect it, show
-    sampling on it, and train a tiny model when the PyTorch adapter is installed."""
+    sampling on it, train a tiny model when the PyTorch adapter is installed, and write
+    the pictures (DIR/pictures/*.png, spec/pictures.md)."""
     from .synthetic import write_synthetic_dataset
 
     out = sys.stdout if out is None else out
@@ -215,19 +186,21 @@ def cmd_demo(args, out=None) -> int:
     ns = argparse.Namespace(target=info["tfrecords"], verbose=True)
     cmd_index(ns, out)
     cmd_inspect(ns, out)
-    from .demo import sampling_demo, training_demo
+    from .demo import pictures_demo, sampling_demo, training_demo
 
     sampling_demo(info, out)
     if args.train_epochs > 0 and args.train_steps != 0:
         training_demo(info, out, epochs=args.train_epochs, steps=args.train_steps,
                       tile_px=args.tile_px)
+    if not args.no_pictures:  # last, so the demo ends saying where they are
+        pictures_demo(info, out)
     return 0
 
 
 def cmd_adapters(args, out=None) -> int:
     """``tilespec adapters``: the installed adapters, then the known ones missing
     (spec/adapters.md, 'Discovery')."""
-    from .plugins import KNOWN_ADAPTERS, adapters
+    from .plugins import KNOWN_ADAPTERS, adapters, install_hint
 
     out = sys.stdout if out is None else out
 
@@ -236,9 +209,9 @@ def cmd_adapters(args, out=None) -> int:
         print(f"{info['name']:<12} {info['distribution']:<16} {info['version']:<8} "
               f"{info['framework']}", file=out)
     have = {i["name"] for i in infos}
-    for name, (dist, where) in sorted(KNOWN_ADAPTERS.items()):
+    for name, (dist, _) in sorted(KNOWN_ADAPTERS.items()):
         if name not in have:
-            print(f"{name:<12} {dist:<16} not installed (pip install -e {where})", file=out)
+            print(f"{name:<12} {dist:<16} not installed ({install_hint(name)})", file=out)
     return 0
 
 
@@ -269,6 +242,114 @@ def cmd_audit(args) -> int:
         with open(args.json, "w") as fh:
             json.dump(report.to_dict(), fh, indent=1)
     return 0 if report.ok else 1
+def open_dataset(target, annotations=None):
+    """The :class:`tilespec.Dataset` a ``tilespec show`` command names: a project folder
+    (settings.json), a folder holding ``tfrecords/`` and ``annotations.csv`` (as
+    ``tilespec demo`` writes), or tfrecords (a file or a folder) with ``--annotations``."""
+    from .dataset import Dataset
+
+    target = os.fspath(target)
+    if os.path.isdir(target) and annotations is None:
+        if os.path.isfile(os.path.join(target, "settings.json")):
+            from .project import load_project
+            return load_project(target).dataset()
+        tf, ann = os.path.join(target, "tfrecords"), os.path.join(target, "annotations.csv")
+        if os.path.isdir(tf) and os.path.isfile(ann):
+            return Dataset(tfrecords=tf, annotations=ann)
+    return Dataset(tfrecords=target, annotations=annotations)
+
+
+def _shaped(ds, args):
+    """``ds`` clipped (``--clip``) and balanced (``--balance``) as the options say."""
+    if getattr(args, "clip", 0):
+        ds = ds.clip(args.clip, strategy=args.clip_strategy)
+    if getattr(args, "balance", None):
+        ds = ds.balance(args.headers if args.balance == "category" else None,
+                        strategy=args.balance)
+    return ds
+
+
+def cmd_show(args, out=None) -> int:
+    """``tilespec show augment|sampling|batch|shards ...``: write one picture (PNG) and
+    print its path (spec/pictures.md)."""
+    from . import show
+
+    out = sys.stdout if out is None else out
+    kind = args.picture
+    if kind == "augment":
+        source = args.target
+        if os.path.isdir(source) and any(os.path.exists(os.path.join(source, n))
+                                         for n in ("settings.json", "tfrecords")):
+            source = open_dataset(source)  # a project or a demo folder
+        data = show.augment_grid(show.read_tiles(source, args.rows), args.augment,
+                                 normalizer=args.normalizer, seed=args.seed, draws=args.draws)
+    else:
+        ds = _shaped(open_dataset(args.target, args.annotations), args)
+        if kind == "sampling":
+            data = show.sampling_bars(ds, draws=args.draws, seed=args.seed)
+        elif kind == "batch":
+            data = show.batch_sheet(ds, labels=args.labels, batch_size=args.batch_size,
+                                    seed=args.seed, augment=args.augment or False)
+        else:
+            data = show.shard_map(ds, num_replicas=args.ranks, num_workers=args.workers,
+                                  batch_size=args.batch_size, seed=args.seed,
+                                  shuffle=args.shuffle, uneven=args.uneven,
+                                  elastic=args.elastic)
+    try:
+        path = show.render(data, args.output or f"{kind}.png")
+    except show.PlotUnavailableError as e:
+        raise CLIError(str(e)) from None
+    print(path, file=out)
+    return 0
+
+
+def _add_show(sub):
+    s = sub.add_parser("show", help="draw a picture (PNG): augment, sampling, batch, shards")
+    pics = s.add_subparsers(dest="picture", required=True)
+
+    def common(p, dataset=True):
+        p.add_argument("target", metavar="PATH_OR_DATASET" if not dataset else "DATASET",
+                       help="tfrecords (file or folder), a folder with tfrecords/ and "
+                       "annotations.csv (as `tilespec demo` writes), or a project folder")
+        p.add_argument("-o", "--output", help="PNG to write (default: ./<picture>.png)")
+        p.add_argument("--seed", type=int, default=0)
+        if dataset:
+            p.add_argument("--annotations", help="annotations CSV (patients, categories)")
+            p.add_argument("--balance", choices=("tile", "slide", "patient", "category"),
+                           help="balance the dataset (Dataset.balance) before showing it")
+            p.add_argument("--headers", default="category",
+                           help="annotation column(s) of --balance category (default: "
+                           "category)")
+            p.add_argument("--clip", type=int, default=0, help="clip to N tiles per tfrecord "
+                           "(Dataset.clip)")
+            p.add_argument("--clip-strategy", choices=("slide", "patient", "category"),
+                           default=None, help="clip per group instead of per tfrecord")
+        p.set_defaults(func=cmd_show)
+        return p
+
+    p = common(pics.add_parser("augment", help="one row per tile: the tile, then several "
+                               "augmentation draws titled with their parameters"), False)
+    p.add_argument("--augment", default="xyrjb", help="augmentation string (default xyrjb)")
+    p.add_argument("--normalizer", default=None, help="stain normalizer method "
+                   "(reinhard, macenko, ...); needed for 'n'")
+    p.add_argument("--rows", type=int, default=4, help="tiles (rows), default 4")
+    p.add_argument("--draws", type=int, default=5, help="draws per tile, default 5")
+    p = common(pics.add_parser("sampling", help="tfrecord weights vs observed frequencies "
+                               "(and per patient/category) with the binomial 95%% band"))
+    p.add_argument("--draws", type=int, default=6000, help="stream positions drawn")
+    p = common(pics.add_parser("batch", help="one batch as a contact sheet: labels, slide "
+                               "names, locations"))
+    p.add_argument("--labels", default=None, help="annotation column for the labels")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--augment", default=None, help="augmentation string (default none)")
+    p = common(pics.add_parser("shards", help="which records each rank x worker reads in a "
+                               "finite epoch"))
+    p.add_argument("--ranks", type=int, default=2, help="num_replicas (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="workers per rank (default 2)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--shuffle", action="store_true")
+    p.add_argument("--uneven", choices=("pad", "drop"), default="pad")
+    p.add_argument("--elastic", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,6 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-j", "--jobs", type=int, default=None,
                    help="processes (default: one per CPU)")
     s.add_argument("-v", "--verbose", action="store_true", help="a line for every file")
+    s.add_argument("--max-record-bytes", type=int, default=MAX_RECORD_BYTES, metavar="N",
+                   help="the record-size cap: a record declaring more payload bytes is "
+                        f"'record-cap' (default {MAX_RECORD_BYTES}, 64 MiB)")
+    s.add_argument("--max-tile-pixels", type=int, default=MAX_TILE_PIXELS, metavar="N",
+                   help="the image-size cap (width x height): a larger image is 'image-cap' "
+                        f"and is not decoded (default {MAX_TILE_PIXELS}, 4096x4096)")
+    s.add_argument("--tile-px", type=_tile_px, default=None, metavar="PX",
+                   help="the tile size every image must have ('tile-size'): a number of "
+                        "pixels, or 'first' for the size of each file's first image "
+                        "(default: not checked)")
     s.set_defaults(func=cmd_verify)
     s = sub.add_parser("adapters", help="list installed adapters (backends)")
     s.set_defaults(func=cmd_adapters)
@@ -306,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-steps", type=int, default=None,
                    help="batches per training epoch (default: an epoch of the training "
                    "fold's tiles; 0: no training)")
+    s.add_argument("--no-pictures", action="store_true",
+                   help="do not write the pictures (DIR/pictures/*.png)")
     s.set_defaults(func=cmd_demo)
     s = sub.add_parser("audit", help="audit a loader statistically against the spec "
                        "(traceable tiles; exit 1 if any check fails)")
@@ -326,7 +419,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "rot90, jpeg, blur, standardize)")
     s.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     s.set_defaults(func=cmd_audit)
+    _add_show(sub)
     return p
+
+
+#: Environment the ``tilespec`` command sets for itself unless the user already set it:
+#: TensorFlow's C++ logging at warnings-and-up hidden (errors still shown), and oneDNN's
+#: custom ops off, whose start-up notice is printed before any logging setting applies.
+QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def quiet_frameworks(environ=None) -> dict:
+    """Keep TensorFlow's and oneDNN's start-up lines off the command's stderr
+    (README.md, "Command line"). Only the command line and ``tilespec demo`` call this,
+    in their own process: importing the library never changes the environment. A
+    value the user set is kept. Returns what was set."""
+    environ = os.environ if environ is None else environ
+    added = {k: v for k, v in QUIET_ENVIRONMENT.items() if k not in environ}
+    environ.update(added)
+    return added
 
 
 def main(argv=None) -> int:
@@ -337,6 +448,7 @@ def main(argv=None) -> int:
     when the output pipe was closed early.
     """
     args = build_parser().parse_args(argv)
+    quiet_frameworks()
     try:
         return args.func(args)
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading

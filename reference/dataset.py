@@ -28,7 +28,9 @@ from .annotations import (AnnotationError, Annotations, BalanceError, ClipError,
                           DatasetMismatchWarning, SplitError, normalize_filters, passes,
                           read_annotations)
 from .errors import TFRecordError
+from .images import MAX_TILE_PIXELS, check_max_tile_pixels
 from .index import load_index
+from .records import MAX_RECORD_BYTES, check_max_record_bytes
 from .labels import as_header_list, category_keys, is_float_values, make_labels
 
 TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
@@ -250,6 +252,11 @@ class Dataset:
       with ``on_error='skip'``), with a warning naming the file; read it with a
       loader given ``on_error='skip'``. Derived datasets keep the setting.
       spec/dataset.md, "Counts".
+    - ``max_record_bytes`` (default 64 MiB) and ``max_tile_pixels`` (default
+      4096 x 4096): the size caps of spec/reliability.md, "Size caps", applied
+      when the records are counted and passed to every loader of this dataset
+      (:meth:`numpy`, :meth:`torch`, :meth:`tensorflow`) unless the loader is
+      given its own. Derived datasets keep them.
 
     Tfrecords are matched to rows by file stem. Tfrecords without a row and
     rows (passing the filters) without a tfrecord are left out and reported
@@ -258,9 +265,15 @@ class Dataset:
     """
 
     def __init__(self, tfrecords, annotations=None, filters=None, filter_blank=None, *,
-                 on_error: str = "raise"):
+                 on_error: str = "raise", max_record_bytes: int = MAX_RECORD_BYTES,
+                 max_tile_pixels: int = MAX_TILE_PIXELS, min_tiles: int = 0):
         if on_error not in ("raise", "skip"):
             raise DatasetError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        try:
+            limits = {"max_record_bytes": check_max_record_bytes(max_record_bytes),
+                      "max_tile_pixels": check_max_tile_pixels(max_tile_pixels)}
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
         found = find_tfrecords(tfrecords)
         if not found:
             raise DatasetError(f"no tfrecords found in {tfrecords!r}")
@@ -296,6 +309,7 @@ class Dataset:
                 + (f" and filter_blank={filter_blank!r}" if filter_blank else ""),
                 path=ann.source if ann is not None else None)
         self._setup(ann, tuple(paths), f_norm, blank, {}, None, None, on_error)
+        self._limits = limits
         self.unmatched_tfrecords = unmatched
         self.missing_slides = missing
         counts = self._counts()  # read every n_t now: a bad tfrecord is a construction error
@@ -304,6 +318,32 @@ class Dataset:
             warnings.warn(f"{len(empty)} of the {len(counts)} tfrecord(s) are empty (0 records):"
                           f" {_listing(empty, 'empty_tfrecords()')}; they are kept with 0 tiles "
                           "and never sampled", EmptyTFRecordWarning, stacklevel=2)
+        self._min_tiles = 0
+        if min_tiles:
+            self._keep_min_tiles(min_tiles)
+
+    def _keep_min_tiles(self, min_tiles) -> None:
+        """Leave out (in place) the tfrecords with fewer than ``min_tiles`` records n_t,
+        as slideflow's ``min_tiles`` filter (spec/dataset.md, "Filters")."""
+        if isinstance(min_tiles, bool) or not isinstance(min_tiles, numbers.Integral) \
+                or min_tiles < 0:
+            raise DatasetError(f"min_tiles must be an integer >= 0, got {min_tiles!r}")
+        counts = self._counts()
+        kept = tuple(p for p, n in zip(self._paths, counts) if n >= min_tiles)
+        if not kept:
+            raise DatasetError(f"empty dataset: none of the {len(self._paths)} tfrecord(s) has "
+                               f"at least min_tiles={int(min_tiles)} tiles (the most is "
+                               f"{int(counts.max())})")
+        if kept != self._paths:
+            derived = self._derive(paths=kept)      # the weights and clips of what is kept
+            self._setup(self._ann, kept, self._filters, self._filter_blank, self._counts_cache,
+                        derived._balance_cfg, derived._clip_cfg, self._on_error)
+        self._min_tiles = max(self._min_tiles, int(min_tiles))
+
+    @property
+    def min_tiles(self) -> int:
+        """The active min_tiles filter (0: none; spec/dataset.md, "Filters")."""
+        return self._min_tiles
 
     # -- internal state ------------------------------------------------------------------------
 
@@ -338,8 +378,10 @@ class Dataset:
                 c = {p: v for p, v in c.items() if p in keep}
         new._setup(self._ann, paths, self._filters, self._filter_blank, self._counts_cache, b, c,
                    self._on_error)
+        new._limits = self._limits
         new.unmatched_tfrecords = list(self.unmatched_tfrecords)
         new.missing_slides = list(self.missing_slides)
+        new._min_tiles = getattr(self, "_min_tiles", 0)
         return new
 
     def __copy__(self):
@@ -400,8 +442,9 @@ class Dataset:
     def _count(self, path: str) -> int:
         """n_t of one tfrecord: its index's length; with on_error='skip', when no index
         can be loaded or built, the records located by the loaders' header scan."""
+        cap = self._limits["max_record_bytes"]
         try:
-            offsets, _ = load_index(path)
+            offsets, _ = load_index(path, max_record_bytes=cap)
             return len(offsets)
         except TFRecordError as e:
             if self._on_error != "skip":
@@ -411,7 +454,7 @@ class Dataset:
                 raise
         from .loader import TileSource
 
-        source = TileSource([path], on_error="skip")
+        source = TileSource([path], on_error="skip", max_record_bytes=cap)
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             n = len(source.offsets(0))  # the very scan a skipping loader makes
@@ -446,17 +489,19 @@ class Dataset:
 
     @property
     def tile_size(self):
-        """``(height, width)`` of the dataset's tiles: the image of the first record of
-        the first non-empty tfrecord (read from its header; cached), or None when every
-        tfrecord is empty (spec/dataset.md, "Counts"). Loaders check crop boxes
-        against it when they are built."""
+        """``(height, width)`` of the dataset's tiles: the image of its first readable
+        record, read from its header (:meth:`tilespec.loader.TileSource.tile_size`,
+        the one rule; cached), or None when no record reads (every tfrecord empty)
+        (spec/dataset.md, "Counts"). Loaders check crop boxes and every tile against it."""
         from .loader import TileSource
 
         key = ("tile_size", self._paths)
         if key not in self._files_cache:
-            source = TileSource(self._paths, on_error=self._on_error)
+            source = TileSource(self._paths, on_error=self._on_error,
+                                max_record_bytes=self._limits["max_record_bytes"])
             try:
-                self._files_cache[key] = source.tile_size()[0]
+                size = source.tile_size(self._limits["max_tile_pixels"])
+                self._files_cache[key] = None if size is None else size[:2]
             finally:
                 source.close()
         return self._files_cache[key]
@@ -509,12 +554,17 @@ class Dataset:
         """The active filter_blank headers (spec/dataset.md, "Building")."""
         return list(self._filter_blank)
 
-    def filter(self, filters=None, filter_blank=None) -> "Dataset":
-        """A new dataset keeping the slides that also pass ``filters`` / ``filter_blank``.
+    def filter(self, filters=None, filter_blank=None, min_tiles: int = 0) -> "Dataset":
+        """A new dataset keeping the slides that also pass ``filters`` / ``filter_blank``
+        and have at least ``min_tiles`` records.
 
         spec/dataset.md, "Filters". Filters add to the active ones (all must
         pass). The result keeps the balance and clip configuration.
         """
+        if min_tiles and filters is None and filter_blank is None:
+            new = self._derive()
+            new._keep_min_tiles(min_tiles)
+            return new
         ann = self._need_annotations("filter()")
         f_new, blank_new = normalize_filters(ann, filters, filter_blank)
         merged = dict(self._filters)
@@ -527,6 +577,8 @@ class Dataset:
                                + (f", filter_blank={filter_blank!r}" if filter_blank else ""))
         new = self._derive(paths=paths)
         new._filters, new._filter_blank = merged, blank
+        if min_tiles:
+            new._keep_min_tiles(min_tiles)
         return new
 
     # -- labels ---------------------------------------------------------------------------------
@@ -542,6 +594,17 @@ class Dataset:
         ann = self._need_annotations("labels()")
         return make_labels(ann, self.slides(), headers, use_float, assign, format)
 
+    @property
+    def limits(self) -> dict:
+        """``{'max_record_bytes': ..., 'max_tile_pixels': ...}``: this dataset's size caps,
+        the defaults of its loaders (spec/reliability.md, "Size caps")."""
+        return dict(self._limits)
+
+    def _loader_options(self, kwargs) -> dict:
+        """A loader's keyword arguments with this dataset's size caps where not given
+        (the one place every backend's loader takes them from)."""
+        return {**self._limits, **kwargs}
+
     def _loader_labels(self, labels):
         """A loader's ``labels``: None, a {slide: label} mapping, or header name(s)."""
         if labels is None or isinstance(labels, Mapping):
@@ -556,15 +619,16 @@ class Dataset:
         :class:`tilespec.loader.NumpyLoader` (batch_size, infinite, shuffle, seed,
         rank, num_replicas, augment, normalizer, transform, standardize,
         crop_left, crop_width, resize_target, resize_method, resize_aa,
-        incl_slidenames, incl_loc, drop_last, on_error, uneven, elastic). The stream
-        follows :meth:`sampling_table`: clip counts and balancing weights.
+        incl_slidenames, incl_loc, drop_last, on_error, uneven, elastic, max_record_bytes,
+        max_tile_pixels: default this dataset's :attr:`limits`). The stream follows
+        :meth:`sampling_table`: clip counts and balancing weights.
         """
         from .loader import NumpyLoader
 
         table = self.sampling_table()
         return NumpyLoader(list(table.paths), table.clip, table.weights,
                            labels=self._loader_labels(labels), record_slides=self.record_slides,
-                           **kwargs)
+                           **self._loader_options(kwargs))
 
     def torch(self, labels=None, **kwargs):
         """A ``torch.utils.data.DataLoader`` over this dataset, from the PyTorch adapter
@@ -572,7 +636,8 @@ class Dataset:
         :meth:`numpy` with the same arguments."""
         from .plugins import make_loader
 
-        return make_loader("torch", self, dict(kwargs, labels=self._loader_labels(labels)))
+        return make_loader("torch", self, dict(self._loader_options(kwargs),
+                                               labels=self._loader_labels(labels)))
 
     def tensorflow(self, labels=None, **kwargs):
         """A ``tf.data.Dataset`` over this dataset, from the TensorFlow adapter
@@ -581,7 +646,8 @@ class Dataset:
         rank/num_replicas)."""
         from .plugins import make_loader
 
-        return make_loader("tensorflow", self, dict(kwargs, labels=self._loader_labels(labels)))
+        return make_loader("tensorflow", self, dict(self._loader_options(kwargs),
+                                                    labels=self._loader_labels(labels)))
 
     def is_float(self, header: str) -> bool:
         """True when every value of ``header`` in this dataset is a finite number.

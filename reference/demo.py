@@ -38,21 +38,57 @@ def sampling_demo(info: dict, out=sys.stdout, seed: int = 7) -> dict:
           f"{ {k.rsplit('/', 1)[-1]: v for k, v in clipped.clip_counts.items()} }", file=out)
     loader = clipped.balance("category", strategy="category").numpy(
         labels=labels, batch_size=16, infinite=False, seed=seed, augment="xyrjb",
-        incl_slidenames=True)
+        standardize=True, incl_slidenames=True)
     batches = list(loader)
     imgs = batches[0][0]
-    print(f"finite epoch, category-balanced, augment='xyrjb': {len(batches)} batches "
+    print(f"finite epoch, category-balanced, augment='xyrjb', standardize=True ('unit'): "
+          f"{len(batches)} batches "
           f"of {imgs.shape[1:]} {imgs.dtype} in [{imgs.min():.2f}, {imgs.max():.2f}]; "
           f"labels of batch 0: {batches[0][1].tolist()}", file=out)
     resumed = clipped.balance("category", strategy="category").numpy(
         labels=labels, batch_size=16, infinite=False, seed=0, augment="xyrjb",
-        incl_slidenames=True)
+        standardize=True, incl_slidenames=True)
     resumed.load_state_dict({"seed": seed, "epoch": 0, "position": 32})
     same = all(np.array_equal(a[0], b[0]) for a, b in zip(resumed, batches[2:]))
     print(f"resumed at position 32 from state (seed={seed}, epoch=0): the remaining "
           f"{len(batches) - 2} batches are {'identical' if same else 'DIFFERENT'}", file=out)
     figures["resume_identical"] = same
     return figures
+
+
+def pictures_demo(info: dict, out=sys.stdout, seed: int = 0) -> dict:
+    """Write the demo's pictures (spec/pictures.md) under ``<demo dir>/pictures`` and print
+    where they are: augment.png (the 'xyrjb' draws of four tiles), sampling.png
+    (category-balanced weights vs observed frequencies), batch.png (a category-balanced
+    batch), shards.png (2 ranks x 2 workers over clip(16)). Returns ``{name: path}``;
+    the sampling picture needs matplotlib (the ``plot`` extra) and is skipped, saying
+    so, without it (the others are drawn with Pillow)."""
+    import os
+
+    from . import show
+    from .dataset import Dataset
+
+    root = os.path.join(os.path.dirname(os.fspath(info["annotations"])), "pictures")
+    ds = Dataset(tfrecords=info["tfrecords"], annotations=info["annotations"])
+    balanced = ds.balance("category", strategy="category")
+    made = {
+        "augment": lambda: show.augment_grid(show.read_tiles(ds, 4), "xyrjb", seed=seed),
+        "sampling": lambda: show.sampling_bars(balanced, draws=6000, seed=seed),
+        "batch": lambda: show.batch_sheet(balanced, labels="category", batch_size=16,
+                                          seed=seed, augment="xyr"),
+        "shards": lambda: show.shard_map(ds.clip(16), num_replicas=2, num_workers=2,
+                                         batch_size=4, seed=seed),
+    }
+    print("\npictures (spec/pictures.md):", file=out)
+    paths = {}
+    for name, make in made.items():
+        try:
+            paths[name] = show.render(make(), os.path.join(root, f"{name}.png"))
+        except show.PlotUnavailableError:
+            print(f"  {name}.png skipped: it needs matplotlib ({show.PLOT_HINT})", file=out)
+            continue
+        print(f"  {paths[name]}", file=out)
+    return paths
 
 
 def training_run(root, out=sys.stdout, *, epochs: int = 25, seed: int = 0, steps=None,
@@ -89,11 +125,11 @@ def training_demo(info: dict, out=sys.stdout, epochs: int = 25, seed: int = 0, s
     Returns ``Project.train``'s result, or None."""
     import os
 
-    from .plugins import backends
+    from .plugins import backends, install_hint
 
     if "torch" not in backends():
         print("\ntraining example skipped: the PyTorch adapter is not installed "
-              "(pip install torch==2.13.0, then pip install -e adapters_torch/)", file=out)
+              f"({install_hint('torch')})", file=out)
         return None
     root = os.path.dirname(os.fspath(info["annotations"]))
     print(f"\nProject.train: a tiny CNN learns 'category' over 2 patient folds, {epochs} "

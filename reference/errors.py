@@ -57,6 +57,23 @@ class CorruptLengthError(TFRecordError):
     """A record's length field does not match its masked CRC32C."""
 
 
+class RecordTooLargeError(CorruptLengthError):
+    """A record's length field declares more payload bytes than the reader's
+    ``max_record_bytes`` cap (spec/reliability.md, "Size caps"). Raised from the
+    12-byte header alone, before any payload byte is read or allocated.
+    ``length`` and ``cap`` hold the two numbers."""
+
+    def __init__(self, reason: str, *, path=None, record=None, offset=None, length=None,
+                 cap=None):
+        self.length, self.cap = length, cap
+        super().__init__(reason, path=path, record=record, offset=offset)
+
+    def located(self, *, path=None, record=None, offset=None):
+        e = super().located(path=path, record=record, offset=offset)
+        e.length, e.cap = self.length, self.cap
+        return e
+
+
 class CorruptDataError(TFRecordError):
     """A record's payload does not match its masked CRC32C."""
 
@@ -75,6 +92,17 @@ class TileSchemaError(TFRecordError):
 
 class ImageDecodeError(TFRecordError):
     """Image bytes are not a decodable JPEG or PNG."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image's header declares more pixels than the ``max_tile_pixels`` cap; found
+    from the header alone, before any pixel is decoded (spec/reliability.md, "Size caps")."""
+
+
+class TileSizeError(ImageDecodeError):
+    """In a loader, a tile's size differs from the dataset's tile size (that of its
+    first record) and the pipeline does not make all sizes equal
+    (spec/reliability.md, "Size caps")."""
 
 
 class IndexFileError(TFRecordError):

@@ -61,9 +61,12 @@ def tilespec_ops(backend):
     that the adapter reimplements — ``flip_left_right``, ``flip_up_down``,
     ``rot90``, ``crop``, ``resize``, ``gaussian_blur``, ``jpeg``,
     ``standardize`` — taking and returning the framework's native images (the
-    adapter's layout: HWC or CHW, single image or batch), plus
+    adapter's layout: HWC or CHW, single image or batch), optionally ``to_uint8``
+    and ``stain_normalize(normalizer, img, *, perturbation=None)``, plus
     ``from_numpy(hwc_uint8)`` and ``to_numpy(native) -> HWC array`` converting
-    at the boundary. An op left out is not part of the adapter. The conformance
+    at the boundary, ``layout`` ('HWC' or 'CHW') and ``default_standardize`` (the
+    mode ``standardize=True`` means; 'unit' when absent). An op left out is not
+    part of the adapter. The conformance
     suite (:mod:`tilespec.testing`) checks every op present against the
     reference within the spec's tolerances.
     """

@@ -8,17 +8,29 @@ JPEG becomes RGB as R = round((255 - C) * (255 - K) / 255), likewise G from M
 and B from Y (Pillow's conversion; TensorFlow truncates instead of rounding,
 so it can be 1 lower). 16-bit PNGs are refused (bit depth read from IHDR),
 because Pillow would silently keep only the high byte of 16-bit RGB.
+
+Before any decoder sees the bytes, the header's size is read by
+:func:`image_header` (our own parse of the PNG chunks / JPEG markers up to the
+pixel data, microseconds per tile): an image of more than ``max_tile_pixels``
+(default :data:`MAX_TILE_PIXELS`, 4096 x 4096) is an :class:`ImageTooLargeError`
+and is never decoded (spec/reliability.md, "Size caps").
 """
 
 from __future__ import annotations
 
 import io
+import numbers
 import re
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageDecodeError
+from .errors import ImageDecodeError, ImageTooLargeError, TileSizeError
+
+#: The default cap on an image's width x height (spec/reliability.md, "Size caps"):
+#: 256 times a 256 px tile; decoded as RGB it is 48 MiB.
+MAX_TILE_PIXELS = 4096 * 4096
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 _MODES_8BIT = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr"}
@@ -72,12 +84,48 @@ def _reason(e: BaseException) -> str:
     return text
 
 
+def open_image(data, fmt: str, max_pixels: int | None = MAX_TILE_PIXELS):
+    """``Image.open`` (lazy: header only) of ``data`` as ``fmt`` ('jpeg' or 'png') once its
+    size is known to be within ``max_pixels`` (None: no cap); spec/reliability.md,
+    "Size caps". Raises :class:`ImageTooLargeError` above the cap (from
+    :func:`image_header`, before Pillow sees the bytes, and again from Pillow's
+    own reading of the header, before any pixel is decoded), else
+    :class:`ImageDecodeError` saying why the header cannot be read.
+
+    Pillow's global ``Image.MAX_IMAGE_PIXELS`` is never changed. Its
+    ``DecompressionBombWarning`` cannot fire for an image within the default
+    cap (Pillow warns above 89 million pixels); where the header cannot be
+    parsed here, or is over Pillow's limit but within a larger cap the caller
+    chose, the warning is caught for this call only, so the caller's cap is
+    the one signal; Pillow's ``DecompressionBombError`` (twice its limit) is
+    an :class:`ImageTooLargeError`.
+    """
+    head = _header_of(data, fmt)
+    if head is not None and max_pixels is not None and head[0] * head[1] > max_pixels:
+        raise _too_large(fmt, head[0], head[1], max_pixels)
+    limit = Image.MAX_IMAGE_PIXELS
+    quiet = head is None or (limit is not None and head[0] * head[1] > limit)
+    if quiet:  # rare: catch Pillow's bomb warning here only (catch_warnings is global)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = _open(data, fmt)
+    else:
+        im = _open(data, fmt)
+    if max_pixels is not None and im.width * im.height > max_pixels:
+        im.close()
+        raise _too_large(fmt, im.width, im.height, max_pixels)
+    return im
+
+
 def _open(data, fmt: str):
     """``Image.open`` of ``data`` as ``fmt``, or :class:`ImageDecodeError` saying why the
     header cannot be read (format, byte count, first bytes, the decoder's reason)."""
     try:
         return Image.open(io.BytesIO(data), formats=[fmt.upper()])
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"image larger than the cap: {_reason(e)} (Pillow's "
+                                 "Image.MAX_IMAGE_PIXELS)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         reason = _reason(e)
         if isinstance(e, UnidentifiedImageError):
             # Pillow's own message only says it cannot identify the data; its format
@@ -91,12 +139,178 @@ def _open(data, fmt: str):
                                f"cannot be read: {reason}") from None
 
 
-def decode_image(data) -> np.ndarray:
+def check_max_tile_pixels(value) -> int:
+    """``max_tile_pixels`` as an int, or ValueError: a positive integer
+    (spec/reliability.md, "Size caps")."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"max_tile_pixels must be a positive integer (width x height), "
+                         f"got {value!r}")
+    return int(value)
+
+
+_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                  0xCF, 0xDE))  # the markers whose segment gives the frame size
+_NO_LENGTH = frozenset((0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)))  # bare markers
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+
+
+def _larger(best, w, h, c):
+    return (w, h, c) if best is None or w * h > best[0] * best[1] else best
+
+
+def _jpeg_header(data):
+    """(width, height, channels) of the largest frame header before the first scan, or
+    None where the markers cannot be followed that far. Walks the markers as Pillow
+    does (bytes between markers skipped, fill bytes 0xFF allowed) and takes the
+    largest of all frame headers, so Pillow's size (its last frame header) is never
+    larger than this one."""
+    n = len(data)
+    p = 3            # after ff d8 ff: the ff of the next marker is read
+    ff = True        # the byte before p was a marker's 0xff
+    best = None
+    while p < n:
+        b = data[p]
+        p += 1
+        if not ff:   # junk between markers
+            ff = b == 0xFF
+            continue
+        if b == 0xFF:             # fill byte: still before a marker
+            continue
+        if b == 0x00:             # an escaped 0xff: not a marker
+            ff = False
+            continue
+        if b < 0xC0:
+            return None           # no marker Pillow knows: it fails too
+        if b not in _NO_LENGTH:
+            if p + 2 > n:
+                return None
+            start = p + 2
+            p = start + max(((data[p] << 8) | data[p + 1]) - 2, 0)
+            if p > n:
+                return None
+            if b in _SOF:
+                if p - start < 6:
+                    return None
+                best = _larger(best, (data[start + 3] << 8) | data[start + 4],
+                               (data[start + 1] << 8) | data[start + 2], data[start + 5])
+        if b == 0xDA:             # start of scan: the header ends here
+            break
+        ff = False
+        if p < n:
+            ff = data[p] == 0xFF
+            p += 1
+    return best
+
+
+def _png_header(data):
+    """(width, height, channels) of the largest IHDR chunk before the first IDAT, or None."""
+    n = len(data)
+    p = 8
+    best = None
+    while p + 8 <= n:
+        length = int.from_bytes(data[p:p + 4], "big")
+        cid = bytes(data[p + 4:p + 8])
+        if cid in (b"IDAT", b"IEND"):
+            break
+        if cid == b"IHDR":
+            if length < 13 or p + 21 > n:
+                return None
+            best = _larger(best, int.from_bytes(data[p + 8:p + 12], "big"),
+                           int.from_bytes(data[p + 12:p + 16], "big"),
+                           _PNG_CHANNELS.get(data[p + 17], 0))
+        p += 12 + length
+    return best
+
+
+_LAST = (None, None)  # (bytes object, its header): a loader checks, then decodes, one tile
+
+
+def _header_of(data, fmt):
+    """(width, height, channels) or None, parsed once per ``bytes`` object in a row:
+    the loaders' item check and the decoder that follows it share one parse (bytes are
+    immutable, and the object is held here, so its identity cannot be reused)."""
+    global _LAST
+    last, head = _LAST
+    if data is last:
+        return head
+    head = _jpeg_header(data) if fmt == "jpeg" else _png_header(data)
+    if type(data) is bytes:
+        _LAST = (data, head)
+    return head
+
+
+def image_header(data):
+    """``(format, width, height, channels)`` read from the header bytes alone, or None
+    when they cannot be read that far (the decoder then says why); no decoder runs.
+
+    spec/reliability.md, "Size caps". Format by magic bytes as in
+    :func:`decode_image` (None too for other formats). JPEG: the frame header
+    (SOF) found by walking the markers up to the first scan; PNG: the IHDR chunk.
+    Where a file holds several, the largest is returned, so the size Pillow
+    decodes is never larger. ``channels`` is the stored count (PNG palette: 3).
+    """
+    fmt = image_format(data)
+    if fmt is None:
+        return None
+    head = _header_of(data, fmt)
+    return None if head is None else (fmt, *head)
+
+
+def _too_large(fmt: str, w: int, h: int, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image larger than the cap: its {fmt.upper()} header declares {w}x{h} pixels "
+        f"({w * h}), more than max_tile_pixels={max_pixels} (4096x4096 is "
+        f"{MAX_TILE_PIXELS}); it was not decoded (pass a larger max_tile_pixels to "
+        "decode images this large)")
+
+
+def check_image_header(data, *, max_pixels: int = MAX_TILE_PIXELS, tile_size=None,
+                       crop=None):
+    """The header checks of a tile before it is decoded; return ``(height, width)``,
+    or None when the header cannot be read (the decoder then raises its error).
+
+    spec/reliability.md, "Size caps". Raises :class:`ImageTooLargeError` above
+    ``max_pixels``; with ``tile_size=(height, width, where)`` (a loader's tile
+    size and where it comes from), :class:`TileSizeError` when the tile has
+    another size; with ``crop=(left, width)`` too (a loader that crops and does
+    not resize, so every tile the box fits in gives one size), only when the
+    tile has another size and the crop box does not fit in it (a box that does
+    not fit the dataset's own tile size is the crop's error, not the tile's).
+    """
+    head = image_header(data)
+    if head is None:
+        return None
+    fmt, w, h, _ = head
+    if w * h > max_pixels:
+        raise _too_large(fmt, w, h, max_pixels)
+    if tile_size is None or (h, w) == tuple(tile_size[:2]):
+        return h, w
+    if crop is not None:
+        left, width = crop
+        if left + width > min(w, h):
+            raise TileSizeError(
+                f"tile size differs from the dataset's and the crop box does not fit: this "
+                f"tile is {w}x{h} (width x height), the dataset's tile size is "
+                f"{tile_size[1]}x{tile_size[0]} ({tile_size[2]}), the crop box "
+                f"[{left}, {left + width}) of crop_left={left}, crop_width={width}")
+    else:
+        raise TileSizeError(
+            f"tile size differs from the dataset's: this tile is {w}x{h} (width x "
+            f"height), the dataset's tile size is {tile_size[1]}x{tile_size[0]} "
+            f"({tile_size[2]}); tiles of one size are needed to batch them (give "
+            "resize_target to resize every tile to one size)")
+    return h, w
+
+
+def decode_image(data, *, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
     """Decode JPEG or PNG bytes to a new HWC uint8 RGB array (writeable, C-contiguous).
 
     spec/images.md, "Decode". Raises :class:`ImageDecodeError` (a
     TFRecordError) for bytes of any other format (naming what they look
-    like), truncated or corrupt images and unsupported modes (16-bit, float).
+    like), truncated or corrupt images and unsupported modes (16-bit, float);
+    :class:`ImageTooLargeError` for an image of more than ``max_pixels``
+    (width x height), from its header, before decoding (spec/reliability.md,
+    "Size caps").
     """
     fmt = image_format(data)
     if fmt is None:
@@ -104,13 +318,13 @@ def decode_image(data) -> np.ndarray:
     if fmt == "png" and len(data) >= 26 and bytes(data[12:16]) == b"IHDR" and data[24] == 16:
         raise ImageDecodeError(f"PNG image has 16 bits per sample (colour type {data[25]}); "
                                "only 8-bit images are supported")
-    im = _open(data, fmt)
+    im = open_image(data, fmt, max_pixels)
     try:
         with im:
             size = f"{im.width}x{im.height} {im.mode}"
             try:
                 im.load()
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            except (OSError, SyntaxError, ValueError) as e:
                 raise ImageDecodeError(f"cannot decode {fmt.upper()} image of {len(data)} "
                                        f"bytes ({size}): its pixel data cannot be read: "
                                        f"{_reason(e)}") from None
@@ -139,13 +353,15 @@ def decode_image(data) -> np.ndarray:
 def image_size(data):
     """(format, width, height) read from the header only, without decoding pixels.
 
-    spec/images.md, "Decode" (the same format rules as :func:`decode_image`).
+    spec/images.md, "Decode" (the same format rules as :func:`decode_image`), with
+    no size cap and no Pillow bomb warning (spec/reliability.md, "Size caps").
     """
     fmt = image_format(data)
     if fmt is None:
         raise _unsupported(data)
-    with _open(data, fmt) as im:
+    with open_image(data, fmt, None) as im:
         return fmt, im.width, im.height
 
 
-__all__ = ["decode_image", "image_format", "image_size"]
+__all__ = ["decode_image", "image_format", "image_size", "image_header", "check_image_header",
+           "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels"]

@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import IndexFileError, TFRecordError
 from .example import parse_example, parse_tile
-from .records import FRAMING_BYTES, _create_temp, is_gzip_file, read_header, scan_frames
+from .records import (FRAMING_BYTES, MAX_RECORD_BYTES, _create_temp, check_max_record_bytes,
+                      is_gzip_file, read_header, scan_frames)
 
 INDEX_SUFFIXES = (".index.npz", ".index.npy", ".index")
 
@@ -83,7 +84,8 @@ def _location(payload):
 LOCATION_PAYLOAD_LIMIT = 16 << 20  # payloads read whole (for locations) up to this size
 
 
-def compute_index(path, *, verify: bool = True, locations: bool = True):
+def compute_index(path, *, verify: bool = True, locations: bool = True,
+                  max_record_bytes: int = MAX_RECORD_BYTES):
     """Scan ``path`` and return ``(offsets_and_lengths, locations or None)``; write nothing.
 
     spec/index.md, "Building". Streams the file: headers are read and checked,
@@ -98,8 +100,11 @@ def compute_index(path, *, verify: bool = True, locations: bool = True):
     record lacks a single int64 ``loc_x`` or ``loc_y`` (or is not a
     tf.train.Example). A GZIP-compressed file raises :class:`IndexFileError`.
     An empty file (0 bytes) has zero records: both arrays are empty (0, 2)
-    int64 (every one of its no records has a location).
+    int64 (every one of its no records has a location). A record longer than
+    ``max_record_bytes`` raises :class:`~tilespec.errors.RecordTooLargeError`, from its
+    header alone (spec/reliability.md, "Size caps").
     """
+    cap = check_max_record_bytes(max_record_bytes)
     path = os.fspath(path)
     if is_gzip_file(path):
         raise _gzip_error(path)
@@ -108,7 +113,8 @@ def compute_index(path, *, verify: bool = True, locations: bool = True):
     limit = LOCATION_PAYLOAD_LIMIT if locations else -1
     start = (0, 0)
     while start is not None:
-        frames = scan_frames(path, verify=verify, max_payload=limit, start=start)
+        frames = scan_frames(path, verify=verify, max_payload=limit, start=start,
+                             max_record_bytes=cap)
         start = None
         for offset, length, payload in frames:
             flat.extend((offset, FRAMING_BYTES + length))
@@ -151,14 +157,15 @@ def write_index(path, offsets_and_lengths, locations=None) -> str:
     return dest
 
 
-def build_index(path, *, verify: bool = True):
+def build_index(path, *, verify: bool = True, max_record_bytes: int = MAX_RECORD_BYTES):
     """Build and write the index of TFRecord ``path``; return ``(offsets_and_lengths,
     locations or None)``. spec/index.md, "Building".
 
     Both checksums of every record are verified (``verify=False`` skips the
-    payload checksums), so a built index describes a file that reads cleanly.
+    payload checksums), so a built index describes a file that reads cleanly
+    (with no record over ``max_record_bytes``: spec/reliability.md, "Size caps").
     """
-    arr, locs = compute_index(path, verify=verify)
+    arr, locs = compute_index(path, verify=verify, max_record_bytes=max_record_bytes)
     write_index(path, arr, locs)
     return arr, locs
 
@@ -239,12 +246,13 @@ def index_problem(arr, file_size: int) -> str | None:
     return None
 
 
-def index_mismatch(path, arr) -> str | None:
+def index_mismatch(path, arr, *, max_record_bytes: int = MAX_RECORD_BYTES) -> str | None:
     """Why ``arr`` is not the index of TFRecord ``path``, or None when it is.
 
     spec/index.md, "Validation": :func:`index_problem` against the file size,
     then the headers of the first and the last record are read (24 bytes):
-    each must pass its checksum and give the length the index says.
+    each must pass its checksum and give the length the index says (and be
+    within ``max_record_bytes``, spec/reliability.md, "Size caps").
     """
     path = os.fspath(path)
     problem = index_problem(arr, os.path.getsize(path))
@@ -255,7 +263,8 @@ def index_mismatch(path, arr) -> str | None:
             offset, length = int(arr[i, 0]), int(arr[i, 1])
             f.seek(offset)
             try:
-                n = read_header(f, path=path, record=i, offset=offset, verify=True)
+                n = read_header(f, path=path, record=i, offset=offset, verify=True,
+                                max_record_bytes=max_record_bytes)
             except TFRecordError as e:
                 return f"record {i} at byte {offset}: {e.reason}"
             if n is None or n + FRAMING_BYTES != length:
@@ -264,7 +273,7 @@ def index_mismatch(path, arr) -> str | None:
     return None
 
 
-def load_index(path, *, build: bool = True):
+def load_index(path, *, build: bool = True, max_record_bytes: int = MAX_RECORD_BYTES):
     """Return ``(offsets_and_lengths, locations or None)`` for TFRecord ``path``.
 
     spec/index.md, "Loading". Uses an existing index when it validates against
@@ -273,16 +282,18 @@ def load_index(path, *, build: bool = True):
     index was rejected. With ``build=False`` a missing or invalid index raises
     :class:`IndexFileError` instead. An empty TFRecord (0 bytes) has an empty
     index (0 records), built and written like any other; a GZIP-compressed one
-    raises :class:`IndexFileError`.
+    raises :class:`IndexFileError`. A build meeting a record over ``max_record_bytes``
+    raises :class:`~tilespec.errors.RecordTooLargeError` (spec/reliability.md, "Size caps").
     """
     path = os.fspath(path)
+    cap = check_max_record_bytes(max_record_bytes)
     if is_gzip_file(path):
         raise _gzip_error(path)
     found = existing_index(path)
     if found is not None:
         try:
             arr, locs = read_index_file(found)
-            problem = index_mismatch(path, arr)
+            problem = index_mismatch(path, arr, max_record_bytes=cap)
         except IndexFileError as e:
             problem = e.reason
         if problem is None:
@@ -294,7 +305,7 @@ def load_index(path, *, build: bool = True):
     elif not build:
         raise IndexFileError(f"no index file ({index_path(path)} or a legacy "
                              f"{index_stem(path)}.index / .index.npy)", path=path)
-    return build_index(path)
+    return build_index(path, max_record_bytes=cap)
 
 
 def index_state(path) -> str:

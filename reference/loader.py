@@ -10,6 +10,7 @@ decides *what* is read and *how it is augmented* is a pure function of
 
 from __future__ import annotations
 
+import functools
 import io
 import numbers
 import os
@@ -23,12 +24,14 @@ from PIL import Image
 from . import ops
 from .annotations import DatasetError, LabelError
 from .dataset import tfrecord_paths
-from .errors import IndexFileError, TFRecordError, TruncatedRecordError
+from .errors import IndexFileError, RecordTooLargeError, TFRecordError, TruncatedRecordError
 from .example import parse_tile, scan_tile_slide
-from .images import JPEG_MAGIC, decode_image, image_size
+from .images import (JPEG_MAGIC, MAX_TILE_PIXELS, check_image_header, check_max_tile_pixels,
+                     decode_image, image_size, open_image)
 from .index import load_index
 from .pipeline import Pipeline, check_bool
-from .records import HEADER_BYTES, read_header, read_record_at, scan_frames
+from .records import (FRAMING_BYTES, HEADER_BYTES, MAX_RECORD_BYTES, check_max_record_bytes,
+                      read_header, read_record_at, scan_frames)
 from .rng import check_seed, new_seed, permutation, stream_key
 from .sampling import RankStream, check_rank, check_uneven, num_batches
 
@@ -49,14 +52,19 @@ class TileSource:
     instead (spec/reliability.md, "on_error"), so each record is verified when
     read and skipped on its own; a damaged length field cuts the scan there.
     The outcome is cached per file: a damaged file is scanned once per source.
+
+    Every read, index build and scan applies ``max_record_bytes``
+    (spec/reliability.md, "Size caps"); the scan steps over a record above it
+    (its length is sound), which is then skipped on its own when read.
     """
 
     def __init__(self, paths, *, max_open: int = 64, verify: bool = True,
-                 on_error: str = "raise"):
+                 on_error: str = "raise", max_record_bytes: int = MAX_RECORD_BYTES):
         self.paths = [os.fspath(p) for p in paths]
         self.max_open = max_open
         self.verify = verify
         self.on_error = on_error
+        self.max_record_bytes = check_max_record_bytes(max_record_bytes)
         self._offsets: dict = {}
         self._cut: dict = {}  # t -> (record, error): records from there on are not located
         self._files: OrderedDict = OrderedDict()
@@ -66,7 +74,7 @@ class TileSource:
         record offsets (and what headers-only scans found) loaded so far and from now
         on: for another iteration, thread or adapter pipeline over the same loader."""
         other = TileSource(self.paths, max_open=self.max_open, verify=self.verify,
-                           on_error=self.on_error)
+                           on_error=self.on_error, max_record_bytes=self.max_record_bytes)
         other._offsets = self._offsets
         other._cut = self._cut
         return other
@@ -79,7 +87,7 @@ class TileSource:
         if arr is None:
             path = self.paths[t]
             try:
-                arr = load_index(path)[0][:, 0].copy()
+                arr = load_index(path, max_record_bytes=self.max_record_bytes)[0][:, 0].copy()
             except TFRecordError as e:
                 if self.on_error != "skip":
                     raise
@@ -97,16 +105,23 @@ class TileSource:
         if isinstance(why, IndexFileError):
             cut = (0, why)  # GZIP: no record can be read by offset
         else:
-            frames = scan_frames(path, verify=False, max_payload=-1)
-            try:
-                for offset, _, _ in frames:
-                    found.append(offset)
-            except TFRecordError as e:
-                cut = (len(found), e)
-                if e.offset is not None:
-                    found.append(e.offset)  # the damaged record itself: skipped when read
-            finally:
-                frames.close()
+            start = (0, 0)
+            while start is not None:
+                frames = scan_frames(path, verify=False, max_payload=-1, start=start,
+                                     max_record_bytes=self.max_record_bytes)
+                start = None
+                try:
+                    for offset, _, _ in frames:
+                        found.append(offset)
+                except RecordTooLargeError as e:  # a sound length: step over the record
+                    found.append(e.offset)  # (skipped on its own when read)
+                    start = (e.offset + FRAMING_BYTES + e.length, len(found))
+                except TFRecordError as e:
+                    cut = (len(found), e)
+                    if e.offset is not None:
+                        found.append(e.offset)  # the damaged record itself: skipped when read
+                finally:
+                    frames.close()
         arr = np.array(found, dtype=np.int64)
         note = ""
         if cut is not None:
@@ -159,7 +174,7 @@ class TileSource:
     def _record_slide(self, fd, path, j, offset) -> str:
         head = os.pread(fd, HEADER_BYTES + 256, offset)
         length = read_header(io.BytesIO(head[:HEADER_BYTES]), path=path, record=j,
-                             offset=offset, verify=True)
+                             offset=offset, verify=True, max_record_bytes=self.max_record_bytes)
         if length is None:
             raise TruncatedRecordError("offset is at or past the end of the file", path=path,
                                        record=j, offset=offset)
@@ -178,21 +193,32 @@ class TileSource:
             slide = parse_tile(payload).slide
         return slide
 
-    def tile_size(self):
-        """``(height, width)`` of the image of the first record of the first non-empty
-        tfrecord, read from its header, with that record's path; ``(None, None)`` when
-        every tfrecord is empty (spec/sampling.md, "Checked at construction")."""
-        for t in range(len(self.paths)):
-            for j in range(len(self.offsets(t))):
+    def tile_size(self, max_pixels: int = MAX_TILE_PIXELS):
+        """The dataset's tile size, ``(height, width, where)``: the image size of the
+        first record, tfrecords in order and records in file order, whose record and
+        image header read within ``max_pixels`` (spec/reliability.md, "Size caps");
+        ``where`` names that record. None when no record qualifies (every tfrecord
+        empty, or damaged). Damaged records are passed over here: each raises (or is
+        skipped, per ``on_error``) at its own turn. The one definition every check
+        uses: crop boxes at construction, the per-item size check, Dataset.tile_size."""
+        for t, path in enumerate(self.paths):
+            try:
+                n = len(self.offsets(t))
+            except TFRecordError:  # no index can be built: the file raises at its turn
+                continue
+            for j in range(n):
                 try:
-                    _, w, h = image_size(self.read(t, j).image_raw)
-                except TFRecordError as e:
-                    if self.on_error != "skip":
-                        raise e.located(path=self.paths[t], record=j,
-                                        offset=self.offset_of(t, j)) from None
+                    raw = self.read(t, j).image_raw
+                    hw = check_image_header(raw, max_pixels=max_pixels)
+                    if hw is None:  # a header only Pillow reads: ask it (no cap, no warning)
+                        _, w, h = image_size(raw)
+                        if w * h > max_pixels:
+                            continue
+                        hw = (h, w)
+                except (TFRecordError, IndexError):
                     continue
-                return (h, w), self.paths[t]
-        return None, None
+                return hw[0], hw[1], f"that of {path}, record {j}"
+        return None
 
     def _file(self, t: int):
         f = self._files.pop(t, None)
@@ -216,7 +242,8 @@ class TileSource:
             raise IndexError(f"{self.paths[t]} has {len(offsets)} records; record {j} "
                              "does not exist")
         path, offset = self.paths[t], int(offsets[j])
-        payload = read_record_at(self._file(t), offset, verify=self.verify, record=j, path=path)
+        payload = read_record_at(self._file(t), offset, verify=self.verify, record=j, path=path,
+                                 max_record_bytes=self.max_record_bytes)
         try:
             return parse_tile(payload)
         except TFRecordError as e:
@@ -233,7 +260,7 @@ class TileSource:
             pass
 
 
-def decode_view(data) -> np.ndarray:
+def decode_view(data, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
     """:func:`~tilespec.images.decode_image` without its final copy (spec/images.md, "Decode").
 
     For the common case, an 8-bit RGB JPEG, returns the decoded pixels as a
@@ -243,10 +270,12 @@ def decode_view(data) -> np.ndarray:
     exactly its own. The loaders copy the view only where an owned array is
     handed on (see :meth:`ItemMaker.make`), saving one copy of every tile on the
     batched path, where :func:`collate` copies it into the batch anyway.
+    ``max_pixels`` is ``decode_image``'s cap (spec/reliability.md, "Size caps"),
+    as in every decode variant.
     """
     if bytes(data[:3]) == JPEG_MAGIC:
         try:
-            with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+            with open_image(data, "jpeg", max_pixels) as im:
                 im.load()
                 if im.mode == "RGB":
                     arr = np.asarray(im)
@@ -254,10 +283,10 @@ def decode_view(data) -> np.ndarray:
                         return arr
         except Exception:  # noqa: BLE001 - decode_image below raises the precise error
             pass
-    return decode_image(data)
+    return decode_image(data, max_pixels=max_pixels)
 
 
-def decode_into(data, out: np.ndarray) -> bool:
+def decode_into(data, out: np.ndarray, max_pixels: int = MAX_TILE_PIXELS) -> bool:
     """Decode an 8-bit RGB JPEG straight into ``out``, an (H, W, 3) uint8 array of the
     image's size laid out either pixel by pixel (C-contiguous) or plane by plane (the
     transpose of a C-contiguous (3, H, W) array, as :func:`decode_planar` returns);
@@ -271,18 +300,19 @@ def decode_into(data, out: np.ndarray) -> bool:
     input or size, any failure, or a Pillow without this encoder interface; the
     caller then decodes the usual way (so errors are ``decode_image``'s own).
     """
-    return _decode_packed(data, out) is not None
+    return _decode_packed(data, out, max_pixels=max_pixels) is not None
 
 
-def decode_new(data) -> np.ndarray | None:
+def decode_new(data, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray | None:
     """:func:`decode_into` a new (H, W, 3) array sized from the JPEG header: the
     image as ``decode_image`` returns it (new, writeable, C-contiguous) with one
     copy fewer; None where :func:`decode_into` would return False
     (spec/images.md, "Decode")."""
-    return _decode_packed(data, None)
+    return _decode_packed(data, None, max_pixels=max_pixels)
 
 
-def decode_planar(data, transposed: bool = False) -> np.ndarray:
+def decode_planar(data, transposed: bool = False,
+                  max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
     """The image :func:`decode_image` returns, (H, W, 3) uint8 and writeable, but laid
     out plane by plane: the transpose ``(1, 2, 0)`` of a new C-contiguous (3, H, W)
     array, or with ``transposed`` the transpose ``(2, 1, 0)`` of a (3, W, H) one
@@ -297,8 +327,8 @@ def decode_planar(data, transposed: bool = False) -> np.ndarray:
     contiguous. Anything :func:`decode_new` cannot do goes through
     :func:`decode_view`, so results and errors are exactly ``decode_image``'s.
     """
-    img = _decode_packed(data, None, planar=True, transposed=transposed)
-    return decode_view(data) if img is None else img
+    img = _decode_packed(data, None, planar=True, transposed=transposed, max_pixels=max_pixels)
+    return decode_view(data, max_pixels) if img is None else img
 
 
 def _planar_shape(out):
@@ -307,11 +337,11 @@ def _planar_shape(out):
     return chw.shape[1:] if chw.flags.c_contiguous else None
 
 
-def _decode_packed(data, out, planar=False, transposed=False):
+def _decode_packed(data, out, planar=False, transposed=False, max_pixels=MAX_TILE_PIXELS):
     if bytes(data[:3]) != JPEG_MAGIC:
         return None
     try:
-        with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+        with open_image(data, "jpeg", max_pixels) as im:
             if im.mode != "RGB":
                 return None
             w, h = im.size
@@ -363,9 +393,9 @@ def _pack(im, rawmode: str, dest: np.ndarray) -> bool:
             return status > 0 and at == end
 
 
-def _decode_any_steps(data, steps) -> np.ndarray:
+def _decode_any_steps(data, steps, max_pixels=MAX_TILE_PIXELS) -> np.ndarray:
     """The item maker's default decode: :func:`decode_view`, whatever the steps."""
-    return decode_view(data)
+    return decode_view(data, max_pixels)
 
 
 class ItemMaker:
@@ -378,13 +408,16 @@ class ItemMaker:
     """
 
     def __init__(self, paths, *, labels, pipeline: Pipeline, incl_slidenames, incl_loc,
-                 on_error, decode=None):
+                 on_error, decode=None, max_record_bytes: int = MAX_RECORD_BYTES,
+                 max_tile_pixels: int = MAX_TILE_PIXELS):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if labels is not None and not isinstance(labels, Mapping):
             raise TypeError(f"labels must be a mapping {{slide: label}} or None, got "
                             f"{type(labels).__name__}")
-        self.source = TileSource(paths, on_error=on_error)
+        self.max_tile_pixels = check_max_tile_pixels(max_tile_pixels)
+        self.source = TileSource(paths, on_error=on_error, max_record_bytes=max_record_bytes)
+        self._tile_size: list = []  # [(height, width, where) or None] once looked up; shared
         self.labels = labels
         self.pipeline = pipeline
         self.incl_slidenames = bool(incl_slidenames)
@@ -392,8 +425,11 @@ class ItemMaker:
         self.on_error = on_error
         # (bytes, the tile's drawn steps) -> the (H, W, 3) uint8 image decode_image
         # returns, in any memory layout (possibly a read-only view): decode_view, or
-        # an adapter's (the torch one picks a layout that suits the steps)
-        self.decode = decode or _decode_any_steps
+        # an adapter's (the torch one picks a layout that suits the steps); it is
+        # given the bytes of a tile that passed check_image, and applies
+        # max_tile_pixels itself like every decode variant
+        self.decode = decode or functools.partial(_decode_any_steps,
+                                                  max_pixels=self.max_tile_pixels)
         self.skipped: list = []  # the first SKIP_LOG_LIMIT skips
         self.num_skipped = 0     # every skip
         p = pipeline
@@ -412,9 +448,55 @@ class ItemMaker:
         maker = ItemMaker(self.source.paths, labels=self.labels,
                           pipeline=self.pipeline if pipeline is None else pipeline,
                           incl_slidenames=self.incl_slidenames, incl_loc=self.incl_loc,
-                          on_error=self.on_error, decode=decode)
+                          on_error=self.on_error, decode=decode,
+                          max_record_bytes=self.source.max_record_bytes,
+                          max_tile_pixels=self.max_tile_pixels)
         maker.source = self.source.reopened()
+        maker._tile_size = self._tile_size
         return maker
+
+    @property
+    def max_record_bytes(self) -> int:
+        """The record-size cap of every read (spec/reliability.md, "Size caps")."""
+        return self.source.max_record_bytes
+
+    def tile_size(self):
+        """``(height, width, where)``: the dataset's tile size, that of the image of the
+        first record that can be read (record 0 of the first tfrecord, else of the
+        next one), looked up once (shared with :meth:`replace`'s makers), or None when
+        no tfrecord's record 0 can be read (spec/reliability.md, "Size caps").
+        A damaged first record is passed over here and raises (or is skipped) on its
+        own when its turn comes."""
+        if not self._tile_size:
+            self._tile_size.append(self._find_tile_size())
+        return self._tile_size[0]
+
+    def _find_tile_size(self):
+        source = self.source.reopened()
+        try:
+            return source.tile_size(self.max_tile_pixels)
+        finally:
+            source.close()
+
+    def check_image(self, data) -> None:
+        """The per-item header check, before the tile is decoded, in every backend
+        (this maker's :meth:`make`; the TF adapter's generator): ``max_tile_pixels``,
+        then the tile size, unless the pipeline makes every size equal: with
+        ``resize_target`` any size is fine, with a crop (and no resize) a tile of
+        another size than the dataset's (:meth:`tile_size`) must hold the crop box,
+        else the tile must have the dataset's tile size.
+        Raises :class:`~tilespec.errors.ImageTooLargeError` or
+        :class:`~tilespec.errors.TileSizeError` (unlocated: the caller adds file,
+        record and offset) (spec/reliability.md, "Size caps")."""
+        p = self.pipeline
+        if p.resize_target is not None:
+            check_image_header(data, max_pixels=self.max_tile_pixels)
+        elif p.crop_width is not None:
+            check_image_header(data, max_pixels=self.max_tile_pixels,
+                               tile_size=self.tile_size(), crop=(p.crop_left, p.crop_width))
+        else:
+            check_image_header(data, max_pixels=self.max_tile_pixels,
+                               tile_size=self.tile_size())
 
     def make(self, t: int, j: int, position: int, steps, stain_z, *, owned: bool = True,
              into: np.ndarray | None = None):
@@ -430,12 +512,14 @@ class ItemMaker:
         path = self.source.paths[t]
         try:
             tile = self.source.read(t, j)
+            self.check_image(tile.image_raw)
             img = None
             if self.identity:  # nothing after decode: decode into the array handed on
-                if into is not None and decode_into(tile.image_raw, into):
+                cap = self.max_tile_pixels
+                if into is not None and decode_into(tile.image_raw, into, cap):
                     img = into
                 elif owned:
-                    img = decode_new(tile.image_raw)
+                    img = decode_new(tile.image_raw, cap)
             if img is None:
                 img = self.decode(tile.image_raw, steps)
             raw = img
@@ -493,7 +577,8 @@ class ItemMaker:
 
 
 def _pipeline_and_items(paths, default_standardize, *, labels, incl_slidenames, incl_loc,
-                        on_error, record_slides=None, clip=None, **image_options):
+                        on_error, max_record_bytes, max_tile_pixels, record_slides=None,
+                        clip=None, **image_options):
     """The image pipeline of a loader's options and the item maker applying it: what
     :class:`NumpyLoader` and :class:`IndexedInterleaver` build the same way, with the
     checks every loader makes at construction (:func:`check_construction`)."""
@@ -502,7 +587,8 @@ def _pipeline_and_items(paths, default_standardize, *, labels, incl_slidenames, 
     check_label_values(labels)
     pipeline = Pipeline.from_options(**image_options, default_standardize=default_standardize)
     items = ItemMaker(paths, labels=labels, pipeline=pipeline,
-                       incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error)
+                       incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error,
+                       max_record_bytes=max_record_bytes, max_tile_pixels=max_tile_pixels)
     check_construction(items, record_slides, clip)
     return pipeline, items
 
@@ -554,7 +640,8 @@ def check_construction(items: ItemMaker, record_slides=None, clip=None) -> None:
       with :meth:`TileSource.slides`, or from ``record_slides`` (``{path: names}``
       or a callable giving it, e.g. :meth:`tilespec.Dataset.record_slides`, which
       caches them);
-    - a crop box lies inside the tile size (:meth:`TileSource.tile_size`).
+    - a crop box lies inside the tile size (:meth:`ItemMaker.tile_size`, the one
+      of :meth:`TileSource.tile_size`).
     """
     source, pipeline = items.source, items.pipeline
     if clip is not None and np.any(np.asarray(clip) > 0):
@@ -580,15 +667,16 @@ def check_construction(items: ItemMaker, record_slides=None, clip=None) -> None:
             raise LabelError(f"slide {s!r} (stored in {p}) has no label; labels cover "
                              f"{len(items.labels)} slides{more}")
     if pipeline.crop_width is not None:
-        size, path = source.tile_size()
+        size = items.tile_size()
         try:
-            ops.check_crop_box(pipeline.crop_left, pipeline.crop_width, *size)
+            if size is not None:
+                ops.check_crop_box(pipeline.crop_left, pipeline.crop_width, *size[:2])
         except ValueError:
             raise ValueError(f"crop_left={pipeline.crop_left}, crop_width={pipeline.crop_width}: "
                              f"the box [{pipeline.crop_left}, "
                              f"{pipeline.crop_left + pipeline.crop_width}) is outside the tiles "
-                             f"of {size[0]} x {size[1]} pixels (height x width; the first "
-                             f"record of {path})") from None
+                             f"of {size[0]} x {size[1]} pixels (height x width; the tile size is "
+                             f"{size[2]})") from None
 
 
 def collate(items, images=None):
@@ -651,12 +739,17 @@ class NumpyLoader:
 
     Iterating yields items ``(image, label[, slide][, loc_x, loc_y])``, or batches
     of them stacked by :func:`collate` when ``batch_size`` is set. Images are HWC
-    uint8, or float32 when standardized ('unit' by default).
+    uint8 (``standardize=False``, the default), or float32 when standardized
+    (``standardize=True`` is 'unit').
 
     Options are checked when the loader is built (spec/sampling.md, "Checked at
     construction"); ``record_slides`` (``{path: slide names}`` or a callable giving
     it, as :meth:`tilespec.Dataset.record_slides`) spares reading the names stored in
     the records for the labels check.
+    ``max_record_bytes`` and ``max_tile_pixels`` are the size caps of every read and
+    decode, and a tile of another size than the dataset's is an error unless the
+    pipeline resizes or crops (spec/reliability.md, "Size caps"); all three are
+    reading errors, raised or skipped per ``on_error``.
 
     The loader's state is ``(seed, epoch, position)``: iteration starts at the
     state and advances it with every item (a batch advances it by its size);
@@ -668,10 +761,12 @@ class NumpyLoader:
 
     def __init__(self, paths, clip, weights, *, labels=None, batch_size=None, infinite=True,
                  shuffle=False, seed=None, rank=None, num_replicas=None, augment=False,
-                 normalizer=None, transform=None, standardize=True, crop_left=None,
+                 normalizer=None, transform=None, standardize=False, crop_left=None,
                  crop_width=None, resize_target=None, resize_method="lanczos3", resize_aa=True,
                  incl_slidenames=False, incl_loc=False, drop_last=False, on_error="raise",
-                 record_slides=None, uneven="pad", elastic=False):
+                 record_slides=None, uneven="pad", elastic=False,
+                 max_record_bytes=MAX_RECORD_BYTES, max_tile_pixels=MAX_TILE_PIXELS,
+                 progress=False):
         rank, num_replicas = check_rank(rank, num_replicas)
         check_uneven(uneven)
         elastic = check_bool("elastic", elastic)
@@ -689,10 +784,15 @@ class NumpyLoader:
         self.rank, self.num_replicas = int(rank), int(num_replicas)
         self.drop_last = check_bool("drop_last", drop_last)
         self.uneven, self.elastic = uneven, elastic
+        self.progress = check_bool("progress", progress)
+        if self.progress and self.infinite:
+            raise ValueError("progress=True shows a bar over a finite epoch: pass "
+                             "infinite=False too (an infinite loader has no end to show)")
         self.pipeline, self._items = _pipeline_and_items(
             self.paths, self.default_standardize, labels=labels,
             incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error,
             record_slides=record_slides, clip=self.clip,
+            max_record_bytes=max_record_bytes, max_tile_pixels=max_tile_pixels,
             augment=augment, normalizer=normalizer, transform=transform,
             standardize=standardize, crop_left=crop_left, crop_width=crop_width,
             resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa)
@@ -864,6 +964,16 @@ class NumpyLoader:
             return out, None
         return out, stacker.images(len(out))
 
+    def progress_bar(self):
+        """With ``progress=True``, a :class:`tilespec.progress.Progress` over this epoch's
+        batches (items) from the current position, else None (spec/sampling.md, "Loaders")."""
+        if not self.progress:
+            return None
+        from .progress import Progress
+        B = self.batch_size or 1
+        return Progress(len(self) - self.position // B, f"epoch {self.epoch}", min_total=1,
+                        unit="batches" if self.batch_size else "items")
+
     def __iter__(self):
         if self._plan.epoch != self.epoch:
             self._plan = self.plan(self.epoch)
@@ -871,6 +981,7 @@ class NumpyLoader:
         B = self.batch_size or 1
         total = None if self.infinite else len(plan)
         guard = AllSkippedGuard(plan, self.paths)
+        bar, done = self.progress_bar(), 0
         try:
             while total is None or self.position < total:
                 start = self.position
@@ -886,9 +997,15 @@ class NumpyLoader:
                     continue
                 guard.reset()
                 yield items[0] if self.batch_size is None else collate(items, images)
+                if bar is not None:
+                    done += 1
+                    bar.step(done)
         except GeneratorExit:  # the caller left the loop: release the files now
             self.close()        # (they are reopened if the loader is iterated again)
             raise
+        finally:
+            if bar is not None:
+                bar.close()
         self.epoch += 1
         self.position = 0
 
@@ -951,16 +1068,18 @@ class IndexedInterleaver:
     order and records in file order (the partition of :func:`partition` over
     ``clip``); ``shuffle=True`` reorders items by a permutation keyed by
     (seed, rank, epoch). Augmentation draws are keyed by (seed, rank, epoch, i)
-    with the epoch set by :meth:`set_epoch` (default 0). No balancing.
+    with the epoch set by :meth:`set_epoch` (default 0). No balancing. The size caps
+    and the tile-size check are those of :class:`NumpyLoader`.
     """
 
     default_standardize = "unit"
 
     def __init__(self, tfrecords, *, clip=None, labels=None, rank=None, num_replicas=None,
                  shuffle=False, seed=None, augment=False, normalizer=None, transform=None,
-                 standardize=True, crop_left=None, crop_width=None, resize_target=None,
+                 standardize=False, crop_left=None, crop_width=None, resize_target=None,
                  resize_method="lanczos3", resize_aa=True, incl_slidenames=False,
-                 incl_loc=False, on_error="raise"):
+                 incl_loc=False, on_error="raise", max_record_bytes=MAX_RECORD_BYTES,
+                 max_tile_pixels=MAX_TILE_PIXELS):
         from .sampling import partition
 
         rank, num_replicas = check_rank(rank, num_replicas)
@@ -973,6 +1092,7 @@ class IndexedInterleaver:
         self.pipeline, self._items = _pipeline_and_items(
             self.paths, self.default_standardize, labels=labels,
             incl_slidenames=incl_slidenames, incl_loc=incl_loc, on_error=on_error,
+            max_record_bytes=max_record_bytes, max_tile_pixels=max_tile_pixels,
             augment=augment, normalizer=normalizer, transform=transform,
             standardize=standardize, crop_left=crop_left, crop_width=crop_width,
             resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa)

@@ -11,6 +11,7 @@ import numpy as np
 from . import __version__
 from . import ops as _ops
 from .hookspecs import hookimpl
+from .loader import NumpyLoader
 
 NAME = "numpy"
 
@@ -19,6 +20,7 @@ class NumpyOps:
     """The reference ops with identity conversions (HWC uint8 NumPy arrays)."""
 
     layout = "HWC"
+    default_standardize = NumpyLoader.default_standardize  # what standardize=True means
     flip_left_right = staticmethod(_ops.flip_left_right)
     flip_up_down = staticmethod(_ops.flip_up_down)
     rot90 = staticmethod(_ops.rot90)

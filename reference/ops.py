@@ -14,7 +14,6 @@ import numbers
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from .images import decode_image
 from .resize import (RESIZE_METHODS, band_blocks, check_method, nearest_index, resize_weights,
@@ -25,6 +24,21 @@ STANDARDIZE_MODES = ("unit", "per_image")
 
 # --------------------------------------------------------------------------- checks
 
+#: Appended to the error of an op that needs uint8 and is given a floating-point image
+#: (spec/images.md, "Pipeline order"): the option that keeps a loader's images uint8.
+FLOAT_IMAGE_HINT = ("a float image here comes from standardization or from a transform "
+                    "that returns floats: pass standardize=False (the default) to keep "
+                    "uint8 images, and standardize after your transform")
+
+
+def float_image_hint(dtype) -> str:
+    """``"; " + FLOAT_IMAGE_HINT`` when ``dtype`` (NumPy, torch or TensorFlow) is a
+    floating-point type, else ''. Shared by the adapters' uint8 checks."""
+    name = str(getattr(dtype, "name", dtype)).replace("torch.", "")
+    return f"; {FLOAT_IMAGE_HINT}" if name.startswith(("float", "bfloat", "half", "double")) \
+        else ""
+
+
 def _check_image(img, what="image"):
     """Raise ValueError unless ``img`` is an HWC or NHWC uint8 RGB array."""
     if not isinstance(img, np.ndarray):
@@ -34,7 +48,7 @@ def _check_image(img, what="image"):
                          f"{tuple(img.shape)}")
     if img.dtype != np.uint8:
         raise ValueError(f"{what} must have dtype uint8, got {img.dtype} "
-                         f"(shape {tuple(img.shape)})")
+                         f"(shape {tuple(img.shape)}){float_image_hint(img.dtype)}")
     if img.shape[-3] == 0 or img.shape[-2] == 0:
         raise ValueError(f"{what} is empty: shape {tuple(img.shape)}")
     return img
@@ -283,6 +297,8 @@ def gaussian_blur(img, sigma) -> np.ndarray:
     spec/images.md, "Gaussian blur".
     """
     _check_image(img)
+    from scipy import ndimage  # here, not at import: it is 0.3 s of `import tilespec`
+
     g = gaussian_kernel(sigma)
     k = len(g)
     axes = (img.ndim - 3, img.ndim - 2)
@@ -412,4 +428,4 @@ def _sum_and_squares(values):
 __all__ = ["flip_left_right", "flip_up_down", "rot90", "crop", "resize", "resize_float",
            "resize_weights", "RESIZE_METHODS", "gaussian_blur", "gaussian_kernel",
            "blur_weights", "reflect_index", "jpeg", "jpeg_encode", "standardize",
-           "STANDARDIZE_MODES", "to_uint8"]
+           "STANDARDIZE_MODES", "to_uint8", "FLOAT_IMAGE_HINT", "float_image_hint"]

@@ -72,7 +72,7 @@ class Pipeline:
     resize_aa: bool = True
 
     @classmethod
-    def from_options(cls, *, augment=False, normalizer=None, transform=None, standardize=True,
+    def from_options(cls, *, augment=False, normalizer=None, transform=None, standardize=False,
                      crop_left=None, crop_width=None, resize_target=None,
                      resize_method="lanczos3", resize_aa=True, default_standardize="unit"):
         """Validate loader keyword arguments into a pipeline."""

@@ -17,6 +17,18 @@ KNOWN_ADAPTERS = {
     "tensorflow": ("tilespec-tf", "adapters_tf/"),
 }
 
+#: The extra of the ``tilespec`` distribution that installs each shipped adapter with its
+#: framework (setup.cfg, ``[options.extras_require]``).
+EXTRAS = {"torch": "torch", "tensorflow": "tensorflow"}
+
+
+def install_hint(backend: str) -> str:
+    """How to install the adapter of ``backend``: ``pip install "tilespec[torch]"`` for a
+    shipped one (spec/adapters.md, "Discovery and errors")."""
+    if backend in EXTRAS:
+        return f'pip install "tilespec[{EXTRAS[backend]}]"'
+    return f"install an adapter for {backend!r}"
+
 _pm: pluggy.PluginManager | None = None
 
 
@@ -49,12 +61,11 @@ def backends() -> list[str]:
 
 
 def _missing(backend: str, what: str) -> AdapterNotInstalledError:
-    dist, where = KNOWN_ADAPTERS.get(backend, (f"an adapter for {backend!r}", None))
-    hint = (f"install the distribution '{dist}' (from this repository: "
-            f"pip install -e {where})" if where else f"install {dist}")
+    dist = f" (distribution '{KNOWN_ADAPTERS[backend][0]}')" if backend in KNOWN_ADAPTERS else ""
     have = ", ".join(backends())
-    return AdapterNotInstalledError(f"{what} needs the {backend!r} adapter, which is not "
-                                    f"installed: {hint}. Installed adapters: {have}.")
+    return AdapterNotInstalledError(f"{what} needs the {backend!r} adapter{dist}, which is not "
+                                    f"installed: {install_hint(backend)}. Installed adapters: "
+                                    f"{have}.")
 
 
 def make_loader(backend: str, dataset, options: dict):
@@ -99,4 +110,5 @@ def reset() -> None:
 
 
 __all__ = ["plugin_manager", "adapters", "backends", "make_loader", "make_indexed", "ops_for",
-           "train_fold", "AdapterNotInstalledError", "KNOWN_ADAPTERS", "reset"]
+           "train_fold", "AdapterNotInstalledError", "KNOWN_ADAPTERS", "EXTRAS", "install_hint",
+           "reset"]

@@ -13,6 +13,11 @@ may be GZIP-compressed as a whole (``compression='GZIP'``, as in TensorFlow).
 Every error names the file, the 0-based record number and the byte offset of
 the record's first framing byte (for GZIP files, the offset in the
 decompressed stream).
+
+Every reader takes ``max_record_bytes`` (default :data:`MAX_RECORD_BYTES`,
+64 MiB): a header declaring a longer payload is a :class:`RecordTooLargeError`,
+raised from the header alone, before any of the payload is read or allocated
+(spec/reliability.md, "Size caps").
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import zlib
 from typing import BinaryIO, Iterable, Iterator
 
 from .crc32c import masked_crc32c
-from .errors import (CorruptDataError, CorruptLengthError, NotATFRecordError, TFRecordError,
+from .errors import (CorruptDataError, CorruptLengthError, NotATFRecordError,
+                     RecordTooLargeError, TFRecordError,
                      TruncatedRecordError)
 
 HEADER_BYTES = 12  # length + its checksum
@@ -37,6 +43,40 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _HEADER = struct.Struct("<QI")
 _FOOTER = struct.Struct("<I")
 _READ_CHUNK = 1 << 24  # payloads larger than this are read piece by piece
+#: The default cap on a record's payload length (spec/reliability.md, "Size caps"):
+#: hundreds of times a real tile record (a 512 px JPEG tile is about 100 KB).
+MAX_RECORD_BYTES = 64 << 20
+
+
+def check_max_record_bytes(value) -> int:
+    """``max_record_bytes`` as an int, or ValueError: a positive integer
+    (spec/reliability.md, "Size caps")."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"max_record_bytes must be a positive integer (bytes), got {value!r}")
+    return int(value)
+
+
+def _human(n: int) -> str:
+    for unit, k in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << k:
+            return f"{n / (1 << k):.4g} {unit}"
+    return f"{n} bytes"
+
+
+def over_cap(length: int, max_record_bytes: int, *, path=None, record=None, offset=None):
+    """The :class:`RecordTooLargeError` for a header declaring ``length`` payload bytes
+    when that is over ``max_record_bytes``, else None (spec/reliability.md, "Size
+    caps"). The one rule every reader (and verify) applies to a header."""
+    if length <= max_record_bytes:
+        return None
+    return RecordTooLargeError(
+        f"record over the size cap: its header declares {length} payload bytes "
+        f"({_human(length)}), more than max_record_bytes={max_record_bytes} "
+        f"({_human(max_record_bytes)}); nothing of it was read (pass a larger "
+        "max_record_bytes to read records this large)", path=path, record=record,
+        offset=offset, length=length, cap=max_record_bytes)
 
 
 def _check_compression(compression):
@@ -153,9 +193,17 @@ def _read_exact(f: BinaryIO, n: int, path, record, offset, what: str) -> bytes:
     return data
 
 
-def read_header(f: BinaryIO, *, path=None, record=0, offset=0, verify=True):
+def read_header(f: BinaryIO, *, path=None, record=0, offset=0, verify=True,
+                max_record_bytes: int = MAX_RECORD_BYTES, size: int | None = None):
     """Read one record header at the current position; return the payload length,
-    or ``None`` at a clean end of file. spec/records.md, "Reading"."""
+    or ``None`` at a clean end of file. spec/records.md, "Reading".
+
+    A length over ``max_record_bytes`` is a :class:`RecordTooLargeError`
+    (checked after the length checksum, also with ``verify=False``), except
+    where ``size`` (the file's size, known for uncompressed files) shows the
+    record runs past the end of the file: that is truncation, which the
+    caller reports (reading only what the file holds), as without a cap.
+    """
     try:
         head = f.read(HEADER_BYTES)
     except _STREAM_ERRORS as e:
@@ -180,6 +228,9 @@ def read_header(f: BinaryIO, *, path=None, record=0, offset=0, verify=True):
                 f"length field fails its checksum (stored 0x{stored:08x}, computed "
                 f"0x{computed:08x}; length field reads {length})",
                 path=path, record=record, offset=offset)
+    if length > max_record_bytes and (size is None or
+                                      offset + FRAMING_BYTES + length <= size):
+        raise over_cap(length, max_record_bytes, path=path, record=record, offset=offset)
     return length
 
 
@@ -214,7 +265,8 @@ def is_gzip_file(path) -> bool:
     return len(head) < HEADER_BYTES or masked_crc32c(head[:8]) != _HEADER.unpack(head)[1]
 
 
-def read_records(path, *, verify: bool = True, compression=None) -> Iterator[bytes]:
+def read_records(path, *, verify: bool = True, compression=None,
+                 max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[bytes]:
     """Yield the payload of every record in ``path``, in file order.
 
     spec/records.md, "Reading". Each payload is a new ``bytes`` object (never a
@@ -222,15 +274,24 @@ def read_records(path, *, verify: bool = True, compression=None) -> Iterator[byt
     every record are checked. Raises a :class:`TFRecordError` subclass naming
     file, record and offset on any problem. An empty file (0 bytes, or a GZIP
     stream of no data) yields nothing: a valid TFRecord of zero records
-    (spec/records.md, "Empty files").
+    (spec/records.md, "Empty files"). A record longer than ``max_record_bytes`` is a
+    :class:`RecordTooLargeError` before any of it is read (spec/reliability.md,
+    "Size caps"; in an uncompressed file, a record running past the end of the
+    file is truncation, as without a cap, and only what the file holds is read).
+    Payloads over 16 MiB are read in 16 MiB pieces (GZIP streams included), so a
+    length that lies costs at most what the stream holds, up to the cap (twice
+    that while the pieces are joined).
     """
     compression = _check_compression(compression)
+    cap = check_max_record_bytes(max_record_bytes)
     path = os.fspath(path)
     with _open(path, compression) as f:
+        size = None if compression else os.fstat(f.fileno()).st_size
         offset = 0
         record = 0
         while True:
-            length = read_header(f, path=path, record=record, offset=offset, verify=verify)
+            length = read_header(f, path=path, record=record, offset=offset, verify=verify,
+                                 max_record_bytes=cap, size=size)
             if length is None:  # a clean end (at once for an empty file: zero records)
                 return
             yield read_payload(f, length, path=path, record=record, offset=offset,
@@ -240,41 +301,53 @@ def read_records(path, *, verify: bool = True, compression=None) -> Iterator[byt
 
 
 def read_record_at(f_or_path, offset: int, *, verify: bool = True, record=None,
-                   path=None) -> bytes:
+                   path=None, max_record_bytes: int = MAX_RECORD_BYTES) -> bytes:
     """Read the single record whose framing starts at byte ``offset``.
 
     spec/records.md, "Random access". ``f_or_path`` is a path or an open binary
     file (uncompressed files only). ``record`` and ``path`` only label errors.
+    A length over ``max_record_bytes`` is a :class:`RecordTooLargeError`
+    (spec/reliability.md, "Size caps").
     """
     if isinstance(f_or_path, (str, bytes, os.PathLike)):
         with open(f_or_path, "rb") as f:
             return read_record_at(f, offset, verify=verify, record=record,
-                                  path=os.fspath(f_or_path))
+                                  path=os.fspath(f_or_path),
+                                  max_record_bytes=max_record_bytes)
     f = f_or_path
     if path is None:
         path = getattr(f, "name", None)
     f.seek(offset)
-    length = read_header(f, path=path, record=record, offset=offset, verify=verify)
+    try:
+        size = os.fstat(f.fileno()).st_size
+    except (AttributeError, OSError, ValueError):  # not a real file: cap whatever it holds
+        size = None
+    length = read_header(f, path=path, record=record, offset=offset, verify=verify,
+                         max_record_bytes=max_record_bytes, size=size)
     if length is None:
         raise TruncatedRecordError("offset is at or past the end of the file", path=path,
                                    record=record, offset=offset)
     return read_payload(f, length, path=path, record=record, offset=offset, verify=verify)
 
 
-def scan_records(path, *, verify: bool = False, chunk_size: int = 1 << 20):
+def scan_records(path, *, verify: bool = False, chunk_size: int = 1 << 20,
+                 max_record_bytes: int = MAX_RECORD_BYTES):
     """Yield ``(offset, length)`` for every record, reading headers and seeking past
     payloads, in constant memory. spec/index.md, "Building".
 
     ``length`` is the full framed size (payload + 16 bytes), as in index files.
     With ``verify=True`` each payload checksum is also checked, streamed in
-    chunks of ``chunk_size`` bytes. Uncompressed files only.
+    chunks of ``chunk_size`` bytes. Uncompressed files only. A length over
+    ``max_record_bytes`` is a :class:`RecordTooLargeError`.
     """
-    for offset, length, _ in scan_frames(path, verify=verify, chunk_size=chunk_size):
+    for offset, length, _ in scan_frames(path, verify=verify, chunk_size=chunk_size,
+                                         max_record_bytes=max_record_bytes):
         yield offset, FRAMING_BYTES + length
 
 
 def scan_frames(path, *, verify: bool = False, chunk_size: int = 1 << 20,
-                max_payload: int = 0, start: tuple = (0, 0)):
+                max_payload: int = 0, start: tuple = (0, 0),
+                max_record_bytes: int = MAX_RECORD_BYTES):
     """Yield ``(offset, payload length, payload or None)`` for every record of an
     uncompressed file, in constant memory. spec/index.md, "Building".
 
@@ -286,9 +359,13 @@ def scan_frames(path, *, verify: bool = False, chunk_size: int = 1 << 20,
     any of its payload is read. Memory is therefore at most ``max_payload`` +
     ``chunk_size`` + a 64 KiB read buffer, whatever the record or file size.
     ``start=(offset, record)`` resumes a scan at a record boundary found earlier.
+    A header declaring more than ``max_record_bytes`` is a
+    :class:`RecordTooLargeError` (its ``length`` says where the next record
+    starts, for a caller that resumes past it).
     """
     from .crc32c import crc32c, mask
 
+    cap = check_max_record_bytes(max_record_bytes)
     path = os.fspath(path)
     size = os.path.getsize(path)
     chunk_size = max(1, int(chunk_size))
@@ -298,7 +375,8 @@ def scan_frames(path, *, verify: bool = False, chunk_size: int = 1 << 20,
         while True:
             if f.tell() != offset:
                 f.seek(offset)
-            length = read_header(f, path=path, record=record, offset=offset, verify=True)
+            length = read_header(f, path=path, record=record, offset=offset, verify=True,
+                                 max_record_bytes=cap, size=size)
             if length is None:  # a clean end (an empty file has zero records)
                 return
             end = offset + FRAMING_BYTES + length
@@ -334,6 +412,6 @@ def scan_frames(path, *, verify: bool = False, chunk_size: int = 1 << 20,
 
 
 __all__ = ["read_records", "write_records", "read_record_at", "scan_records", "scan_frames",
-           "frame_record",
+           "frame_record", "MAX_RECORD_BYTES", "check_max_record_bytes", "over_cap",
            "is_gzip_file",
            "read_header", "read_payload", "TFRecordError", "FRAMING_BYTES", "COMPRESSIONS"]

@@ -27,7 +27,8 @@ FIELDS_ALL = ("image", "label", "slide", "loc_x", "loc_y")
 
 #: Bound, in grey levels, of each operation that is not exact across backends
 #: (spec/images.md and spec/stain.md, "Conformance").
-LEVELS = {"resize": 1, "blur": 1, "reinhard": 1, "reinhard_fast": 1, "macenko": 2}
+LEVELS = {"resize": 1, "blur": 1, "reinhard": 1, "reinhard_fast": 1, "reinhard_mask": 1,
+          "reinhard_fast_mask": 1, "macenko": 2, "macenko_fast": 2}  # spec/stain.md's rows by family
 #: Bounds when a JPEG round trip follows an inexact operation: a one-level change can
 #: move a DCT coefficient across a quantization step.
 JPEG_AFTER_INEXACT = (32, 0.5)  # (max |diff|, mean |diff|) in grey levels
@@ -220,6 +221,10 @@ def _compare_image(got, ref, tol: Tolerance, layout: str, where: str, batched: b
 
 
 def _compare_field(name, got, ref, where):
+    if name == "label" and ref is None and got is not None and to_numpy(got).size == 0:
+        # "no label" as an empty array: the torch indexed dataset's, so that
+        # default_collate can batch it (spec/adapter_torch.md, "Indexed dataset")
+        return
     if ref is None or got is None:
         if not (ref is None and got is None):
             raise ConformanceError(f"{where}, field {name!r}: {got!r}, reference {ref!r}")
@@ -395,6 +400,316 @@ def sampling_configs(max_replicas: int = 3, max_batch: int = 5):
     return configs()
 
 
+# ------------------------------------------------------------------------ edge images
+#: The kinds of image :func:`edge_images` draws (spec/adapters.md, "Conformance").
+EDGE_KINDS = ("random", "constant", "nearly_constant", "saturated", "ties", "ramp")
+
+
+def _edge_image(kind: str, shape: tuple, a: int, seed: int) -> np.ndarray:
+    """One image of ``kind`` (see :func:`edge_images`); ``a`` a grey level, ``seed``
+    the rest of the pattern."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    if kind == "constant":
+        return np.full(shape, a, np.uint8)
+    if kind == "nearly_constant":
+        # a constant image with one value (or a few) one level off: the std is just
+        # above 0, about 1/sqrt(N), where per_image's floor max(std, 1/sqrt(N)) acts
+        img = np.full(shape, a, np.uint8)
+        flat = img.reshape(-1)
+        step = 1 if a < 255 else -1
+        for i in rng.choice(flat.size, size=min(flat.size, int(rng.integers(1, 4))),
+                            replace=False):
+            flat[i] = a + step
+        return img
+    if kind == "saturated":
+        # mostly 0 and 255, some one level inside: clipping at both ends
+        return rng.choice(np.array([0, 0, 255, 255, 1, 254], np.uint8), size=shape)
+    if kind == "ties":
+        # two levels one apart in a checkerboard (per channel offset): averages of two
+        # or four neighbours (area and bilinear resizes by 2, blur of a flat pair) fall
+        # on exact halves, where rounding must go to even
+        lo = min(a, 254)
+        h, w = shape[-3], shape[-2]
+        board = (np.add.outer(np.arange(h), np.arange(w)) + rng.integers(0, 2)) % 2
+        img = (lo + board[..., None] * np.ones(3, int)).astype(np.uint8)
+        return np.broadcast_to(img, shape).copy()
+    if kind == "ramp":
+        # every level once along the flattened image: every rounding boundary is met
+        return ((np.arange(int(np.prod(shape))) + a) % 256).astype(np.uint8).reshape(shape)
+    raise ValueError(f"unknown edge image kind {kind!r}; kinds: {', '.join(EDGE_KINDS)}")
+
+
+def edge_images(min_side: int = 1, max_side: int = 24, batch: bool = False, kinds=EDGE_KINDS):
+    """Hypothesis strategy: HWC (NHWC with ``batch``) uint8 images that reach the edge
+    regions of the ops (spec/adapters.md, "Conformance"): random, constant (0 and 255
+    included), nearly constant (std just above 0), saturated at 0/255, rounding ties
+    (levels a, a+1 in a checkerboard), a ramp of every level; and thin shapes:
+    1 x 1, 1 x W, H x 1, as often as the rest."""
+    from hypothesis import strategies as st
+
+    side = st.one_of(st.just(min_side), st.integers(min_side, max_side))  # thin often
+    level = st.one_of(st.sampled_from([0, 1, 127, 128, 254, 255]), st.integers(0, 255))
+
+    @st.composite
+    def draw_image(draw):
+        kind = draw(st.sampled_from(tuple(kinds)))
+        h, w = draw(side), draw(side)
+        shape = (draw(st.integers(1, 3)), h, w, 3) if batch else (h, w, 3)
+        return _edge_image(kind, shape, draw(level), draw(st.integers(0, 2**32 - 1)))
+
+    return draw_image()
+
+
+def tie_floats(max_side: int = 8):
+    """Hypothesis strategy: HWC float32 arrays for ``to_uint8`` whose values sit at
+    rounding ties (k + 0.5) and just off them (k + 0.5 +- one float32 step), beyond
+    both ends of [0, 255] and at +-inf (spec/images.md, "uint8 conversion")."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def draw_floats(draw):
+        h, w = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        k = rng.integers(-3, 259, (h, w, 3)).astype(np.float32)
+        half = k + np.float32(0.5)
+        off = rng.integers(-1, 2, (h, w, 3))    # -1, 0, +1 float32 steps from the tie
+        x = np.where(off < 0, np.nextafter(half, np.float32(-np.inf)),
+                     np.where(off > 0, np.nextafter(half, np.float32(np.inf)), half))
+        x = x.astype(np.float32)
+        special = rng.random((h, w, 3))
+        x[special < 0.03] = np.inf
+        x[(special >= 0.03) & (special < 0.06)] = -np.inf
+        x[(special >= 0.06) & (special < 0.1)] = k[(special >= 0.06) & (special < 0.1)]
+        return x
+
+    return draw_floats()
+
+
+# ------------------------------------------------------------------------ loader options
+def invert(img):
+    """A transform every framework can apply to its uint8 images: 255 - img (uint8 in,
+    uint8 out). Module level, so loaders with worker processes can pickle it."""
+    return 255 - img
+
+
+#: The label variants :func:`loader_options` draws (resolved by :func:`resolve_labels`).
+LABEL_KINDS = (None, "category", "float", "multi")
+#: Marks an option left out, so that its default is what is tested.
+ABSENT = "<absent>"
+
+
+def resolve_labels(kind, slides) -> dict | None:
+    """The ``labels`` mapping of a :data:`LABEL_KINDS` entry for ``slides`` (sorted):
+    None, categorical indices (the 'category' header of :func:`write_tile_dataset`'s
+    annotations is left to the caller as the header name), floats, or two-outcome lists."""
+    if kind is None or kind == "category":
+        return kind
+    slides = sorted(slides)
+    if kind == "float":
+        return {s: 0.5 + k for k, s in enumerate(slides)}
+    if kind == "multi":
+        return {s: [k, 2 * k + 1] for k, s in enumerate(slides)}
+    raise ValueError(f"unknown label kind {kind!r}; kinds: {LABEL_KINDS}")
+
+
+def image_options(tile_px: int = 16, methods=None):
+    """Hypothesis strategy: the image options of a loader over ``tile_px`` tiles, from
+    the whole option space (spec/images.md, "Pipeline order"): ``normalizer`` absent or
+    each method of ``methods`` (default every reference method, as a name or a
+    :class:`~tilespec.StainNormalizer`), ``augment`` (strings over 'xyrjb', True,
+    False, None, with 'n' inserted or not when there is a normalizer), crop and resize
+    (every method, antialias on and off), ``transform`` (absent or :func:`invert`),
+    ``standardize`` (absent, False, True, 'unit', 'per_image'). An option drawn as
+    absent is left out of the dict, so the default is tested."""
+    from hypothesis import strategies as st
+
+    from .pipeline import RESIZE_METHODS
+    from .stain import METHODS, StainNormalizer
+
+    methods = tuple(METHODS if methods is None else methods)
+
+    @st.composite
+    def draw_options(draw):
+        out = {}
+        method = draw(st.one_of(st.none(), st.sampled_from(methods)))
+        aug = draw(st.one_of(st.sampled_from([ABSENT, True, False, None, ""]),
+                             st.text(alphabet="xyrjb", min_size=1, max_size=4)))
+        if method is not None:
+            form = draw(st.sampled_from(["name", "error", "passthrough"]))
+            out["normalizer"] = (method if form == "name" else
+                                 StainNormalizer(method, on_blank=form))
+            if draw(st.booleans()):      # stain augmentation too
+                base = "xyrjb" if aug is True else ("" if aug in (ABSENT, False, None)
+                                                    else aug)
+                k = draw(st.integers(0, len(base)))
+                aug = base[:k] + "n" + base[k:]
+        if aug is not ABSENT:
+            out["augment"] = aug
+        if draw(st.booleans()):
+            width = draw(st.integers(1, tile_px))
+            out["crop_left"] = draw(st.integers(0, tile_px - width))
+            out["crop_width"] = width
+        if draw(st.booleans()):
+            out["resize_target"] = draw(st.integers(1, 2 * tile_px))
+            resize_method = draw(st.sampled_from((ABSENT,) + RESIZE_METHODS))
+            if resize_method is not ABSENT:
+                out["resize_method"] = resize_method
+            aa = draw(st.sampled_from([ABSENT, True, False]))
+            if aa is not ABSENT:
+                out["resize_aa"] = aa
+        if draw(st.booleans()):
+            out["transform"] = invert
+        std = draw(st.sampled_from([ABSENT, False, True, "unit", "per_image"]))
+        if std is not ABSENT:
+            out["standardize"] = std
+        return out
+
+    return draw_options()
+
+
+def loader_options(tile_px: int = 16, *, max_replicas: int = 3, max_batch: int = 4,
+                   methods=None):
+    """Hypothesis strategy: keyword arguments of ``Dataset.<backend>()`` from the whole
+    option space: :func:`image_options`, plus ``labels`` (a :data:`LABEL_KINDS` entry,
+    to be turned into a mapping with :func:`resolve_labels`), ``incl_slidenames``,
+    ``incl_loc``, ``infinite`` (absent: the default, infinite), ``shuffle``,
+    ``batch_size`` (none or 1..max_batch), ``drop_last``, ``rank``/``num_replicas``
+    (absent, or 1..max_replicas replicas and each rank), ``seed``
+    (spec/adapters.md, "Conformance")."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def draw_options(draw):
+        out = draw(image_options(tile_px, methods))
+        out["labels"] = draw(st.sampled_from(LABEL_KINDS))
+        out["seed"] = draw(st.integers(0, 2**63 - 1))
+        for name in ("incl_slidenames", "incl_loc", "shuffle", "infinite"):
+            v = draw(st.sampled_from([ABSENT, False, True]))
+            if v is not ABSENT:
+                out[name] = v
+        batch = draw(st.one_of(st.none(), st.integers(1, max_batch)))
+        if batch is not None:
+            out["batch_size"] = batch
+            out["drop_last"] = draw(st.booleans())
+        if draw(st.booleans()):
+            R = draw(st.integers(1, max_replicas))
+            out["num_replicas"] = R
+            out["rank"] = draw(st.integers(0, R - 1))
+        return out
+
+    return draw_options()
+
+
+def covering_options(tile_px: int = 16, *, indexed: bool = False,
+                     num_tfrecords: int = 3) -> list:
+    """A fixed list of loader (or, with ``indexed``, IndexedInterleaver) options in
+    which every value of every dimension of :func:`loader_options`
+    (:func:`indexed_options`) occurs at least once: example k takes value
+    k mod (number of values) of each dimension, so the list is as long as the
+    longest dimension (the resize methods). Given to the conformance tests as
+    explicit examples beside the drawn ones, so no value depends on the draw
+    (spec/adapters.md, "Conformance")."""
+    from .pipeline import RESIZE_METHODS
+    from .stain import METHODS, StainNormalizer
+
+    px = tile_px
+    norms = [None] + [(m, False) for m in METHODS] + [(m, True) for m in METHODS]
+    augments = [ABSENT, True, False, None, "", "xyrjb", "jbrx", "bb"]
+    crops = [None, (0, px), (px // 4, px // 2), (px - 1, 1)]
+    targets = [1, px // 2 - 1, px, 2 * px]
+    resizes = [None] + [(targets[k % 4], m, (ABSENT, True, False)[k % 3])
+                        for k, m in enumerate(RESIZE_METHODS)]
+    standardizes = [ABSENT, False, True, "unit", "per_image"]
+    flags = [ABSENT, False, True]
+    shards = [None, (0, 1), (1, 2), (2, 3), (0, 3)]
+    labels = [None, "float", "multi"] if indexed else list(LABEL_KINDS)
+    batches = [None, 1, 3, 4]
+    clips = [None, [0] * num_tfrecords, list(range(1, num_tfrecords + 1)),
+             [9] * num_tfrecords]
+    size = max(map(len, (norms, augments, crops, resizes, standardizes, shards, labels)))
+    out = []
+    for k in range(size):
+        def pick(values, shift=0):
+            return values[(k + shift) % len(values)]
+        opts = {"seed": k}
+        aug = pick(augments)
+        norm = pick(norms)
+        crop, resize = pick(crops), pick(resizes)
+        # a 1-pixel image has no stain to normalize: such a normalizer passes it through
+        tiny = (crop is not None and crop[1] == 1) or (resize is not None and resize[0] == 1)
+        if norm is not None:
+            method, with_n = norm
+            opts["normalizer"] = (StainNormalizer(method, on_blank="passthrough") if tiny
+                                  else StainNormalizer(method) if k % 2 else method)
+            if with_n:
+                base = "xyrjb" if aug is True else ("" if aug in (ABSENT, False, None)
+                                                    else aug)
+                aug = base[:k % (len(base) + 1)] + "n" + base[k % (len(base) + 1):]
+        if aug is not ABSENT:
+            opts["augment"] = aug
+        if crop is not None:
+            opts["crop_left"], opts["crop_width"] = crop
+        if resize is not None:
+            opts["resize_target"], opts["resize_method"], aa = resize
+            if aa is not ABSENT:
+                opts["resize_aa"] = aa
+        if pick([None, invert]) is not None:
+            opts["transform"] = invert
+        if pick(standardizes) is not ABSENT:
+            opts["standardize"] = pick(standardizes)
+        opts["labels"] = pick(labels)
+        names = ("incl_slidenames", "incl_loc", "shuffle") + (() if indexed else ("infinite",))
+        for shift, name in enumerate(names):
+            if pick(flags, shift) is not ABSENT:
+                opts[name] = pick(flags, shift)
+        shard = pick(shards)
+        if shard is not None:
+            opts["rank"], opts["num_replicas"] = shard
+        if indexed:
+            if pick(clips) is not None:
+                opts["clip"] = pick(clips)
+            opts["epoch"] = k % 3
+        elif pick(batches) is not None:
+            opts["batch_size"] = pick(batches)
+            opts["drop_last"] = bool(k % 2)
+        out.append(opts)
+    return out
+
+
+def indexed_options(tile_px: int = 16, num_tfrecords: int = 3, *, max_replicas: int = 3,
+                    methods=None):
+    """Hypothesis strategy: keyword arguments of ``IndexedInterleaver(tfrecords, ...)``
+    from the whole option space: :func:`image_options`, ``labels`` (None, 'float' or
+    'multi' of :data:`LABEL_KINDS`: the indexed dataset takes a mapping),
+    ``incl_slidenames``, ``incl_loc``, ``shuffle``, ``seed``, ``clip`` (absent or a list
+    of ``num_tfrecords`` counts, 0 and past the end included), rank/num_replicas;
+    and ``epoch`` (0..2), popped by the caller and set with ``set_epoch``."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def draw_options(draw):
+        out = draw(image_options(tile_px, methods))
+        out["labels"] = draw(st.sampled_from([None, "float", "multi"]))
+        out["seed"] = draw(st.integers(0, 2**63 - 1))
+        for name in ("incl_slidenames", "incl_loc", "shuffle"):
+            v = draw(st.sampled_from([ABSENT, False, True]))
+            if v is not ABSENT:
+                out[name] = v
+        if draw(st.booleans()):
+            out["clip"] = draw(st.lists(st.integers(0, 9), min_size=num_tfrecords,
+                                        max_size=num_tfrecords))
+        if draw(st.booleans()):
+            R = draw(st.integers(1, max_replicas))
+            out["num_replicas"] = R
+            out["rank"] = draw(st.integers(0, R - 1))
+        out["epoch"] = draw(st.integers(0, 2))
+        return out
+
+    return draw_options()
+
+
 def __getattr__(name):
     # the statistical audit lives in its own module (spec/audit.md); imported on use
     if name in ("audit", "AuditReport", "Check"):
@@ -406,4 +721,6 @@ def __getattr__(name):
 __all__ = ["audit", "AuditReport", "Check", "assert_conforms", "image_tolerance", "Tolerance", "ConformanceError", "to_numpy",
            "TileDatasetLayout", "write_tile_dataset", "images", "augment_strings",
            "tile_dataset_layouts", "sampling_configs", "LEVELS", "JPEG_AFTER_INEXACT",
-           "JPEG_DECISION_PX"]
+           "JPEG_DECISION_PX", "edge_images", "EDGE_KINDS", "tie_floats", "image_options",
+           "loader_options", "indexed_options", "covering_options", "resolve_labels", "LABEL_KINDS", "ABSENT",
+           "invert"]

@@ -24,17 +24,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .crc32c import crc32c, mask
-from .errors import ExampleParseError, ImageDecodeError, IndexFileError, TileSchemaError
+from .errors import (ExampleParseError, ImageDecodeError, ImageTooLargeError, IndexFileError,
+                     TileSchemaError)
 from .example import parse_example, parse_tile
-from .images import decode_image
+from .images import MAX_TILE_PIXELS, check_max_tile_pixels, decode_image
 from .index import _location, existing_index, index_stem, read_index_file
-from .records import FRAMING_BYTES, HEADER_BYTES, _FOOTER, _HEADER, _GZIP_MAGIC
+from .records import (FRAMING_BYTES, HEADER_BYTES, MAX_RECORD_BYTES, _FOOTER, _HEADER,
+                      _GZIP_MAGIC, check_max_record_bytes, over_cap)
 
 TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
 
 #: Problem kinds, in the order the summary lists them (spec/reliability.md, "Checks").
-KINDS = ("missing", "io", "not-tfrecord", "length-crc", "truncated", "payload-crc",
-         "gzip", "example", "tile", "image", "index")
+KINDS = ("missing", "io", "not-tfrecord", "length-crc", "truncated", "record-cap",
+         "payload-crc", "gzip", "example", "tile", "image", "image-cap", "tile-size", "index")
 
 #: Note kinds: facts worth a line that are not problems (spec/reliability.md, "Report").
 NOTE_KINDS = ("empty",)
@@ -178,10 +180,15 @@ def expand_paths(paths) -> list:
 class _Scan:
     """Per-file state of the record walk."""
 
-    def __init__(self, report: FileReport, level: int, max_payload: int):
+    def __init__(self, report: FileReport, level: int, max_payload: int,
+                 max_record_bytes: int = MAX_RECORD_BYTES,
+                 max_tile_pixels: int = MAX_TILE_PIXELS, tile_size=None):
         self.report = report
         self.level = level
         self.max_payload = max_payload
+        self.max_record_bytes = max_record_bytes
+        self.max_tile_pixels = max_tile_pixels
+        self.tile_size = tile_size    # None (no check), "first", or (height, width, where)
         self.rows = array("q")        # [offset, framed length] per framed record
         self.locs = array("q")        # [x, y] per record (0, 0 where unknown)
         self.loc_state = array("b")   # 1 location, 0 none, -1 unknown (not parsed)
@@ -201,7 +208,8 @@ class _Scan:
                     else:
                         state = 0
                     if self.level >= 3:
-                        decode_image(tile.image_raw)
+                        img = decode_image(tile.image_raw, max_pixels=self.max_tile_pixels)
+                        ok = self._tile_size(record, offset, img.shape)
                 else:
                     parse_example(payload)
                     loc = _location(payload)
@@ -215,12 +223,32 @@ class _Scan:
                 if state == -1:
                     loc = _location(payload)
                     xy, state = (loc, 1) if loc is not None else ((0, 0), 0)
+            except ImageTooLargeError as e:
+                self.problem("image-cap", record, offset, e.reason)
+                ok = False
             except ImageDecodeError as e:
                 self.problem("image", record, offset, e.reason)
                 ok = False
         self.locs.extend(xy)
         self.loc_state.append(state)
         return ok
+
+    def _tile_size(self, record, offset, shape) -> bool:
+        """Compare a decoded image's size with the tile size (the one given, else the
+        file's first image's); a 'tile-size' problem when it differs."""
+        h, w = shape[:2]
+        if self.tile_size is None:
+            return True
+        if self.tile_size == "first":
+            self.tile_size = (h, w, f"that of record {record}, the file's first image")
+            return True
+        if (h, w) == tuple(self.tile_size[:2]):
+            return True
+        th, tw, where = self.tile_size
+        self.problem("tile-size", record, offset,
+                     f"image is {w}x{h} (width x height), the tile size is {tw}x{th} "
+                     f"({where}); a loader needs tiles of one size (or resize_target)")
+        return False
 
 
 def _walk(f, scan: _Scan, size: int | None):
@@ -266,8 +294,24 @@ def _walk(f, scan: _Scan, size: int | None):
                          f"(needs {FRAMING_BYTES + length} bytes, {left} left); {left} "
                          "bytes left unread")
             return offset, False
+        big = over_cap(length, scan.max_record_bytes)
+        if big is not None and size is None:  # GZIP: reaching the next record means
+            scan.problem("record-cap", record, offset,  # decompressing this one
+                         f"{big.reason}; in a GZIP stream the next record lies behind it, "
+                         "so the rest of the file is not checked")
+            return offset, False
         report.records += 1
         scan.rows.extend((offset, FRAMING_BYTES + length))
+        if big is not None:  # a sound length: step over the record, unread
+            scan.problem("record-cap", record, offset,
+                         f"{big.reason}; its length is sound, so checking goes on at the "
+                         "next record")
+            scan.locs.extend((0, 0))
+            scan.loc_state.append(-1)
+            f.seek(end)
+            offset = end
+            record += 1
+            continue
         # payload: read whole when small enough to parse, else checksum over chunks
         payload = None
         if length <= scan.max_payload:
@@ -360,18 +404,42 @@ def _check_index(scan: _Scan, complete: bool):
         scan.problem("index", message[0], message[1], message[2])
 
 
+def _tile_size_option(tile_size):
+    """None, 'first', an int (square) or (height, width) -> None, 'first' or
+    (height, width, where)."""
+    if tile_size is None or tile_size == "first":
+        return tile_size
+    pair = (tile_size, tile_size) if isinstance(tile_size, (int, np.integer)) else tile_size
+    try:
+        h, w = (int(v) for v in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"tile_size must be None, 'first', an integer or (height, width), got "
+                         f"{tile_size!r}") from None
+    if isinstance(tile_size, bool) or h < 1 or w < 1:
+        raise ValueError(f"tile_size must be positive, got {tile_size!r}")
+    return h, w, "given"
+
+
 def verify_file(path, *, level: str = "images", index: bool = True,
-                max_payload: int = DEFAULT_MAX_PAYLOAD) -> FileReport:
+                max_payload: int = DEFAULT_MAX_PAYLOAD,
+                max_record_bytes: int = MAX_RECORD_BYTES,
+                max_tile_pixels: int = MAX_TILE_PIXELS, tile_size=None) -> FileReport:
     """Check one file; return its :class:`FileReport` (spec/reliability.md, "Checks").
 
     Never raises for anything found in the file: every problem is a
-    :class:`Problem` in the report.
+    :class:`Problem` in the report. ``max_record_bytes`` and
+    ``max_tile_pixels`` are the readers' caps ('record-cap', 'image-cap');
+    ``tile_size`` (an int or (height, width), or 'first': the size of the
+    file's first image; default None, no check) the size every image must have
+    ('tile-size') (spec/reliability.md, "Size caps").
     """
     path = os.fspath(path)
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     report = FileReport(path)
-    scan = _Scan(report, LEVELS.index(level), max_payload)
+    scan = _Scan(report, LEVELS.index(level), max_payload,
+                 check_max_record_bytes(max_record_bytes),
+                 check_max_tile_pixels(max_tile_pixels), _tile_size_option(tile_size))
     if not os.path.exists(path):
         scan.problem("missing", None, None, "no such file")
         return report
@@ -423,7 +491,9 @@ def _verify_one(args):
 
 
 def verify(paths, *, level: str = "images", index: bool = True, jobs: int | None = None,
-           max_payload: int = DEFAULT_MAX_PAYLOAD, progress=None) -> VerifyResult:
+           max_payload: int = DEFAULT_MAX_PAYLOAD, progress=None,
+           max_record_bytes: int = MAX_RECORD_BYTES, max_tile_pixels: int = MAX_TILE_PIXELS,
+           tile_size=None) -> VerifyResult:
     """Check every record of every file; return a :class:`VerifyResult`.
 
     spec/reliability.md, "Checks" and "Report". ``paths``: a path or a list of
@@ -435,11 +505,17 @@ def verify(paths, *, level: str = "images", index: bool = True, jobs: int | None
     per CPU when the files hold at least 32 MiB, else 1); 1 checks in this
     process. ``progress(done, report)`` is called
     with each :class:`FileReport`, in file order. The result does not depend on ``jobs``.
+    ``max_record_bytes``, ``max_tile_pixels`` and ``tile_size``: as in
+    :func:`verify_file` (spec/reliability.md, "Size caps").
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     files = expand_paths(paths)
-    options = {"level": level, "index": bool(index), "max_payload": int(max_payload)}
+    _tile_size_option(tile_size)
+    options = {"level": level, "index": bool(index), "max_payload": int(max_payload),
+               "max_record_bytes": check_max_record_bytes(max_record_bytes),
+               "max_tile_pixels": check_max_tile_pixels(max_tile_pixels),
+               "tile_size": tile_size}
     if jobs is None:  # a pool costs ~0.3 s to start: only worth it for enough data
         total = sum(os.path.getsize(p) for p in files if os.path.isfile(p))
         jobs = (os.cpu_count() or 1) if total >= POOL_MIN_BYTES else 1

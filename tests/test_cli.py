@@ -30,11 +30,17 @@ def test_demo(tmp_path, capsys):
     assert "wrote 6 tfrecords" in out and "CRC32C backend" in out
     assert "6 files, 144 records: 6 indexes written, 0 valid" in out
     assert out.count("index: ok (.index.npz)") == 6 and "image: jpeg 32x32" in out
-    assert sorted(os.listdir(root)) == ["annotations.csv", "tfrecords"]
+    assert sorted(os.listdir(root)) == ["annotations.csv", "pictures", "tfrecords"]
     assert len(os.listdir(root / "tfrecords")) == 12  # 6 tfrecords + 6 indexes
+    pictures = [str(root / "pictures" / f"{n}.png") for n in ("augment", "sampling", "batch",
+                                                               "shards")]
+    assert sorted(os.listdir(root / "pictures")) == sorted(map(os.path.basename, pictures))
+    assert all(f"\n  {p}\n" in out for p in pictures)  # the demo says where they are
     # a second demo rewrites identical files: the indexes stay valid
-    assert main(["demo", str(root), "--tile-px", "32", "--train-steps", "0"]) == 0
-    assert "0 indexes written, 6 valid" in capsys.readouterr().out
+    assert main(["demo", str(root), "--tile-px", "32", "--train-steps", "0",
+                 "--no-pictures"]) == 0
+    out = capsys.readouterr().out
+    assert "0 indexes written, 6 valid" in out and "pictures" not in out
 
 
 def test_inspect_file(folder, capsys):
@@ -274,7 +280,7 @@ def test_demo_without_torch_adapter_says_how_to_get_it(demo_dataset, monkeypatch
     monkeypatch.setattr(plugins, "backends", lambda: ["numpy"])
     out = io.StringIO()
     assert demo.training_demo(demo_dataset, out) is None
-    assert "pip install -e adapters_torch/" in out.getvalue()
+    assert 'pip install "tilespec[torch]"' in out.getvalue()
 
 
 def test_an_empty_file_is_inspected_and_indexed_as_zero_records(folder, capsys):

@@ -182,7 +182,7 @@ def test_bad_annotation_sources(tmp_path):
     folder, rows = write_table(tmp_path, [("s1", "p1", "A", 1)])
     with pytest.raises(AnnotationError, match="annotations file not found"):
         tilespec.Dataset(folder, str(tmp_path / "nope.csv"))
-    with pytest.raises(AnnotationError, match="CSV path or a list of row dicts"):
+    with pytest.raises(AnnotationError, match="CSV path, a list of row dicts or a data frame"):
         tilespec.Dataset(folder, 42)
     with pytest.raises(AnnotationError, match="row 1 does not have the columns of row 0; "
                                               "missing 'category'"):

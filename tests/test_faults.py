@@ -217,7 +217,8 @@ def test_a_damaged_file_is_scanned_once(demo_dataset, tmp_path, monkeypatch):
     _damage(path, 2, "payload")
     calls = []
     real = tilespec.loader.load_index
-    monkeypatch.setattr(tilespec.loader, "load_index", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(tilespec.loader, "load_index",
+                        lambda p, **kw: calls.append(p) or real(p, **kw))
     L = tilespec.loader.NumpyLoader([path], [12], [1.0], infinite=True, on_error="skip",
                                     **OPTS)
     it = iter(L)

@@ -15,21 +15,26 @@ Example counts come from the hypothesis profile (tests/conftest.py): ``ci``
 
 import gzip
 import io
+import struct
 import warnings
+import zlib
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tilespec
 from tilespec.errors import TFRecordError
 from tilespec.example import encode_example, encode_tile, parse_example, parse_tile
-from tilespec.images import decode_image
+from tilespec.crc32c import masked_crc32c
+from tilespec.images import decode_image, image_header, image_size
 from tilespec.index import (IndexRebuildWarning, compute_index, index_path, load_index,
                             read_index_file, write_index)
 from tilespec.records import frame_record, read_record_at, scan_frames, scan_records
 from tilespec.verify import verify_file
 
-FRAMING_KINDS = {"empty", "not-tfrecord", "length-crc", "truncated", "payload-crc"}
+FRAMING_KINDS = {"empty", "not-tfrecord", "length-crc", "truncated", "payload-crc",
+                 "record-cap"}
 
 
 def _image(fmt: str, seed: int) -> bytes:
@@ -151,7 +156,7 @@ def test_verify_never_raises_and_agrees_with_the_reader(tmp_path_factory, case):
     # every problem is located and described
     for p in report.problems:
         assert p.path == str(path) and p.message
-        assert p.kind in FRAMING_KINDS | {"example", "tile", "image"}
+        assert p.kind in FRAMING_KINDS | {"example", "tile", "image", "image-cap"}
     assert report.good + len({p.record for p in report.problems
                               if p.kind not in ("truncated", "length-crc", "not-tfrecord",
                                                 "empty")}) == report.records
@@ -205,3 +210,113 @@ def test_damaged_images_raise_only_image_errors(image, data):
         assert str(e)
     else:
         assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+    # the size checked before decoding is never smaller than the size Pillow decodes
+    head = image_header(damaged)
+    try:
+        _, w, h = image_size(damaged)
+    except tilespec.ImageDecodeError:
+        return
+    if head is not None:
+        assert head[1] * head[2] >= w * h, (head, w, h)
+
+
+# ------------------------------------------------ lengths and image sizes near the caps
+# spec/reliability.md, "Size caps": small caps drawn per example, so records and images
+# near and above them stay a few bytes.
+
+def _header(length: int) -> bytes:
+    raw = struct.pack("<Q", length)
+    return raw + struct.pack("<I", masked_crc32c(raw))
+
+
+@st.composite
+def capped_files(draw):
+    """(cap, file bytes): payload lengths drawn around a drawn cap, and some headers
+    rewritten, with a valid checksum, to lengths near, above or far above it."""
+    cap = draw(st.integers(1, 64))
+    payloads = draw(st.lists(st.one_of(
+        st.integers(max(0, cap - 2), cap + 2).map(bytes), PAYLOADS), min_size=1, max_size=5))
+    frames = [bytearray(frame_record(p)) for p in payloads]
+    for k in draw(st.lists(st.integers(0, len(frames) - 1), max_size=2)):
+        n = draw(st.one_of(st.integers(max(0, cap - 2), cap + 2), st.integers(cap, 1 << 40),
+                           st.sampled_from([1 << 31, 64 << 30, (1 << 64) - 1])))
+        frames[k][:12] = _header(n)
+    return cap, b"".join(frames)
+
+
+def _over_cap_is_sound(err, cap, size=None):
+    if isinstance(err, tilespec.RecordTooLargeError):
+        assert err.cap == cap and err.length > cap and "over the size cap" in str(err)
+        if size is not None:  # an uncompressed file: only lengths within the file
+            assert err.offset + 16 + err.length <= size
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(capped_files())
+def test_lengths_near_and_above_the_cap(tmp_path_factory, case):
+    cap, data = case
+    path = _write(tmp_path_factory, data)
+    err = _tilespec_errors_only(lambda: list(tilespec.read_records(path, max_record_bytes=cap)))
+    _over_cap_is_sound(err, cap, len(data))
+    if not isinstance(err, TFRecordError):
+        assert all(len(p) <= cap for p in err)
+    for fn in (lambda: list(scan_frames(path, verify=True, max_record_bytes=cap)),
+               lambda: compute_index(path, max_record_bytes=cap),
+               lambda: read_record_at(path, 0, max_record_bytes=cap)):
+        _over_cap_is_sound(_tilespec_errors_only(fn), cap, len(data))
+    report = verify_file(path, level="records", index=False, max_record_bytes=cap)
+    framing = [p for p in report.problems if p.kind in FRAMING_KINDS]
+    if isinstance(err, TFRecordError):  # verify's first framing problem is the reader's
+        assert framing and (framing[0].record, framing[0].offset) == (err.record, err.offset)
+        assert (framing[0].kind == "record-cap") == isinstance(err, tilespec.RecordTooLargeError)
+    else:
+        assert framing == []
+    gz = _write(tmp_path_factory, gzip.compress(data, mtime=0))
+    err = _tilespec_errors_only(lambda: list(tilespec.read_records(
+        gz, compression="GZIP", max_record_bytes=cap)))
+    _over_cap_is_sound(err, cap)
+    report = verify_file(gz, level="records", max_record_bytes=cap)
+    framing = [p for p in report.problems if p.kind in FRAMING_KINDS]
+    if isinstance(err, TFRecordError):
+        assert framing and framing[0].record == err.record
+
+
+def _resized(image: bytes, w: int, h: int) -> bytes:
+    """The image with its header (JPEG SOF0, PNG IHDR with its CRC) claiming w x h."""
+    if image[:3] == b"\xff\xd8\xff":
+        i = image.index(b"\xff\xc0")
+        return image[:i + 5] + struct.pack(">HH", h, w) + image[i + 9:]
+    ihdr = image[12:16] + struct.pack(">II", w, h) + image[24:29]
+    return image[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF) + image[33:]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(IMAGES), st.integers(1, 65535), st.integers(1, 65535), st.data())
+def test_image_headers_near_and_above_the_cap(image, w, h, data):
+    from tilespec.loader import decode_planar, decode_view
+    n = w * h
+    small = 1 << 16  # an image within its cap is decoded: keep those small
+    caps = []
+    if n > 1:  # just below the image: over the cap
+        caps.append(st.integers(max(1, n - 3), n - 1))
+    if n <= small or n > tilespec.images.MAX_TILE_PIXELS:
+        caps.append(st.just(tilespec.images.MAX_TILE_PIXELS))
+    if n <= small:  # at or above the image: decoded
+        caps += [st.just(n), st.integers(n, small)]
+    cap = data.draw(st.one_of(caps))
+    damaged = _resized(image, w, h)
+    assert image_header(damaged)[1:3] == (w, h)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning, ever
+        for decode in (lambda d: decode_image(d, max_pixels=cap),
+                       lambda d: decode_view(d, cap), lambda d: decode_planar(d, False, cap)):
+            if n > cap:
+                with pytest.raises(tilespec.ImageTooLargeError):
+                    decode(damaged)
+                continue
+            try:
+                out = decode(damaged)
+            except tilespec.ImageDecodeError as e:
+                assert not isinstance(e, tilespec.ImageTooLargeError)
+            else:
+                assert out.shape == (h, w, 3) and out.dtype == np.uint8

@@ -23,6 +23,7 @@ from tilespec.records import frame_record, read_record_at, scan_frames, scan_rec
 
 HUGE = ((1 << 31) + 3, (1 << 31) + 5)  # each over 2 GiB; the last tile starts past 4 GiB
 LIMIT = 100 << 20  # peak memory allowed for indexing / verifying the big file
+CAP = 1 << 33  # a max_record_bytes that lets the 2 GiB records be read (the default refuses them)
 _ZERO = bytes(1 << 24)
 
 
@@ -119,7 +120,7 @@ except OSError:
     pass
 before = status("VmRSS")
 tracemalloc.start()
-arr, locs = tilespec.build_index(sys.argv[1])
+arr, locs = tilespec.build_index(sys.argv[1], max_record_bytes=int(sys.argv[2]))
 peak = tracemalloc.get_traced_memory()[1]
 print(json.dumps({"rows": arr.tolist(), "locs": locs is None,
                   "rss_delta_kb": status("VmHWM") - before, "traced_peak": peak}))
@@ -133,7 +134,8 @@ def test_build_index_of_a_4gb_file_in_constant_memory(big):
     # into a child across fork + exec, so it reads high after the parent grew.)
     if not os.path.exists("/proc/self/status"):
         pytest.skip("needs /proc/self/status (Linux) to measure resident memory")
-    run = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path)], capture_output=True,
+    run = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), str(CAP)],
+                         capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     got = json.loads(run.stdout)
@@ -141,7 +143,7 @@ def test_build_index_of_a_4gb_file_in_constant_memory(big):
     assert got["traced_peak"] < LIMIT, got["traced_peak"]
     assert got["rss_delta_kb"] * 1024 < LIMIT, got["rss_delta_kb"]
     # the index written is valid and gives random access past 4 GiB
-    arr, locs = tilespec.load_index(path, build=False)
+    arr, locs = tilespec.load_index(path, build=False, max_record_bytes=CAP)
     assert np.array_equal(arr, rows) and locs is None
     with open(path, "rb") as f:
         for k, i in ((0, 0), (2, 1), (4, 2)):
@@ -151,16 +153,17 @@ def test_build_index_of_a_4gb_file_in_constant_memory(big):
 
 def test_unverified_and_header_only_scans_seek_past_payloads(big):
     path, rows = big
-    (arr, locs), peak = _peak(lambda: compute_index(path, verify=False))
+    (arr, locs), peak = _peak(lambda: compute_index(path, verify=False, max_record_bytes=CAP))
     assert np.array_equal(arr, rows) and locs is None and peak < LIMIT
-    assert list(scan_records(path)) == [tuple(r) for r in rows.tolist()]
-    frames = list(scan_frames(path, max_payload=1 << 20))
+    assert list(scan_records(path, max_record_bytes=CAP)) == [tuple(r) for r in rows.tolist()]
+    frames = list(scan_frames(path, max_payload=1 << 20, max_record_bytes=CAP))
     assert [p is None for _, _, p in frames] == [False, True, False, True, False]
 
 
 def test_verify_a_4gb_file_in_constant_memory(big):
     path, rows = big
-    result, peak = _peak(lambda: tilespec.verify(path, level="tiles", jobs=1))
+    result, peak = _peak(lambda: tilespec.verify(path, level="tiles", jobs=1,
+                                                 max_record_bytes=CAP))
     assert result.ok, result.problems
     f = result.files[0]
     assert (f.records, f.good, f.checksum_only) == (5, 5, 2)
@@ -174,13 +177,14 @@ def test_damage_inside_a_huge_payload(big, tmp_path):
         f.seek(pos)
         f.write(b"\x01")
     try:
-        result, peak = _peak(lambda: tilespec.verify(path, level="tiles", jobs=1, index=False))
+        result, peak = _peak(lambda: tilespec.verify(path, level="tiles", jobs=1, index=False,
+                                                     max_record_bytes=CAP))
         assert [(p.kind, p.record, p.offset) for p in result.problems] == [
             ("payload-crc", 3, rows[3, 0])]
         assert result.files[0].records == 5 and result.files[0].good == 4  # tile 2 checked
         assert peak < LIMIT
         with pytest.raises(tilespec.CorruptDataError) as e:
-            list(scan_records(path, verify=True))
+            list(scan_records(path, verify=True, max_record_bytes=CAP))
         assert (e.value.record, e.value.offset) == (3, rows[3, 0])
     finally:
         with open(path, "r+b") as f:
@@ -201,3 +205,16 @@ def test_a_huge_length_past_the_end_allocates_nothing(tmp_path):
     result, peak = _peak(lambda: tilespec.verify(path, jobs=1, level="records"))
     assert [p.kind for p in result.problems] == ["truncated"] and peak < 4 << 20
     assert result.files[0].unread == 112
+
+
+def test_the_default_cap_refuses_the_huge_records_from_their_headers(big):
+    # spec/reliability.md, "Size caps": 2 GiB records are over the default 64 MiB cap; the
+    # index build stops at the first one before reading it, verify steps over both
+    path, rows = big
+    with pytest.raises(tilespec.RecordTooLargeError) as e:
+        _peak(lambda: compute_index(path))
+    assert (e.value.record, e.value.offset, e.value.length) == (1, rows[1, 0], HUGE[0])
+    result, peak = _peak(lambda: tilespec.verify(path, level="tiles", jobs=1, index=False))
+    assert [(p.kind, p.record, p.offset) for p in result.problems] == [
+        ("record-cap", 1, rows[1, 0]), ("record-cap", 3, rows[3, 0])]
+    assert result.files[0].records == 5 and result.files[0].good == 3 and peak < 4 << 20

@@ -81,7 +81,7 @@ def test_images_equal_the_pipeline_with_the_drawn_parameters(ds):
 def test_batches_shapes_dtypes_and_labels(ds):
     labels, unique = ds.labels("category")
     L = ds.numpy(labels=labels, batch_size=8, infinite=False, seed=1, incl_slidenames=True,
-                 incl_loc=True, drop_last=True)
+                 incl_loc=True, drop_last=True, standardize=True)
     batches = list(L)
     assert len(batches) == len(L) == ds.num_tiles // 8
     img, lab, slides, x, y = batches[0]
@@ -99,6 +99,29 @@ def test_no_labels_gives_none_and_uint8_when_not_standardized(ds):
     assert label is None and img.dtype == np.uint8 and img.shape == (64, 64, 3)
     b = next(iter(ds.numpy(seed=0, batch_size=4, standardize=False)))
     assert b[1] is None and b[0].shape == (4, 64, 64, 3)
+
+
+def test_default_is_uint8_and_true_is_unit(ds):
+    """spec/images.md, "Pipeline order" and semantics §4: standardize=False (uint8) is
+    the default of both reference loaders; True is 'unit'."""
+    img = next(iter(ds.numpy(seed=0)))[0]
+    assert img.dtype == np.uint8
+    unit = next(iter(ds.numpy(seed=0, standardize=True)))[0]
+    np.testing.assert_array_equal(unit, ops.standardize(img, "unit"))
+    indexed = tilespec.IndexedInterleaver(ds.tfrecords())
+    assert indexed[0][0].dtype == np.uint8
+    unit = tilespec.IndexedInterleaver(ds.tfrecords(), standardize=True)[0][0]
+    np.testing.assert_array_equal(unit, ops.standardize(indexed[0][0], "unit"))
+
+
+def test_a_float_transform_before_standardize_names_the_option(ds):
+    """A float image reaching standardization is an error that says how to fix it."""
+    L = ds.numpy(seed=0, standardize=True, transform=lambda img: img / 255.0)
+    with pytest.raises(ValueError, match=r"must have dtype uint8, got float64 .*"
+                                         r"pass standardize=False \(the default\)"):
+        next(iter(L))
+    img = next(iter(ds.numpy(seed=0, transform=lambda img: img / 255.0)))[0]
+    assert img.dtype == np.float64     # the default yields the transform's image as is
 
 
 def test_resume_equals_uninterrupted(ds):

@@ -10,7 +10,7 @@ from scipy import stats
 
 import tilespec
 from tilespec import colour
-from tilespec.stain import (AUGMENT_PRESETS, FIT_PRESETS, FIT_SHAPES, METHODS, NORMAL_DRAWS,
+from tilespec.stain import (AUGMENT_PRESETS, FAMILY, FIT_PRESETS, FIT_SHAPES, METHODS, NORMAL_DRAWS,
                             BlankImageError, StainNormalizationError, StainNormalizer,
                             draw_stain_perturbation, lab_mean_std, standardize_brightness)
 from tilespec.synthetic import tissue_tile
@@ -147,6 +147,12 @@ def test_preset_tables_match_slideflow_values():
     assert AUGMENT_PRESETS["reinhard"]["v1"]["means_stdev"][1] == 1.3114343 * 5
     assert AUGMENT_PRESETS["reinhard_fast"]["v2"]["stds_stdev"][0] == 0.47548684 * 3
     assert AUGMENT_PRESETS["macenko"]["v2"]["matrix_stdev"][2, 1] == 0.01352414 * 3
+    assert FIT_PRESETS["macenko_fast"]["v3"]["stain_matrix_target"][0, 1] == 0.2623537
+    assert FIT_PRESETS["macenko_fast"]["v1"]["target_concentrations"][0] == 1.8029537
+    assert AUGMENT_PRESETS["macenko_fast"]["v1"]["concentrations_stdev"][1] == 0.08137263 * 5
+    # the masked methods use the presets of the method they mask
+    assert FIT_PRESETS["reinhard_mask"] is FIT_PRESETS["reinhard"]
+    assert AUGMENT_PRESETS["reinhard_fast_mask"] is AUGMENT_PRESETS["reinhard_fast"]
     for method in METHODS:
         assert sorted(FIT_PRESETS[method]) == ["v1", "v2", "v3"]
         assert sorted(AUGMENT_PRESETS[method]) == ["v1", "v2"]
@@ -173,7 +179,8 @@ def test_presets_load_and_are_finite(method):
 
 def test_unknown_method_and_presets_list_valid_ones():
     with pytest.raises(StainNormalizationError,
-                       match="'vahadane'.*reinhard, reinhard_fast, macenko"):
+                       match="'vahadane'.*reinhard, reinhard_fast, reinhard_mask, "
+                             "reinhard_fast_mask, macenko, macenko_fast"):
         StainNormalizer("vahadane")
     norm = StainNormalizer("macenko")
     with pytest.raises(StainNormalizationError, match="'v4'.*v1, v2, v3"):
@@ -182,8 +189,9 @@ def test_unknown_method_and_presets_list_valid_ones():
         norm.augment_preset("v3")
     with pytest.raises(StainNormalizationError, match="on_blank"):
         StainNormalizer("reinhard", on_blank="skip")
-    with pytest.raises(StainNormalizationError, match="fit_preset"):
-        norm.fit("v1")
+    with pytest.raises(StainNormalizationError, match=r"'v4'.*not a preset \(v1, v2, v3\) and no "
+                                                      "such file"):
+        norm.fit("v4")
 
 
 def test_get_fit_returns_copies_and_constructor_params():
@@ -403,7 +411,7 @@ def test_macenko_formula_on_known_fit():
 # ----------------------------------------------------------------------------- batches
 
 def _images(method, n=3):
-    if method == "macenko":
+    if FAMILY[method] == "macenko":
         return np.stack([he_tile(10 + i, size=48)[0] for i in range(n)])
     return np.stack([tissue(10 + i, size=48) for i in range(n)])
 
@@ -470,7 +478,7 @@ def test_perturbation_is_sigma_times_z(method):
     z = np.random.default_rng(7).standard_normal(k)
     delta = draw_stain_perturbation(norm, z)
     sigma = norm.get_augment()
-    if method == "macenko":
+    if FAMILY[method] == "macenko":
         np.testing.assert_array_equal(delta["stain_matrix_target"],
                                       z[:6].reshape(3, 2) * sigma["matrix_stdev"])
         np.testing.assert_array_equal(delta["target_concentrations"],

@@ -248,3 +248,69 @@ def test_to_numpy_of_a_bytes_scalar_is_a_0d_str_array():
     assert tt.assert_conforms([(img, 0, b"s0")], [(img, 0, "s0")], options=opts) == 1
     with pytest.raises(tt.ConformanceError, match="field 'slide': 's1', reference 's0'"):
         tt.assert_conforms([(img, 0, b"s1")], [(img, 0, "s0")], options=opts)
+
+
+def test_covering_options_hold_every_value_of_every_option():
+    """tilespec.testing.covering_options: every value of every dimension of the option
+    space occurs (so the conformance suite tests each without depending on a draw)."""
+    from tilespec.pipeline import RESIZE_METHODS
+    from tilespec.stain import METHODS
+
+    for indexed in (False, True):
+        cases = tt.covering_options(16, indexed=indexed)
+
+        def seen(f):
+            return {f(o) for o in cases}
+
+        def method(o):
+            n = o.get("normalizer")
+            return None if n is None else (n if isinstance(n, str) else n.method)
+
+        with_n = seen(lambda o: (method(o), isinstance(o.get("augment"), str) and
+                                 "n" in o["augment"]))
+        assert with_n >= {(None, False)} | {(m, b) for m in METHODS for b in (False, True)}
+        assert seen(lambda o: isinstance(o.get("normalizer"), str)) == {False, True}
+        assert seen(lambda o: o.get("standardize", tt.ABSENT)) == {
+            tt.ABSENT, False, True, "unit", "per_image"}
+        assert seen(lambda o: o.get("resize_method")) >= set(RESIZE_METHODS)
+        assert seen(lambda o: o.get("resize_aa", tt.ABSENT)) == {tt.ABSENT, True, False}
+        assert seen(lambda o: o.get("crop_width") is None) == {False, True}
+        assert seen(lambda o: "transform" in o) == {False, True}
+        assert seen(lambda o: o["labels"]) == (
+            {None, "float", "multi"} if indexed else set(tt.LABEL_KINDS))
+        names = ("incl_slidenames", "incl_loc", "shuffle") + (() if indexed else ("infinite",))
+        for name in names:
+            assert seen(lambda o: o.get(name, tt.ABSENT)) == {tt.ABSENT, False, True}, name
+        assert seen(lambda o: (o.get("rank"), o.get("num_replicas"))) >= {
+            (None, None), (0, 1), (1, 2), (2, 3), (0, 3)}
+        if indexed:
+            assert seen(lambda o: o["epoch"]) == {0, 1, 2}
+            assert len(seen(lambda o: str(o.get("clip")))) == 4
+        else:
+            assert seen(lambda o: o.get("batch_size")) == {None, 1, 3, 4}
+            assert seen(lambda o: o.get("drop_last")) == {None, False, True}
+        # every option set is valid: the reference builds it
+        for o in cases:
+            o = dict(o)
+            o.pop("epoch", None)
+            o.pop("labels")
+            tilespec.pipeline.Pipeline.from_options(**{
+                k: v for k, v in o.items() if k in (
+                    "augment", "normalizer", "transform", "standardize", "crop_left",
+                    "crop_width", "resize_target", "resize_method", "resize_aa")})
+
+
+def test_edge_images_reach_every_kind_and_thin_shapes():
+    from hypothesis import find
+
+    for kind in tt.EDGE_KINDS:
+        img = find(tt.edge_images(1, 8, kinds=(kind,)), lambda im: True)
+        assert img.dtype == np.uint8 and img.shape[-1] == 3
+    find(tt.edge_images(1, 8), lambda im: im.shape[0] == 1 and im.shape[1] > 1)
+    find(tt.edge_images(1, 8), lambda im: im.shape[:2] == (1, 1))
+    flat = find(tt.edge_images(2, 8, kinds=("nearly_constant",)), lambda im: True)
+    assert 0 < flat.astype(float).std() <= 2 / np.sqrt(flat.size)   # just above 0
+    ties = find(tt.edge_images(2, 8, kinds=("ties",)), lambda im: True)
+    assert np.ptp(ties) == 1
+    x = find(tt.tie_floats(), lambda x: x.size > 4)
+    assert (x[np.isfinite(x)] % 1 == 0.5).any()          # exact ties are drawn

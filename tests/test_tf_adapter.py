@@ -103,7 +103,7 @@ def test_registered_as_tensorflow_adapter():
 def test_returns_a_tf_dataset_with_typed_elements(datasets):
     ds = datasets[0]
     d = ds.tensorflow(labels="category", infinite=False, seed=3, incl_slidenames=True,
-                      incl_loc=True)
+                      incl_loc=True, standardize=True)
     assert isinstance(d, tf.data.Dataset)
     img, label, slide, x, y = d.element_spec
     assert img.dtype == tf.float32 and img.shape.as_list() == [16, 16, 3]

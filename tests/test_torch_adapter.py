@@ -70,7 +70,7 @@ def test_items_layout_dtypes_and_fields(ds):
     assert img.shape == (3, 16, 16) and img.dtype == torch.uint8
     assert isinstance(slide, str) and isinstance(x, int) and isinstance(label, int)
     B = ds.torch(infinite=False, seed=3, labels="category", batch_size=4, incl_slidenames=True,
-                 incl_loc=True)
+                 incl_loc=True, standardize=True)
     imgs, labels, slides, xs, ys = next(iter(B))
     assert imgs.shape == (4, 3, 16, 16) and imgs.dtype == torch.float32
     assert labels.dtype == torch.int64 and labels.shape == (4,)

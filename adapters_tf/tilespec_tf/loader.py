@@ -21,13 +21,14 @@ import tensorflow as tf
 
 from tilespec.annotations import LabelError
 from tilespec.errors import TFRecordError
-from tilespec.images import decode_image, image_format, image_size
+from tilespec.images import decode_image, image_format
 from tilespec import loader as ref_loader
 from tilespec.loader import AllSkippedGuard, NumpyLoader
 from tilespec.pipeline import check_bool
 from tilespec.sampling import check_rank
 
 from . import ops as tfops
+from . import stain as tfstain
 
 #: The augmentation character -> the reference op its drawn step names.
 OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "jpeg",
@@ -36,11 +37,12 @@ OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "j
 CHUNK = 256
 
 class _PlanLoader(NumpyLoader):
-    """The reference loader with TensorFlow's default standardization ('per_image').
+    """The reference loader with TensorFlow's standardization for standardize=True
+    ('per_image').
 
     Used for validation, plans, draws, labels and record reading; never iterated."""
 
-    default_standardize = "per_image"
+    default_standardize = tfops.TFOps.default_standardize
 
 
 class LoaderInfo:
@@ -172,14 +174,18 @@ class _Generator:
         path = source.paths[t]
         try:
             tile = source.read(t, j)
+            self.items.check_image(tile.image_raw)  # size caps and tile size, before decoding
+            cap = self.items.max_tile_pixels
             if self.items.on_error == "skip":
-                decode_image(tile.image_raw)  # the reference's decodability, so the same skips
+                decode_image(tile.image_raw, max_pixels=cap)  # the reference's decodability,
+                # so the same skips
             elif image_format(tile.image_raw) is None:
                 decode_image(tile.image_raw)  # raises the reference's error for these bytes
             return tile
         except TFRecordError as e:
+            e = e.located(path=path, record=j, offset=source.offset_of(t, j))
             if self.items.on_error == "raise":
-                raise e.located(path=path, record=j) from None
+                raise e from None
             info = self.info
             info.num_skipped += 1
             if len(info.skipped) < ref_loader.SKIP_LOG_LIMIT:  # the reference's bounded log
@@ -194,6 +200,7 @@ class _Generator:
         positions = plan.positions(start, start + len(t))
         draws = self.pipeline.draw(plan.key, positions)
         aug = self.pipeline.augment
+        targets = _stain_targets(self.pipeline, draws)
         rows = []
         for k in range(len(t)):
             tk, jk = int(t[k]), int(j[k])
@@ -212,8 +219,8 @@ class _Generator:
                     raise LabelError(f"{path}, record {jk}: incl_loc=True but the record has "
                                      "no loc_x/loc_y")
                 row["loc_x"], row["loc_y"] = tile.loc_x, tile.loc_y
-            if draws.stain is not None:
-                row["stain"] = draws.stain[k]
+            if targets is not None:
+                row["stain"] = targets[min(k, len(targets) - 1)]
             rows.append(row)
         if guard is not None:  # every owned record skipped without a yield: raise
             if any(r is not None for r in rows):
@@ -266,26 +273,12 @@ def _signature(base, label_spec, keep_invalid):
     if base.item_maker.incl_loc:
         sig["loc_x"] = tf.TensorSpec([None], tf.int64)
         sig["loc_y"] = tf.TensorSpec([None], tf.int64)
-    if base.pipeline.normalizer is not None and "n" in base.pipeline.augment:
-        sig["stain"] = tf.TensorSpec([None, base.pipeline.stain_draws], tf.float64)
+    if base.pipeline.normalizer is not None:
+        sig["stain"] = tf.TensorSpec([None, tfstain.target_size(base.pipeline.normalizer.method)],
+                                     tf.float64)
     if keep_invalid:
         sig["valid"] = tf.TensorSpec([None], tf.bool)
     return sig
-
-
-def tile_shape(items, clip, weights=None):
-    """(height, width) of the tiles, read from the header of the first kept record of
-    the first tfrecord that is read (positive clip and weight), or None when it
-    cannot be read (spec/adapter_tf.md, "The loader": static shapes)."""
-    for t, c in enumerate(np.asarray(clip)):
-        if c <= 0 or (weights is not None and weights[t] <= 0):
-            continue
-        try:
-            _, w, h = image_size(items.source.read(t, 0).image_raw)
-            return int(h), int(w)
-        except (TFRecordError, OSError, IndexError):
-            return None
-    return None
 
 
 def output_shape(pipeline, tile_hw):
@@ -301,37 +294,55 @@ def output_shape(pipeline, tile_hw):
     return tuple(tile_hw)
 
 
+def _stain_targets(pipeline, draws):
+    """Per-position stain target vectors (N, k) of a chunk (the fit plus the reference's
+    drawn perturbation with 'n'; the fit alone, (1, k), without), or None without a
+    normalizer (spec/adapter_tf.md, "Stain")."""
+    if pipeline.normalizer is None:
+        return None
+    return tfstain.stain_targets(pipeline.normalizer, draws.stain)
+
+
 def image_fn(pipeline, static_hw=None):
     """The TensorFlow image pipeline of ``pipeline`` (a :class:`tilespec.pipeline.Pipeline`):
-    (raw bytes, per-character params, stain normals) -> the yielded image.
+    (raw bytes, per-character params, stain target vector) -> the yielded image.
 
     spec/images.md, "Pipeline order": decode, crop, resize, stain normalization,
-    augmentations in string order, transform, standardize. ``static_hw``, the (H, W)
-    every image has before the transform (:func:`output_shape`), makes the static
-    shape (H, W, 3), checked per image (``tf.ensure_shape``)."""
+    augmentations in string order, transform, standardize. Stain normalization is in
+    graph ops (:func:`tilespec_tf.stain.graph_one`), with the image's target vector
+    (:func:`_stain_targets`, made by the generator from the reference's draws).
+    ``static_hw``, the (H, W) every image has before the transform
+    (:func:`output_shape`), makes the static shape (H, W, 3), checked per image
+    (``tf.ensure_shape``)."""
     aug = pipeline.augment
     normalizer = pipeline.normalizer
 
-    def stain(img, z):
-        if z is None:
-            out = normalizer.transform(img)
-        else:
-            from tilespec.stain import draw_stain_perturbation
-            out = normalizer.transform(img, augment=True,
-                                       perturbation=draw_stain_perturbation(normalizer, z))
-        return np.asarray(out, dtype=np.uint8)
+    def reference_geometry(img):
+        return np.asarray(pipeline.geometry(np.asarray(img)), dtype=np.uint8)
 
     def fn(raw, params, z=None):
         img = tfops.decode(raw)
-        if pipeline.crop_width is not None:
-            img = tfops.crop(img, pipeline.crop_left, pipeline.crop_width)
-        if pipeline.resize_target is not None:
-            img = tfops.resize(img, pipeline.resize_target, pipeline.resize_method,
-                               pipeline.resize_aa)
+        if normalizer is not None and pipeline.resize_target is not None:
+            # Before a normalizer, crop and resize run by the reference: stain
+            # normalization amplifies a one-level difference of its input (TensorFlow's
+            # float32 resize differs from the reference's at rounding ties, as
+            # spec/images.md allows) by up to 9 grey levels after Macenko on 16-pixel
+            # tiles; on the reference's input the graph ops are within spec/stain.md's
+            # bounds. The one Python step of such a pipeline (spec/adapter_tf.md, "Stain").
+            side = pipeline.resize_target
+            img = tf.numpy_function(reference_geometry, [img], tf.uint8, stateful=False)
+            img.set_shape([side, side, 3])
+        else:
+            if pipeline.crop_width is not None:   # exact in TensorFlow (a slice)
+                img = tfops.crop(img, pipeline.crop_left, pipeline.crop_width)
+            if pipeline.resize_target is not None:
+                img = tfops.resize(img, pipeline.resize_target, pipeline.resize_method,
+                                   pipeline.resize_aa)
         if normalizer is not None:
             shape = img.shape
-            args = [img] if z is None else [img, z]
-            img = tf.numpy_function(stain, args, tf.uint8, stateful=False)
+            if z is None:       # a caller without target vectors: the fit
+                z = tf.constant(tfstain.target_vectors(normalizer)[0])
+            img = tfstain.graph_one(normalizer, img, z)
             img.set_shape(shape)
         for k, c in enumerate(aug):
             p = params[k]
@@ -360,12 +371,17 @@ def image_fn(pipeline, static_hw=None):
 def make_dataset(dataset, options: dict):
     """The ``tf.data.Dataset`` of ``Dataset.tensorflow(**options)`` (spec/adapter_tf.md).
 
-    Elements: ``(image, label[, slide][, loc_x, loc_y])``; image HWC uint8, or float32
-    when standardized ('per_image' by default); label None without labels; slide
+    Elements: ``(image, label[, slide][, loc_x, loc_y])``; image HWC uint8 (the
+    default, ``standardize=False``), or float32 when standardized (``standardize=True``
+    is 'per_image'); label None without labels; slide
     tf.string; loc_x, loc_y int64. Batched when ``batch_size`` is set.
     """
     options = dict(options)
     deterministic = check_bool("deterministic", options.pop("deterministic", True))
+    if check_bool("progress", options.pop("progress", False)):
+        raise ValueError("progress=True is for the numpy and torch loaders; a tf.data "
+                         "pipeline shows progress through Keras (model.fit(verbose=1)) or "
+                         "tf.keras.utils.Progbar")
     rank, num_replicas = _shard(options)
     labels = dataset._loader_labels(options.pop("labels", None))
     table = dataset.sampling_table()
@@ -388,8 +404,9 @@ def build(base: NumpyLoader, *, deterministic: bool = True):
     # Python side (reading, draws) running beside the parallel image map.
     ds = tf.data.Dataset.from_generator(gen, output_signature=_signature(
         base, label_spec, keep_invalid)).prefetch(2).unbatch()
-    images = image_fn(base.pipeline, output_shape(
-        base.pipeline, tile_shape(base.item_maker, base.clip, base.weights)))
+    size = base.item_maker.tile_size()  # the dataset's tile size, the reference's one rule
+    images = image_fn(base.pipeline, output_shape(base.pipeline,
+                                                  None if size is None else size[:2]))
     has_label = label_spec is not None
     incl_slide, incl_loc = base.item_maker.incl_slidenames, base.item_maker.incl_loc
 
@@ -440,9 +457,8 @@ def make_indexed(tfrecords, options: dict):
     options = dict(options)
     deterministic = check_bool("deterministic", options.pop("deterministic", True))
     epoch = options.pop("epoch", 0)
-    options.setdefault("standardize", True)
-    if options["standardize"] is True:
-        options["standardize"] = "per_image"
+    if options.get("standardize") is True:
+        options["standardize"] = tfops.TFOps.default_standardize
     ref = IndexedInterleaver(tfrecords, **options)
     ref.set_epoch(epoch)
     n = len(ref)
@@ -462,16 +478,18 @@ def make_indexed(tfrecords, options: dict):
         for a in range(0, n, CHUNK):
             idx = np.arange(a, min(n, a + CHUNK))
             draws = ref.pipeline.draw(ref._key, idx)
+            targets = _stain_targets(ref.pipeline, draws)
             rows = []
             for k, i in enumerate(idx):
                 t, j = ref.record(int(i))
                 path = source.paths[t]
                 try:
                     tile = source.read(t, j)
+                    items.check_image(tile.image_raw)  # size caps and tile size
                     if image_format(tile.image_raw) is None:
                         decode_image(tile.image_raw)
                 except TFRecordError as e:
-                    raise e.located(path=path, record=j) from None
+                    raise e.located(path=path, record=j, offset=source.offset_of(t, j)) from None
                 row = {"raw": tile.image_raw, "params": encode_steps(aug, draws.steps[k])}
                 if items.labels is not None:
                     row["label"] = items.label(tile.slide, path)
@@ -479,13 +497,14 @@ def make_indexed(tfrecords, options: dict):
                     row["slide"] = tile.slide.encode("utf-8")
                 if items.incl_loc:
                     row["loc_x"], row["loc_y"] = tile.loc_x, tile.loc_y
-                if draws.stain is not None:
-                    row["stain"] = draws.stain[k]
+                if targets is not None:
+                    row["stain"] = targets[min(k, len(targets) - 1)]
                 rows.append(row)
             yield _Generator.stack(_StackView(label_dtype), rows)
 
+    size = ref.item_maker.tile_size()
     images = image_fn(ref.pipeline, output_shape(ref.pipeline,
-                                                  tile_shape(ref.item_maker, ref.clip)))
+                                                  None if size is None else size[:2]))
     has_label = label_spec is not None
 
     def item(e):
@@ -513,4 +532,4 @@ class _StackView:
 
 
 __all__ = ["make_dataset", "make_indexed", "build", "image_fn", "encode_steps", "LoaderInfo",
-           "tile_shape", "output_shape"]
+           "output_shape"]

@@ -59,7 +59,7 @@ def _check_image(img, what="image") -> tf.Tensor:
                          f"{tuple(img.shape)}")
     if img.dtype != tf.uint8:
         raise ValueError(f"{what} must have dtype uint8, got {img.dtype.name} "
-                         f"(shape {tuple(img.shape)})")
+                         f"(shape {tuple(img.shape)}){_ref.float_image_hint(img.dtype)}")
     return img
 
 
@@ -278,6 +278,7 @@ class TFOps:
     """The object the ``tilespec_ops`` hook returns (spec/adapters.md, "Hooks")."""
 
     layout = layout
+    default_standardize = "per_image"   # what standardize=True means (spec/adapter_tf.md)
     from_numpy = staticmethod(from_numpy)
     to_numpy = staticmethod(to_numpy)
     flip_left_right = staticmethod(flip_left_right)

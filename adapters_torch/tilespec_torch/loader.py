@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 import tilespec
+from tilespec.images import MAX_TILE_PIXELS
 from tilespec.loader import AllSkippedGuard, ItemMaker, NumpyLoader, decode_planar
 from tilespec.pipeline import check_bool
 from tilespec.sampling import worker_batches
@@ -101,19 +102,21 @@ def _torch_items(ref_items: ItemMaker, pipeline, batched: bool = False) -> ItemM
     """A fresh reference item maker (own open files) with the torch pipeline,
     decoding plane by plane (:func:`_decode_for`)."""
     return ref_items.replace(pipeline=TorchPipeline(pipeline, defer_standardize=batched),
-                             decode=_decode_for(pipeline))
+                             decode=_decode_for(pipeline, ref_items.max_tile_pixels))
 
 
 #: Steps that only move pixels around (no arithmetic), so any memory layout serves.
 _MOVES = ("flip_left_right", "flip_up_down", "rot90")
 
 
-def _decode_for(pipeline):
+def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS):
     """The torch item maker's decode (bytes, drawn steps) -> HWC image: plane by plane
     (:func:`tilespec.loader.decode_planar`); transposed when the tile's steps only
     flip and turn it by an odd multiple of 90 degrees and nothing comes before them
     (crop, resize, stain), so that ``torch.rot90`` of its CHW view is contiguous and
-    the batch is filled without reading a transposed tile (bench/torch_loader.py)."""
+    the batch is filled without reading a transposed tile (bench/torch_loader.py).
+    ``max_pixels``: the item maker's ``max_tile_pixels``, which every decode variant
+    applies (spec/reliability.md, "Size caps")."""
     plain = (pipeline.crop_width is None and pipeline.resize_target is None and
              pipeline.normalizer is None)
 
@@ -126,7 +129,7 @@ def _decode_for(pipeline):
                     break
                 if step.op == "rot90":
                     turns += step.args[0]
-        return decode_planar(data, transposed=turns % 2 == 1)
+        return decode_planar(data, transposed=turns % 2 == 1, max_pixels=max_pixels)
 
     return decode
 
@@ -469,7 +472,8 @@ class TorchLoader(_ReferenceState, DataLoader):
     """``Dataset.torch()``: a DataLoader over one rank's stream (spec/adapter_torch.md).
 
     Yields ``(image, label[, slide][, loc_x, loc_y])`` items or batches, images CHW
-    (N, 3, H, W when batched) uint8, or float32 when standardized. The stream is the
+    (N, 3, H, W when batched) uint8 (the default, ``standardize=False``), or float32
+    when standardized. The stream is the
     reference's for any ``num_workers``. Also exposes ``seed``, ``state_dict()``,
     ``load_state_dict()``, ``len()`` (positions or batches per epoch, as the
     reference), ``skipped`` (records skipped with on_error='skip', from every worker)
@@ -547,6 +551,7 @@ class TorchLoader(_ReferenceState, DataLoader):
         self.dataset.set_state(ref.seed, ref.epoch, ref.position // B)
         it = super().__iter__()
         in_worker = self.num_workers > 0
+        bar, done = ref.progress_bar(), 0   # progress=True: the reference's bar
         try:
             for b, payload, (skipped, counted), slot in it:
                 self._num_skipped += counted
@@ -566,9 +571,14 @@ class TorchLoader(_ReferenceState, DataLoader):
                 ref.position = stop if total is None else min(stop, total)
                 if payload is not None:
                     yield payload
+                    if bar is not None:
+                        done += 1
+                        bar.step(done)
             ref.epoch += 1
             ref.position = 0
         finally:
+            if bar is not None:
+                bar.close()
             if not self.persistent_workers:
                 if hasattr(it, "_shutdown_workers"):
                     it._shutdown_workers()

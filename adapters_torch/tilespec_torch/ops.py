@@ -23,9 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from tilespec import ops as _ref
+from tilespec.loader import NumpyLoader
 from tilespec.resize import check_method, nearest_index, weights_readonly
 
 layout = "CHW"
+#: What standardize=True means in this backend: the reference's mode (spec/adapter_torch.md,
+#: "Options").
+default_standardize = NumpyLoader.default_standardize
 STANDARDIZE_MODES = _ref.STANDARDIZE_MODES
 
 
@@ -60,7 +64,7 @@ def _check_image(img, what="image"):
                          f"{tuple(img.shape)}")
     if img.dtype != torch.uint8:
         raise ValueError(f"{what} must have dtype torch.uint8, got {img.dtype} "
-                         f"(shape {tuple(img.shape)})")
+                         f"(shape {tuple(img.shape)}){_ref.float_image_hint(img.dtype)}")
     if img.shape[-2] == 0 or img.shape[-1] == 0:
         raise ValueError(f"{what} is empty: shape {tuple(img.shape)}")
     return img
@@ -232,4 +236,4 @@ def stain_normalize(normalizer, img, *, perturbation=None) -> torch.Tensor:
 
 __all__ = ["flip_left_right", "flip_up_down", "rot90", "crop", "resize", "gaussian_blur",
            "jpeg", "standardize", "stain_normalize", "to_uint8", "from_numpy", "to_numpy",
-           "layout", "STANDARDIZE_MODES"]
+           "layout", "default_standardize", "STANDARDIZE_MODES"]

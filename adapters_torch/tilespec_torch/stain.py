@@ -19,7 +19,10 @@ the reference's formulas in the reference's order:
   covariance (float64), its eigenvectors (``torch.linalg.eigh``, float64), the
   angle and concentration percentiles (NumPy's linear interpolation).
 
-Fitting stays with the reference (``StainNormalizer.fit``).
+Fitting stays with the reference (``StainNormalizer.fit``). Methods: 'reinhard',
+'reinhard_fast', 'macenko' and 'macenko_fast' (Macenko without brightness
+standardization) in torch ops; 'reinhard_mask' and 'reinhard_fast_mask' are handed
+to the reference's transform image by image (spec/adapter_torch.md, "Ops").
 
 Blank images (spec/stain.md, "Blank images") and edges. Images that are
 certainly blank (Reinhard: a single colour; Macenko: rule (a), an exact count)
@@ -351,8 +354,9 @@ def _brightness_levels(idx: torch.Tensor, n: int) -> np.ndarray:
     levels = np.empty((n, 256), np.uint8)
     for i in range(n):
         p = _hist_percentile(counts[i], _stain.BRIGHTNESS_PERCENTILE)
-        # the reference's to_uint8(img / p), on the 256 levels
-        levels[i] = _LEVELS if p == 0.0 else _colour.to_uint8(_LEVELS_F / p)
+        # the reference's to_uint8(img * 255 / p), on the 256 levels
+        levels[i] = (_LEVELS if p == 0.0 else
+                     np.clip(np.rint(_LEVELS_F * 255.0 / p), 0, 255).astype(np.uint8))
     return levels
 
 
@@ -406,13 +410,13 @@ def _indices(mask: torch.Tensor) -> list:
 
 # ----------------------------------------------------------------------------- Macenko
 
-def _macenko(x, targets, dtype, out, take):
-    """Macenko transform of a group x (n, 3, P) uint8 with per-image targets into ``out``.
-    Returns (blank, edge): indices of the images that are blank by rule (a) and of those
-    for the reference."""
+def _macenko(x, targets, dtype, out, take, brightness=True):
+    """Macenko transform of a group x (n, 3, P) uint8 with per-image targets into ``out``
+    (``brightness=False``: 'macenko_fast'). Returns (blank, edge): indices of the images
+    that are blank by rule (a) and of those for the reference."""
     n, _, p = x.shape
     idx = _index(x, take)
-    levels = _brightness_levels(idx, n)
+    levels = _brightness_levels(idx, n) if brightness else np.tile(_LEVELS, (n, 1))
     od64 = _lookup(_OD[levels], idx, take("od64", x.shape, torch.float64))   # (n, 3, P)
     od = od64 if dtype == torch.float64 else take("od", x.shape, dtype).copy_(od64)
     # A pixel is tissue when each channel's level is; brightness standardization and OD
@@ -527,11 +531,15 @@ def transform(normalizer, img, *, perturbation=None, dtype=None) -> torch.Tensor
     for s in range(0, n, step):
         part = slice(s, min(n, s + step))
         group = {k: v[part] for k, v in targets.items()}
-        if normalizer.method == "macenko":
-            b, e = _macenko(x[part], group, dtype, out[part], _WORKSPACE.take)
+        brightness = normalizer.method in _stain.BRIGHTNESS
+        if normalizer.method in _stain.MASKED:
+            # reinhard_mask, reinhard_fast_mask: the reference's transform, image by image
+            e = list(range(part.stop - part.start))
+            b = []
+        elif _stain.FAMILY[normalizer.method] == "macenko":
+            b, e = _macenko(x[part], group, dtype, out[part], _WORKSPACE.take, brightness)
         else:
-            b, e = _reinhard(x[part], group, normalizer.method == "reinhard", dtype, out[part],
-                             _WORKSPACE.take)
+            b, e = _reinhard(x[part], group, brightness, dtype, out[part], _WORKSPACE.take)
         blank += [s + i for i in b]
         edge += [s + i for i in e]
     if normalizer.on_blank == "passthrough":
