@@ -11,5 +11,6 @@ pytest run where tilespec is installed (``-p tilespec.conformance.plugin`` names
 explicitly). ``--tilespec-backend`` may be given several times; without it every
 registered backend is tested. ``--tilespec-audit`` adds the statistical audit
 (spec/audit.md) of each backend's loader. tilespec's own tests run the same tests
-for numpy, torch and tensorflow (tests/test_conformance_plugin.py).
+for numpy, torch and tensorflow (tests/test_conformance.py imports the tests of
+tilespec.conformance.test_conformance).
 """
