@@ -215,6 +215,33 @@ def cmd_adapters(args, out=None) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    """``tilespec audit MODULE:FACTORY``: the statistical conformance audit (spec/audit.md)."""
+    import json
+
+    from .audit import audit, load_factory
+
+    if os.getcwd() not in sys.path:   # MODULE may be a file in the current folder
+        sys.path.insert(0, os.getcwd())
+    try:
+        options = json.loads(args.options) if args.options else {}
+        shards = json.loads(args.shards) if args.shards else None
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--options/--shards must be JSON: {e}") from None
+    if not isinstance(options, dict):
+        raise CLIError(f"--options must be a JSON object, got {args.options!r}")
+    try:
+        factory = load_factory(args.factory)
+    except (ImportError, AttributeError) as e:
+        raise CLIError(f"cannot load {args.factory}: {e}") from None
+    checks = [c for c in args.checks.split(",") if c] if args.checks else None
+    report = audit(factory, options=options, tiles=args.tiles, seed=args.seed, shards=shards,
+                   layout=args.layout, dataset=args.dataset, checks=checks)
+    print(report)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report.to_dict(), fh, indent=1)
+    return 0 if report.ok else 1
 def open_dataset(target, annotations=None):
     """The :class:`tilespec.Dataset` a ``tilespec show`` command names: a project folder
     (settings.json), a folder holding ``tfrecords/`` and ``annotations.csv`` (as
@@ -373,6 +400,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-pictures", action="store_true",
                    help="do not write the pictures (DIR/pictures/*.png)")
     s.set_defaults(func=cmd_demo)
+    s = sub.add_parser("audit", help="audit a loader statistically against the spec "
+                       "(traceable tiles; exit 1 if any check fails)")
+    s.add_argument("factory", metavar="MODULE:FACTORY",
+                   help="a callable make_loader(dataset, **options) returning an iterable")
+    s.add_argument("--options", default=None, help="JSON object of base loader options")
+    s.add_argument("--tiles", type=int, default=1000, help="items per random check "
+                   "(default 1000)")
+    s.add_argument("--seed", type=int, default=20261201)
+    s.add_argument("--shards", default=None, help="JSON list of rank x worker configurations "
+                   "(default [{\"num_replicas\": 2}, {\"num_replicas\": 3}])")
+    s.add_argument("--layout", choices=("HWC", "CHW"), default=None,
+                   help="the layout the loader promises (default: detected)")
+    s.add_argument("--dataset", default=None, help="a traceable dataset folder (default: "
+                   "written to a temporary folder)")
+    s.add_argument("--checks", default=None, help="comma-separated checks to run (default: "
+                   "all: finite, shards, clip, sampling, labels, fields, flip_x, flip_y, "
+                   "rot90, jpeg, blur, standardize)")
+    s.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    s.set_defaults(func=cmd_audit)
     _add_show(sub)
     return p
 

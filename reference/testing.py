@@ -710,7 +710,15 @@ def indexed_options(tile_px: int = 16, num_tfrecords: int = 3, *, max_replicas: 
     return draw_options()
 
 
-__all__ = ["assert_conforms", "image_tolerance", "Tolerance", "ConformanceError", "to_numpy",
+def __getattr__(name):
+    # the statistical audit lives in its own module (spec/audit.md); imported on use
+    if name in ("audit", "AuditReport", "Check"):
+        from . import audit as _audit
+        return getattr(_audit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["audit", "AuditReport", "Check", "assert_conforms", "image_tolerance", "Tolerance", "ConformanceError", "to_numpy",
            "TileDatasetLayout", "write_tile_dataset", "images", "augment_strings",
            "tile_dataset_layouts", "sampling_configs", "LEVELS", "JPEG_AFTER_INEXACT",
            "JPEG_DECISION_PX", "edge_images", "EDGE_KINDS", "tie_floats", "image_options",
