@@ -18,7 +18,6 @@ kernel's slope), far below any change of a formula.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import runpy
@@ -458,33 +457,13 @@ FILES = {
 }
 
 
-def dump(doc):
-    head = {k: v for k, v in doc.items() if k != "vectors"}
-    lines = [json.dumps(head)[:-1] + ', "vectors": [']
-    lines += [" " + json.dumps(v) + ("," if i < len(doc["vectors"]) - 1 else "")
-              for i, v in enumerate(doc["vectors"])]
-    return "\n".join(lines) + "\n]}\n"
-
-
 def build():
     """{file name: text} of every vector file and the manifest."""
-    files, manifest = {}, {"description": "Known answers of spec/images.md, made by "
-                                          "make_vectors.py from the spec's text.", "files": []}
-    for name, (what, section, make) in FILES.items():
-        files[name] = dump({"chapter": "spec/images.md", "section": section,
-                            "description": what, "vectors": make()})
-        manifest["files"].append({"file": name, "section": section, "description": what})
-    files["manifest.json"] = json.dumps(manifest, indent=1) + "\n"
-    return files
+    return RNG["build_files"]("spec/images.md", FILES)
 
 
 def main():
-    files = build()
-    for name, text in files.items():
-        with open(os.path.join(HERE, name), "w", encoding="utf-8") as f:
-            f.write(text)
-    print(f"wrote {len(files)} files to {HERE}")
-    return 0
+    return RNG["write_files"](build(), HERE)
 
 
 if __name__ == "__main__":

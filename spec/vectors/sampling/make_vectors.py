@@ -415,25 +415,35 @@ def dump(doc):
     return "\n".join(lines) + "\n]}\n"
 
 
-def build():
-    """{file name: text} of every vector file and the manifest."""
-    files, manifest = {}, {"description": "Known answers of spec/sampling.md, made by "
+def build_files(chapter, table):
+    """{file name: text} of every vector file of ``chapter`` (a table {name: (what,
+    section, make)}) and its manifest; the other chapters' scripts build theirs with it."""
+    files, manifest = {}, {"description": f"Known answers of {chapter}, made by "
                                           "make_vectors.py from the spec's text.", "files": []}
-    for name, (what, section, make) in FILES.items():
-        files[name] = dump({"chapter": "spec/sampling.md", "section": section,
+    for name, (what, section, make) in table.items():
+        files[name] = dump({"chapter": chapter, "section": section,
                             "description": what, "vectors": make()})
         manifest["files"].append({"file": name, "section": section, "description": what})
     files["manifest.json"] = json.dumps(manifest, indent=1) + "\n"
     return files
 
 
-def main():
-    files = build()
+def write_files(files, folder):
+    """Write what :func:`build_files` made into ``folder``."""
     for name, text in files.items():
-        with open(os.path.join(HERE, name), "w", encoding="utf-8") as f:
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
             f.write(text)
-    print(f"wrote {len(files)} files to {HERE}")
+    print(f"wrote {len(files)} files to {folder}")
     return 0
+
+
+def build():
+    """{file name: text} of every vector file and the manifest."""
+    return build_files("spec/sampling.md", FILES)
+
+
+def main():
+    return write_files(build(), HERE)
 
 
 if __name__ == "__main__":
