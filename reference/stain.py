@@ -86,6 +86,7 @@ MACENKO_MAXC_PERCENTILE = 99.0     # "max" concentration percentile
 MIN_TISSUE_PIXELS = 3              # Macenko: fewer tissue pixels -> blank image
 MIN_EIGENVALUE = 1e-10             # Macenko: 2nd largest OD covariance eigenvalue at most this -> blank
 MIN_LAB_STD = 1e-6                 # Reinhard: a source L*a*b* std at most this -> blank
+MACENKO_ORDER_TIE = 1e-9           # Macenko: red components closer than this order H and E as a tie
 #: The blank rules' reasons (spec/stain.md, "Blank images"): the fixed lead of every
 #: BlankImageError message of a transform, written once; the reference appends the
 #: measured values, and an adapter that decides in its own ops (the TF graph) says the same.
@@ -371,7 +372,10 @@ def _macenko_decompose(img: np.ndarray, *, mask: bool = False, brightness: bool 
     phi_min, phi_max = np.percentile(phi, [MACENKO_ALPHA, 100.0 - MACENKO_ALPHA])
     v_min = e2 * np.cos(phi_min) + e1 * np.sin(phi_min)
     v_max = e2 * np.cos(phi_max) + e1 * np.sin(phi_max)
-    h, e = (v_min, v_max) if v_min[0] > v_max[0] else (v_max, v_min)
+    # H has the larger red component; closer than MACENKO_ORDER_TIE is a tie (H = v_max),
+    # so a red OD that is the same in every pixel (both components ~0) orders the same
+    # way in every implementation, whatever the sign of its rounding noise
+    h, e = (v_min, v_max) if v_min[0] - v_max[0] > MACENKO_ORDER_TIE else (v_max, v_min)
     he = np.stack([h, e], axis=1)
     od_c = od[~white]
     conc = np.linalg.solve(he.T @ he, he.T @ od_c.T)                 # least squares, (2, M)

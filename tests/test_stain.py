@@ -632,3 +632,24 @@ def test_reinhard_single_colour_image_is_blank():
             StainNormalizer(method, on_blank="passthrough").transform(flat), flat)
     with pytest.raises(BlankImageError, match="every pixel is white"):
         StainNormalizer("reinhard_fast").fit(np.full((8, 8, 3), 255, np.uint8), mask=True)
+
+
+def test_macenko_orders_a_red_tie_alike_in_every_backend():
+    """spec/stain.md, Macenko step 7: red components within 1e-9 are a tie (H = v_max).
+    An image whose red OD is the same in every pixel has both red components ~0, with
+    rounding noise of either sign; before the rule the torch and TF adapters swapped H
+    and E against the reference on it (97 grey levels off)."""
+    img = np.zeros((1, 11, 3), np.uint8)
+    img[0, 2, 2] = img[0, 5, 1] = img[0, 6, 1] = 1
+    he, _, _ = tilespec.stain._macenko_decompose(img)
+    assert abs(he[0, 0]) < 1e-9 and abs(he[0, 1]) < 1e-9     # the tie
+    norm = StainNormalizer("macenko")
+    want = norm.transform(img)
+    from tilespec import plugins
+    for backend in plugins.backends():
+        ops = plugins.ops_for(backend)
+        if not hasattr(ops, "stain_normalize"):
+            continue
+        x = ops.from_numpy(img)
+        got = np.asarray(ops.to_numpy(ops.stain_normalize(norm, x)))   # HWC
+        np.testing.assert_array_equal(got, want, err_msg=backend)

@@ -220,7 +220,7 @@ def _macenko_one(img, target, brightness: bool):
         phi_max = _percentile_sorted(phi, 100.0 - _stain.MACENKO_ALPHA)
         v_min = e2 * tf.cos(phi_min) + e1 * tf.sin(phi_min)
         v_max = e2 * tf.cos(phi_max) + e1 * tf.sin(phi_max)
-        first = v_min[0] > v_max[0]
+        first = v_min[0] - v_max[0] > _stain.MACENKO_ORDER_TIE   # the reference's tie rule
         h = tf.where(first, v_min, v_max)
         e = tf.where(first, v_max, v_min)
         he = tf.stack([h, e], axis=1)                                        # (3, 2)

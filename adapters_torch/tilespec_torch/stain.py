@@ -29,7 +29,8 @@ certainly blank (Reinhard: a single colour; Macenko: rule (a), an exact count)
 are, with ``on_blank='passthrough'``, returned unchanged and counted in
 ``normalizer.blank_count``. Every other image that a blank rule could catch, or
 whose normalization would magnify float32 rounding (an L*a*b* std or a 99th
-percentile concentration under 1/100 of its target), is handed to the reference's
+percentile concentration under 1/100 of its target, or Macenko stain vectors whose red
+components, which order H and E, are within 1e-5), is handed to the reference's
 transform, as are all blank images with ``on_blank='error'``: the reference then
 raises its own :class:`~tilespec.stain.BlankImageError` (its message, with the
 batch index), counts a passthrough, or returns its result. So blank decisions and
@@ -74,6 +75,10 @@ _EDGE_LAB_STD = 1e-3
 _EDGE_GAIN = 100.0
 _EDGE_EIGENVALUE = 10 * _stain.MIN_EIGENVALUE
 _EDGE_CONCENTRATION = 1e-3
+# ... and Macenko stain vectors whose red components (which order H and E) are within
+# _EDGE_ORDER of each other: float32 angles (about 1e-7 rad off) could swap H and E there
+# (a 1 x 11 nearly black image, red OD equal in every pixel, was 97 grey levels off).
+_EDGE_ORDER = 1e-5
 
 # ----------------------------------------------------------------------------- tables
 # Computed once, in float64, by the reference's own functions.
@@ -494,7 +499,11 @@ def _stain_matrix(od64, od, tissue, take):
     phi_max = _percentile(phi, 100.0 - _stain.MACENKO_ALPHA, mask, count, scratch)
     v_min = e2 * math.cos(phi_min) + e1 * math.sin(phi_min)
     v_max = e2 * math.cos(phi_max) + e1 * math.sin(phi_max)
-    h, e = (v_min, v_max) if float(v_min[0]) > float(v_max[0]) else (v_max, v_min)
+    if abs(float(v_min[0]) - float(v_max[0])) <= _EDGE_ORDER:
+        return "edge"   # which vector is H (the larger red OD) is a near tie: float32 angles
+                        # could swap H and E, so the reference decides
+    first = float(v_min[0]) - float(v_max[0]) > _stain.MACENKO_ORDER_TIE   # (never near here)
+    h, e = (v_min, v_max) if first else (v_max, v_min)
     return torch.stack([h, e], dim=1)
 
 

@@ -345,7 +345,7 @@ def macenko_decompose(img):
     lo, hi = percentile(phi, 1), percentile(phi, 99)
     v_min = [a * math.cos(lo) + b * math.sin(lo) for a, b in zip(e2, e1)]
     v_max = [a * math.cos(hi) + b * math.sin(hi) for a, b in zip(e2, e1)]
-    h, e = (v_min, v_max) if v_min[0] > v_max[0] else (v_max, v_min)
+    h, e = (v_min, v_max) if v_min[0] - v_max[0] > 1e-9 else (v_max, v_min)  # within 1e-9: tie
     # C = (HE^T HE)^-1 HE^T OD, a 2 x 2 system per pixel
     g = [[dot(h, h), dot(h, e)], [dot(e, h), dot(e, e)]]
     d = g[0][0] * g[1][1] - g[0][1] * g[1][0]
