@@ -653,3 +653,6 @@ def test_macenko_orders_a_red_tie_alike_in_every_backend():
         x = ops.from_numpy(img)
         got = np.asarray(ops.to_numpy(ops.stain_normalize(norm, x)))   # HWC
         np.testing.assert_array_equal(got, want, err_msg=backend)
+    if "tensorflow" in plugins.backends():   # its graph ops (tilespec_tf.stain), as the loader
+        import tensorflow as tf
+        np.testing.assert_array_equal(norm.tf_to_tf(tf.constant(img)).numpy(), want)
