@@ -19,7 +19,7 @@ import tilespec  # noqa: E402
 from tilespec import testing as tt  # noqa: E402
 
 WORKER = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import torch.distributed as dist
     import tilespec
     from tilespec import testing as tt
@@ -40,8 +40,13 @@ WORKER = textwrap.dedent("""
         json.dump({"rank": loader.reference.rank, "replicas": loader.reference.num_replicas,
                    "records": got, "len": len(loader), "compared": n}, open(out, "w"))
         dist.barrier()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # every rank is past the barrier with its results written: leave without gloo's
+    # teardown, which races with the peers' exits (a rank aborted once with "terminate
+    # called without an active exception" after another had closed its sockets)
+    os._exit(0)
 """)
 
 
@@ -123,8 +128,13 @@ DDP_WORKER = textwrap.dedent("""
         json.dump({"rank": rank, "steps": steps, "len": len(loader), "records": records,
                    "num_padded": loader.num_padded, "weights": weights}, open(out, "w"))
         dist.barrier()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # every rank is past the barrier with its results written: leave without gloo's
+    # teardown, which races with the peers' exits (a rank aborted once with "terminate
+    # called without an active exception" after another had closed its sockets)
+    os._exit(0)
 """)
 
 
