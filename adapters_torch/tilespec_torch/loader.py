@@ -135,10 +135,9 @@ def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS):
 
 
 def _labels(col):
-    arr = np.asarray(col)
-    if arr.dtype.kind in "biuf":
-        return torch.from_numpy(np.ascontiguousarray(arr))
-    return list(col)
+    # labels are numbers, or equal-length sequences of them: checked when the loader
+    # is built (tilespec.loader.check_label_values), so the column is a numeric array
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(col)))
 
 
 def _batch_tensor(shape, dtype) -> torch.Tensor:
@@ -275,8 +274,8 @@ class TensorStacker:
 def collate(items, standardize=None, alloc=None, images=None):
     """Stack items into a batch (spec/adapter_torch.md, "Items and batches"): images
     (N, 3, H, W) (standardized here when ``standardize`` names a mode); labels a
-    tensor (N,) or (N, k) for multi-outcome labels, None without labels, a list when
-    labels are not numbers; slide names a list of str; loc_x, loc_y int64 tensors.
+    tensor (N,) or (N, k) for multi-outcome labels, None without labels; slide names
+    a list of str; loc_x, loc_y int64 tensors.
     ``images``, when given, is the image column already stacked (by a
     :class:`TensorStacker` while the items were made)."""
     cols = list(zip(*items))
