@@ -498,9 +498,62 @@ class ItemMaker:
             check_image_header(data, max_pixels=self.max_tile_pixels,
                                tile_size=self.tile_size())
 
+    def read(self, t: int, j: int, position: int, decode=None, *, source=None):
+        """Step 1 of an item: ``(tile, image)`` for record j of tfrecord t at stream
+        ``position``, or None when it is skipped (spec/reliability.md, "on_error").
+
+        Reads the record by offset (from ``source``, default this maker's
+        :class:`TileSource`; an adapter iterating with its own open files passes
+        its :meth:`TileSource.reopened` copy), checks the image header
+        (:meth:`check_image`), then calls ``decode(image_bytes)`` when given
+        (``image`` is its result, else None). Any :class:`TFRecordError` on the way
+        learns its file, record and byte offset and is raised (``on_error='raise'``)
+        or counted and logged (:meth:`skip`), the one skip rule of every backend.
+        """
+        source = self.source if source is None else source
+        try:
+            tile = source.read(t, j)
+            self.check_image(tile.image_raw)
+            return tile, (None if decode is None else decode(tile.image_raw))
+        except TFRecordError as e:
+            e = e.located(path=source.paths[t], record=j, offset=source.offset_of(t, j))
+            if self.on_error == "raise":
+                raise e from None
+            self.skip(position, source.paths[t], j, e)
+            return None
+
+    def fields(self, tile, path: str, record: int) -> tuple:
+        """Step 2 of an item: what follows the image, ``(label[, slide][, loc_x,
+        loc_y])`` of a tile read from record ``record`` of ``path``
+        (spec/sampling.md, "Loaders"): the label looked up by slide name
+        (:meth:`label`), the slide name with ``incl_slidenames``, the location with
+        ``incl_loc`` (a :class:`LabelError` naming file and record when the record
+        has none)."""
+        item = [self.label(tile.slide, path)]
+        if self.incl_slidenames:
+            item.append(tile.slide)
+        if self.incl_loc:
+            if tile.loc_x is None or tile.loc_y is None:
+                raise LabelError(f"{path}, record {record}: incl_loc=True but the record has "
+                                 "no loc_x/loc_y")
+            item += [tile.loc_x, tile.loc_y]
+        return tuple(item)
+
+    def _decode(self, data, steps, owned, into):
+        """This maker's decode of a checked tile (see :meth:`make`)."""
+        if self.identity:  # nothing after decode: decode into the array handed on
+            cap = self.max_tile_pixels
+            if into is not None and decode_into(data, into, cap):
+                return into
+            img = decode_new(data, cap) if owned else None
+            if img is not None:
+                return img
+        return self.decode(data, steps)
+
     def make(self, t: int, j: int, position: int, steps, stain_z, *, owned: bool = True,
              into: np.ndarray | None = None):
-        """The item for record j of tfrecord t at ``position``, or None when skipped.
+        """The item for record j of tfrecord t at ``position``, or None when skipped:
+        :meth:`read` (with this maker's decode), the pipeline, then :meth:`fields`.
 
         The image is a new writeable array, as :func:`decode_image` returns, except
         with ``owned=False`` (batched loaders, whose :func:`collate` copies every
@@ -509,27 +562,13 @@ class ItemMaker:
         the pipeline does nothing after decode) is a batch slot to decode into:
         when that works the item's image is ``into`` itself.
         """
-        path = self.source.paths[t]
-        try:
-            tile = self.source.read(t, j)
-            self.check_image(tile.image_raw)
-            img = None
-            if self.identity:  # nothing after decode: decode into the array handed on
-                cap = self.max_tile_pixels
-                if into is not None and decode_into(tile.image_raw, into, cap):
-                    img = into
-                elif owned:
-                    img = decode_new(tile.image_raw, cap)
-            if img is None:
-                img = self.decode(tile.image_raw, steps)
-            raw = img
-        except TFRecordError as e:
-            # image and parsing errors learn the record's byte offset here
-            e = e.located(path=path, record=j, offset=self.source.offset_of(t, j))
-            if self.on_error == "raise":
-                raise e from None
-            self.skip(position, path, j, e)
+        got = self.read(t, j, position,
+                        functools.partial(self._decode, steps=steps, owned=owned, into=into))
+        if got is None:
             return None
+        tile, img = got
+        raw = img
+        path = self.source.paths[t]
         if self.pipeline.transform is not None and not raw.flags.writeable:
             img = raw = raw.copy()  # a user transform may write into its input
         try:
@@ -540,15 +579,7 @@ class ItemMaker:
             if hasattr(e, "add_note"):
                 e.add_note(f"while processing {path}, record {j}, stream position {position}")
             raise
-        item = [img, self.label(tile.slide, path)]
-        if self.incl_slidenames:
-            item.append(tile.slide)
-        if self.incl_loc:
-            if tile.loc_x is None or tile.loc_y is None:
-                raise LabelError(f"{path}, record {j}: incl_loc=True but the record has no "
-                                 "loc_x/loc_y")
-            item += [tile.loc_x, tile.loc_y]
-        return tuple(item)
+        return (img,) + self.fields(tile, path, j)
 
     def skip(self, position: int, path: str, record: int, error: TFRecordError) -> None:
         """Count a skipped record; log and warn about the first :data:`SKIP_LOG_LIMIT`."""
