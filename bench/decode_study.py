@@ -38,8 +38,11 @@ Speed: ``--tiles`` distinct 256 px tissue tiles (``tilespec.synthetic.tissue_til
 encoded at quality 90, 4:2:0 (the loaders' common case), decoded by every decoder in
 turn, ``--rounds`` rounds interleaved in this one process; per decode: the median
 over rounds of (round time / tiles), and the fastest round. Also simplejpeg
-decoding into a preallocated buffer (``buffer=``) and ``tilespec.loader.decode_new``
-(Pillow packing into a new array, the loaders' path today).
+decoding into a preallocated buffer (``buffer=``), ``tilespec.loader.decode_new`` and
+``decode_planar`` (Pillow packing into a new array, pixel by pixel or plane by plane
+for torch's CHW tensors: the loaders' paths today) and ``tilespec.jpeg.decode_jpeg_into``
+into an (H, W, 3) array and into a plane-by-plane one (simplejpeg writes pixel by
+pixel, so that is a decode and a copy).
 
 Encode ('j' augmentation, spec/images.md "JPEG"): ``tilespec.ops.jpeg_encode(img, q)``
 (Pillow, 4:2:0, standard tables) against ``simplejpeg.encode_jpeg(img, q, 'RGB',
@@ -298,16 +301,21 @@ def speed(tiles, rounds: int, decs: dict):
         fns["simplejpeg buffer="] = into
     except (ImportError, TypeError):
         pass
-    try:
-        from tilespec.loader import decode_new
+    try:  # the loaders' Pillow variants today (they may move to tilespec.images)
+        from tilespec.loader import decode_new, decode_planar
         fns["tilespec.loader.decode_new (Pillow)"] = decode_new
+        fns["tilespec.loader.decode_planar (Pillow, CHW)"] = decode_planar
     except ImportError:
         pass
     try:
         from tilespec import jpeg as tj
-        out = np.empty_like(tilespec.decode_image(tiles[0]))
+        shape = tilespec.decode_image(tiles[0]).shape
+        out = np.empty(shape, np.uint8)
+        planar = np.empty((3,) + shape[:2], np.uint8).transpose(1, 2, 0)
         fns[f"tilespec.jpeg.decode_jpeg_into ({tj.DECODER})"] = \
             lambda data: tj.decode_jpeg_into(data, out)
+        fns[f"tilespec.jpeg.decode_jpeg_into ({tj.DECODER}, CHW: a copy)"] = \
+            lambda data: tj.decode_jpeg_into(data, planar)
     except ImportError:
         pass
     times = {name: [] for name in fns}
