@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 
 #: The environment variable that forces the decoder choice (read once, at import).
 CHOICE_ENV = "TILESPEC_JPEG"
@@ -72,15 +73,17 @@ def decode_fast(data, max_pixels: int, out: np.ndarray | None = None) -> np.ndar
     uint8 array of the image's size: a C-contiguous one is decoded into directly,
     another layout gets a copy). None, and ``out`` possibly written, when
     :data:`DECODER` is ``'pillow'``, the bytes are not a JPEG, its colour space is
-    not YCbCr, RGB or grayscale, it has more than ``max_pixels`` pixels, ``out``
-    does not fit, or the decoder fails: the caller then decodes with Pillow
+    not YCbCr, RGB or grayscale, it has more than ``max_pixels`` pixels (or more than
+    Pillow's ``Image.MAX_IMAGE_PIXELS``, where Pillow's bomb check has its say),
+    ``out`` does not fit, or the decoder fails: the caller then decodes with Pillow
     (``decode_image``), whose pixels or error are the answer. Never raises.
     """
     if _simplejpeg is None or bytes(data[:3]) != _JPEG_MAGIC:
         return None
     try:
         h, w, colour, _ = _header(data)
-        if colour not in _FAST_COLOURS or h * w > max_pixels:
+        limit = Image.MAX_IMAGE_PIXELS  # above it Pillow warns, above twice it refuses
+        if colour not in _FAST_COLOURS or h * w > max_pixels or (limit and h * w > limit):
             return None
         if out is None:
             return _decode(data, "RGB", False, False, strict=True)

@@ -175,6 +175,29 @@ def test_the_size_cap_is_decode_image_s():
                           tilespec.decode_image(data))
 
 
+def test_pillow_s_bomb_limit_is_decode_image_s(monkeypatch):
+    data = CASES["rgb 420"]  # 40 x 48 = 1920 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)  # 1920 > twice 900: Pillow refuses
+    assert jpeg.decode_fast(data, 1 << 30) is None
+    expect = _error(tilespec.decode_image, data, max_pixels=1 << 30)
+    assert expect[0] is tilespec.ImageTooLargeError
+    assert _error(jpeg.decode_jpeg, data, max_pixels=1 << 30) == expect
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1919)  # over the limit: Pillow warns only
+    assert np.array_equal(jpeg.decode_jpeg(data, max_pixels=1 << 30),
+                          tilespec.decode_image(data, max_pixels=1 << 30))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1920)
+    assert (jpeg.decode_fast(data, 1 << 30) is not None) == FAST
+
+
+@pytest.mark.parametrize("wrap", [bytearray, memoryview])
+def test_bytes_like_inputs(wrap):
+    for case in ("rgb 420", "gray", "cmyk"):
+        data = CASES[case]
+        assert np.array_equal(jpeg.decode_jpeg(wrap(data)), tilespec.decode_image(data))
+    data = BAD["truncated 90%"]
+    assert _error(jpeg.decode_jpeg, wrap(data)) == _error(tilespec.decode_image, data)
+
+
 def test_an_out_that_does_not_fit_is_refused():
     data = CASES["rgb 420"]
     h, w = tilespec.decode_image(data).shape[:2]
