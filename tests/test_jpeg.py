@@ -1,0 +1,269 @@
+"""The JPEG decoder choice (spec/images.md, "The JPEG decoder"): on every case of the
+decode contract, tilespec.jpeg gives decode_image's pixels and errors, with the fast
+decoder (simplejpeg, when installed) and with the Pillow fallback."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import tilespec
+from tilespec import jpeg
+
+FAST = jpeg.DECODER == "simplejpeg"
+needs_fast = pytest.mark.skipif(not FAST, reason="simplejpeg is not installed")
+
+
+def _save(img, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def _image(seed, h=48, w=40):
+    """A smooth gradient with noise: chroma that subsampling changes, edges that the
+    IDCT rounds differently from a fast one."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:h, :w]
+    base = np.stack([x * 5, y * 4, (x + y) * 3], axis=-1) % 256
+    return np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _adobe(transform):
+    payload = b"Adobe" + (100).to_bytes(2, "big") + bytes(4) + bytes((transform,))
+    return b"\xff\xee" + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _scan(data):
+    """The offset of the entropy-coded data after the first SOS segment."""
+    p = data.index(b"\xff\xda")
+    return p + 2 + int.from_bytes(data[p + 2:p + 4], "big")
+
+
+def _cases():
+    img = _image(1)
+    im = Image.fromarray(img)
+    odd = Image.fromarray(_image(2, 29, 35))
+    c = {}
+    for name, sub in (("420", 2), ("422", 1), ("444", 0)):
+        c[f"rgb {name}"] = _save(im, quality=90, subsampling=sub)
+        c[f"odd {name}"] = _save(odd, quality=75, subsampling=sub)
+        c[f"progressive {name}"] = _save(im, quality=90, subsampling=sub, progressive=True)
+    c["q1"] = _save(im, quality=1)
+    c["q100"] = _save(im, quality=100)
+    c["1x1"] = _save(Image.fromarray(img[:1, :1]))
+    c["restart blocks"] = _save(im, quality=90, restart_marker_blocks=3)
+    c["restart rows + progressive"] = _save(im, quality=90, restart_marker_rows=1,
+                                            progressive=True)
+    c["gray"] = _save(Image.fromarray(img[..., 0]), quality=90)
+    c["gray progressive"] = _save(Image.fromarray(img[..., 0]), progressive=True)
+    c["keep_rgb (Adobe 0)"] = _save(im, keep_rgb=True, subsampling=0)
+    base = c["rgb 420"]
+    c["Adobe 1 inserted"] = base[:2] + _adobe(1) + base[2:]
+    c["Adobe 0 on YCbCr"] = base[:2] + _adobe(0) + base[2:]
+    c["bytes after EOI"] = base + b"junk" * 5
+    s = _scan(base)
+    c["unexpected RST marker"] = base[:s + 40] + b"\xff\xd2" + base[s + 42:]
+    cmyk = np.dstack([255 - img, img[..., :1] // 2])
+    c["cmyk"] = _save(Image.fromarray(cmyk, "CMYK"), quality=95)
+    c["cmyk progressive"] = _save(Image.fromarray(cmyk, "CMYK"), progressive=True)
+    return c
+
+
+CASES = _cases()
+PILLOW_ONLY = {"cmyk", "cmyk progressive"}  # routed from the header
+FAILS_FAST = {"unexpected RST marker"}      # libjpeg warns: strict simplejpeg stops
+
+
+def _bad():
+    base = CASES["rgb 420"]
+    return {"truncated 30%": base[:len(base) * 3 // 10], "truncated 90%": base[:len(base) * 9 // 10],
+            "no EOI": base[:-2], "header cut": base[:20], "magic only": base[:3],
+            "no markers": base[:3] + b"x" * 100,
+            "progressive cut": CASES["progressive 420"][:len(base) // 2],
+            "png": b"\x89PNG\r\n\x1a\n" + bytes(30), "empty": b""}
+
+
+BAD = _bad()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_contract_cases_equal_decode_image(case):
+    data = CASES[case]
+    expect = tilespec.decode_image(data)
+    got = jpeg.decode_jpeg(data)
+    assert got.dtype == np.uint8 and got.flags.c_contiguous and got.flags.writeable
+    assert np.array_equal(got, expect)
+    out = np.full_like(expect, 7)
+    assert jpeg.decode_jpeg_into(data, out) is out
+    assert np.array_equal(out, expect)
+    planar = np.full((3,) + expect.shape[:2], 7, np.uint8).transpose(1, 2, 0)
+    assert np.array_equal(jpeg.decode_jpeg_into(data, planar), expect)
+    fast = jpeg.decode_fast(data, tilespec.images.MAX_TILE_PIXELS)
+    if FAST and case not in PILLOW_ONLY | FAILS_FAST:
+        assert fast is not None and np.array_equal(fast, expect)  # the fast path ran
+    else:
+        assert fast is None  # routed to Pillow
+
+
+@needs_fast
+def test_into_a_c_contiguous_buffer_writes_in_place():
+    data = CASES["rgb 420"]
+    expect = tilespec.decode_image(data)
+    batch = np.zeros((3,) + expect.shape, np.uint8)
+    row = batch[1]
+    got = jpeg.decode_fast(data, 1 << 30, row)
+    assert got is row  # the batch row itself, decoded into
+    assert np.array_equal(batch[1], expect) and not batch[0].any() and not batch[2].any()
+
+
+@settings(max_examples=30)
+@given(h=st.integers(1, 40), w=st.integers(1, 40), quality=st.integers(1, 100),
+       subsampling=st.sampled_from([0, 1, 2]), progressive=st.booleans(),
+       gray=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_random_images_equal_decode_image(h, w, quality, subsampling, progressive, gray,
+                                          seed):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    if rng.random() < 0.5:
+        img = _image(seed % 1000, h, w)
+    im = Image.fromarray(img[..., 0] if gray else img)
+    data = _save(im, quality=quality, subsampling=subsampling, progressive=progressive)
+    expect = tilespec.decode_image(data)
+    fast = jpeg.decode_fast(data, tilespec.images.MAX_TILE_PIXELS)
+    assert (fast is not None) == FAST
+    assert np.array_equal(jpeg.decode_jpeg(data), expect)
+    if fast is not None:
+        assert np.array_equal(fast, expect)
+    out = np.empty_like(expect)
+    assert np.array_equal(jpeg.decode_jpeg_into(data, out), expect)
+
+
+def _error(fn, *args, **kw):
+    with pytest.raises(tilespec.ImageDecodeError) as e:
+        fn(*args, **kw)
+    return type(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_errors_are_decode_image_s(kind):
+    data = BAD[kind]
+    expect = _error(tilespec.decode_image, data)
+    assert jpeg.decode_fast(data, tilespec.images.MAX_TILE_PIXELS) is None
+    assert _error(jpeg.decode_jpeg, data) == expect
+    # the decode error comes first, even with an out that does not fit
+    assert _error(jpeg.decode_jpeg_into, data, np.empty((2, 2, 3), np.uint8)) == expect
+
+
+def test_the_size_cap_is_decode_image_s():
+    data = CASES["rgb 420"]
+    h, w = tilespec.decode_image(data).shape[:2]
+    assert jpeg.decode_fast(data, h * w - 1) is None
+    with pytest.raises(tilespec.ImageTooLargeError) as e:
+        jpeg.decode_jpeg(data, max_pixels=h * w - 1)
+    with pytest.raises(tilespec.ImageTooLargeError) as e2:
+        tilespec.decode_image(data, max_pixels=h * w - 1)
+    assert str(e.value) == str(e2.value)
+    assert np.array_equal(jpeg.decode_jpeg(data, max_pixels=h * w),
+                          tilespec.decode_image(data))
+
+
+def test_pillow_s_bomb_limit_is_decode_image_s(monkeypatch):
+    data = CASES["rgb 420"]  # 40 x 48 = 1920 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)  # 1920 > twice 900: Pillow refuses
+    assert jpeg.decode_fast(data, 1 << 30) is None
+    expect = _error(tilespec.decode_image, data, max_pixels=1 << 30)
+    assert expect[0] is tilespec.ImageTooLargeError
+    assert _error(jpeg.decode_jpeg, data, max_pixels=1 << 30) == expect
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1919)  # over the limit: Pillow warns only
+    assert np.array_equal(jpeg.decode_jpeg(data, max_pixels=1 << 30),
+                          tilespec.decode_image(data, max_pixels=1 << 30))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1920)
+    assert (jpeg.decode_fast(data, 1 << 30) is not None) == FAST
+
+
+@pytest.mark.parametrize("wrap", [bytearray, memoryview])
+def test_bytes_like_inputs(wrap):
+    for case in ("rgb 420", "gray", "cmyk"):
+        data = CASES[case]
+        assert np.array_equal(jpeg.decode_jpeg(wrap(data)), tilespec.decode_image(data))
+    data = BAD["truncated 90%"]
+    assert _error(jpeg.decode_jpeg, wrap(data)) == _error(tilespec.decode_image, data)
+
+
+def test_an_out_that_does_not_fit_is_refused():
+    data = CASES["rgb 420"]
+    h, w = tilespec.decode_image(data).shape[:2]
+    for out in (np.empty((h, w + 1, 3), np.uint8), np.empty((h, w, 3), np.float32),
+                np.empty((h, w, 4), np.uint8), np.empty((w, h, 3), np.uint8)):
+        assert jpeg.decode_fast(data, 1 << 30, out) is None
+        with pytest.raises(ValueError, match=r"out must be a writeable \(48, 40, 3\) uint8"):
+            jpeg.decode_jpeg_into(data, out)
+    frozen = np.empty((h, w, 3), np.uint8)
+    frozen.flags.writeable = False
+    assert jpeg.decode_fast(data, 1 << 30, frozen) is None
+    with pytest.raises(ValueError, match="read-only"):
+        jpeg.decode_jpeg_into(data, frozen)
+
+
+def test_choice_values():
+    assert jpeg.choose_decoder("pillow") == ("pillow", None)
+    assert jpeg.choose_decoder(" Pillow ") == ("pillow", None)
+    name, mod = jpeg.choose_decoder(None)
+    assert name == jpeg.DECODER and (mod is None) == (name == "pillow")
+    with pytest.raises(ValueError, match="TILESPEC_JPEG='turbo': expected one of auto, "
+                                         "simplejpeg, pillow"):
+        jpeg.choose_decoder("turbo")
+
+
+def test_simplejpeg_forced_but_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # import simplejpeg now fails
+    assert jpeg.choose_decoder("auto") == ("pillow", None)
+    with pytest.raises(ImportError, match=r"TILESPEC_JPEG=simplejpeg but simplejpeg is not "
+                                          r"installed \(pip install 'tilespec\[fast\]'\)"):
+        jpeg.choose_decoder("simplejpeg")
+
+
+_FALLBACK = r"""
+import json, sys
+if sys.argv[1] == "blocked":
+    sys.modules["simplejpeg"] = None  # as if the fast extra were not installed
+import numpy as np
+import tilespec
+from tilespec import jpeg
+sys.path.insert(0, sys.argv[2])
+import test_jpeg as t
+same = all(np.array_equal(jpeg.decode_jpeg(d), tilespec.decode_image(d)) for d in t.CASES.values())
+errors = all(t._error(jpeg.decode_jpeg, d) == t._error(tilespec.decode_image, d)
+             for d in t.BAD.values())
+none = all(jpeg.decode_fast(d, 1 << 30) is None for d in t.CASES.values())
+print(json.dumps([jpeg.DECODER, same, errors, none]))
+"""
+
+
+@pytest.mark.parametrize("how", ["blocked", "env"])
+def test_pillow_fallback(how):
+    env = dict(os.environ)
+    if how == "env":
+        env["TILESPEC_JPEG"] = "pillow"
+    else:
+        env.pop("TILESPEC_JPEG", None)
+    run = subprocess.run([sys.executable, "-c", _FALLBACK, how, os.path.dirname(__file__)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == ["pillow", True, True, True]
+
+
+def test_bad_choice_fails_at_import():
+    env = dict(os.environ, TILESPEC_JPEG="fastest")
+    run = subprocess.run([sys.executable, "-c", "import tilespec.jpeg"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert run.returncode != 0
+    assert "TILESPEC_JPEG='fastest': expected one of auto, simplejpeg, pillow" in run.stderr
