@@ -37,11 +37,10 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (PeakRSS, Result, environment, format_table, measure,  # noqa: E402
                     parser, print_table, quick_defaults, tracemalloc_peak, write_json,
-                    at_least_one)
+                    at_least_one, jpeg_pool)
 
 import tilespec  # noqa: E402
 from tilespec.sampling import StreamPlan  # noqa: E402
-from tilespec.synthetic import encode_jpeg, tissue_tile  # noqa: E402
 
 TILE_PX = 256
 QUALITY = 90
@@ -94,19 +93,6 @@ def plan_workload(clip, weights, infinite, shuffle, positions, per_call, seed=11
 
 
 # ------------------------------------------------------------------ tiles
-def make_pool(n: int, noise: float, seed: int = 0) -> list:
-    """``n`` distinct 256x256 JPEG q90 tiles: ``tissue_tile`` plus Gaussian noise of
-    standard deviation ``noise`` grey levels (4.5 brings them to about 18 kB)."""
-    pool = []
-    for i in range(n):
-        img = tissue_tile(np.random.default_rng([seed, i]), TILE_PX, tumor=i % 2 == 0)
-        if noise > 0:
-            extra = np.random.default_rng([seed, i, 1]).normal(0.0, noise, img.shape)
-            img = np.clip(np.rint(img + extra), 0, 255).astype(np.uint8)
-        pool.append(encode_jpeg(img, QUALITY))
-    return pool
-
-
 def write_dataset(folder: str, tfrecords: int, per_file: int, pool: list) -> list:
     """``tfrecords`` files of ``per_file`` tile records each, cycling through ``pool``."""
     paths = []
@@ -211,7 +197,7 @@ def run(args) -> dict:
                 prefix="tsbench-sampling-"))
             os.makedirs(folder, exist_ok=True)
             t0 = time.perf_counter()
-            pool = make_pool(args.unique, args.noise)
+            pool = jpeg_pool(args.unique, px=TILE_PX, quality=QUALITY, noise=args.noise)
             paths = write_dataset(folder, args.tfrecords, args.per_file, pool)
             ds = tilespec.Dataset(tfrecords=paths)
             images = [tilespec.parse_tile(p).image_raw
