@@ -10,6 +10,10 @@
   process and of its largest waited-for child (a bench running each workload in
   a fresh process reports these per workload).
 * :func:`jpeg_pool`: distinct synthetic JPEG tiles for the benches' datasets.
+* :func:`bare_decoders`, :func:`exact_decoders`: the decoders a bench's bare loop
+  may use (Pillow, and simplejpeg when it imports) and those whose pixels equal
+  Pillow's on the bench's own tiles: a bare-loop limit is the fastest exact one,
+  with Pillow's loop shown beside it (issue 18).
 * :func:`parser`, :func:`quick_defaults`, :func:`at_least_one` and
   :func:`write_json`: the scripts' command line (description from the
   docstring, defaults that ``--quick`` shrinks, counts that must be >= 1) and
@@ -298,6 +302,51 @@ def jpeg_pool(n: int, *, px: int = 256, quality: int = 90, noise: float = 0.0,
             img = np.clip(np.rint(img + extra), 0, 255).astype(np.uint8)
         pool.append(encode_jpeg(img, quality))
     return pool
+
+
+# ------------------------------------------------------------------ decoders
+def bare_decoders() -> dict:
+    """``{name: decode}``, ``decode(jpeg_bytes)`` -> HWC uint8 RGB array: 'pillow'
+    (``np.asarray(Image.open(...))``: exact ISLOW IDCT, fancy upsampling; the array may
+    be read-only) first, then 'simplejpeg' (``fastdct`` and ``fastupsample`` off) when
+    it imports."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = {"pillow": lambda b: np.asarray(Image.open(io.BytesIO(b)))}
+    try:
+        import simplejpeg
+    except ImportError:
+        return out
+    out["simplejpeg"] = lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB", fastdct=False,
+                                                         fastupsample=False)
+    return out
+
+
+def exact_decoders(jpegs, decoders: dict | None = None) -> tuple:
+    """``(exact, inexact)``: the decoders of ``decoders`` (default
+    :func:`bare_decoders`) whose pixels equal Pillow's on every JPEG of ``jpegs``
+    (``{name: decode}``, Pillow first), and ``{name: why}`` for the others (the first
+    tile that differs, or the error)."""
+    import numpy as np
+
+    decoders = bare_decoders() if decoders is None else decoders
+    ref = [decoders["pillow"](b) for b in jpegs]
+    exact, inexact = {}, {}
+    for name, decode in decoders.items():
+        try:
+            bad = next((i for i, (b, r) in enumerate(zip(jpegs, ref))
+                        if not np.array_equal(decode(b), r)), None)
+        except Exception as e:  # noqa: BLE001  (any failure: not usable as a limit)
+            inexact[name] = f"fails: {e}"
+            continue
+        if bad is None:
+            exact[name] = decode
+        else:
+            inexact[name] = f"tile {bad} differs from Pillow's"
+    return exact, inexact
 
 
 # ------------------------------------------------------------------ command line, output

@@ -45,7 +45,7 @@ times (default 3), the rows' order rotated at each repeat so drift of the
 machine's speed hits all rows alike. Per row: tiles/s (all tiles over the time
 from building the loader to the last batch, first batch included; bare loops:
 the loop alone), median and range over the repeats; the ratio to a stated
-reference row (#N) and to the bare limit (the fastest decoder's bare loop of the
+reference row (#N) and to the bare limit (the fastest exact decoder's bare loop of the
 same ops and dtype; two at once for 2+ workers and the TensorFlow rows), each
 the median over repeats of that repeat's ratio; time to the first batch; the peak
 RSS of the process running the row (VmHWM: imports and, for bare loops, every
@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -76,8 +75,9 @@ from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import (children_peak_rss, environment, format_table, jpeg_pool, MiB,  # noqa: E402
-                    parser, peak_rss, quick_defaults, at_least_one, write_json)
+from common import (at_least_one, bare_decoders, children_peak_rss, environment,  # noqa: E402
+                    exact_decoders, format_table, jpeg_pool, MiB, parser, peak_rss,
+                    quick_defaults, write_json)
 
 BATCH = 64
 AUGMENT = "xyr"
@@ -110,9 +110,11 @@ def _dt(dtype: str) -> str:
     return "u8" if dtype == "uint8" else "f32"
 
 
-def build_rows(decoders, dtypes, workers) -> list:
-    """Every row, in display order; ``decoders`` starts with the loaders' one (Pillow)."""
+def build_rows(decoders, dtypes, workers, exact=None) -> list:
+    """Every row, in display order; ``decoders`` starts with the loaders' one (Pillow);
+    the limits are the bare loops of the ``exact`` ones (default all)."""
     base = decoders[0]
+    exact = decoders if exact is None else [d for d in decoders if d in exact]
     rows = []
 
     def bare_key(dec, ops, dtype, procs=1):
@@ -137,7 +139,7 @@ def build_rows(decoders, dtypes, workers) -> list:
                             ref=bare_key(dec, "torch", dtype)))
 
     def limit(ops, dtype, procs=1):
-        return [bare_key(d, ops, dtype, procs) for d in decoders]
+        return [bare_key(d, ops, dtype, procs) for d in exact]
 
     rows.append(Row("numpy/decode", "numpy loader, no augmentation, uint8", "numpy",
                     augment=False, ref=bare_key(base, "none", "uint8"),
@@ -252,23 +254,6 @@ def read_jpegs(paths) -> list:
 
 
 # ------------------------------------------------------------------ child: one row
-def _decoder(name: str):
-    import io
-
-    import numpy as np
-
-    if name == "pillow":
-        from PIL import Image
-
-        return lambda b: np.asarray(Image.open(io.BytesIO(b)))
-    if name == "simplejpeg":
-        import simplejpeg
-
-        return lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB", fastdct=False,
-                                                fastupsample=False)
-    raise ValueError(f"unknown decoder {name!r}")
-
-
 def _bare(row: Row, spec: dict) -> dict:
     """A bare loop over in-memory JPEG bytes (part ``spec['part']`` of ``procs``)."""
     import warnings
@@ -279,7 +264,7 @@ def _bare(row: Row, spec: dict) -> dict:
     from tilespec.rng import stream_key
 
     jpegs = read_jpegs(spec["paths"])[spec.get("part", 0)::row.procs]
-    decode = _decoder(row.decoder)
+    decode = bare_decoders()[row.decoder]
     f32 = row.dtype == "float32"
     steps = draw_augmentations(AUGMENT, stream_key(spec["seed"], 0, 0),
                                np.arange(len(jpegs))).steps
@@ -568,13 +553,18 @@ def run(args) -> dict:
     log = sys.stderr
     t_start = time.perf_counter()
     load0 = os.getloadavg()
-    decoders = ["pillow"] + (["simplejpeg"] if importlib.util.find_spec("simplejpeg") else [])
-    rows = build_rows(decoders, args.dtypes, args.workers)
+    folder, paths = prepare(args, log)
+    # the limits use only decoders whose pixels equal Pillow's on these tiles (the first
+    # file holds every distinct tile when --tiles >= --unique)
+    decoders = list(bare_decoders())
+    exact, inexact = exact_decoders(read_jpegs(paths[:1]))
+    for name, why in inexact.items():
+        print(f"decoder {name}: NOT exact ({why}): its bare loops are no limit", file=log)
+    rows = build_rows(decoders, args.dtypes, args.workers, exact=list(exact))
     if args.only:
         rows = [r for r in rows if re.search(args.only, r.key)]
         if not rows:
             raise SystemExit(f"--only {args.only!r} matches no row")
-    folder, paths = prepare(args, log)
     for p in paths:                      # into the page cache before any timed run
         with open(p, "rb") as fh:
             while fh.read(1 << 20):
@@ -611,8 +601,8 @@ def run(args) -> dict:
           f"{load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     print(table(rows, summary))
     print("vs ref: median over repeats of the row's tiles/s over row #N's in the same repeat;"
-          " of limit: the same against the fastest decoder's bare loop #N of the same ops and"
-          " dtype (two at once for 2+ workers and TensorFlow). after 1st: tiles/s after the"
+          " of limit: the same against the fastest exact decoder's bare loop #N of the same ops"
+          " and dtype (two at once for 2+ workers and TensorFlow). after 1st: tiles/s after the"
           " first batch. RSS: peak of the process running the row; worker: its largest"
           " worker.")
     elapsed = time.perf_counter() - t_start
@@ -620,6 +610,7 @@ def run(args) -> dict:
     failed = [k for k, s in summary.items() if s["errors"]]
     out = {"environment": env, "args": vars(args), "dataset": folder, "tiles": total,
            "load_start": load0, "load_end": load1, "seconds": elapsed, "decoders": decoders,
+           "inexact_decoders": inexact,
            "rows": summary, "failed": failed}
     write_json(args.json, out)
     return out

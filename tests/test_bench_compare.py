@@ -60,6 +60,39 @@ def test_every_reference_and_limit_is_a_row(compare):
     assert [r.key for r in alone] == [k for k in keys if "simplejpeg" not in k]
 
 
+def test_limits_only_from_exact_decoders(compare):
+    rows = {r.key: r for r in compare.build_rows(["pillow", "simplejpeg"], ["float32"], [0, 2],
+                                                 exact=["pillow"])}
+    assert rows["torch/w0/f32"].limit == ["bare/pillow/torch/f32"]
+    assert rows["torch/w2/f32"].limit == ["bare2/pillow/torch/f32"]
+    assert "bare/simplejpeg/torch/f32" in rows          # still measured, shown beside
+
+
+def test_exact_decoders_compares_pixels_with_pillow(compare):
+    import numpy as np
+
+    from tilespec.synthetic import encode_jpeg, tissue_tile
+
+    common = sys.modules["common"]
+    jpegs = [encode_jpeg(tissue_tile(np.random.default_rng(i), 16, i % 2 == 0)) for i in range(3)]
+    pillow = common.bare_decoders()["pillow"]
+
+    def off_by_one_on_third(b):
+        x = np.array(pillow(b))
+        if b == jpegs[2]:
+            x[0, 0, 0] ^= 1
+        return x
+
+    def broken(b):
+        raise OSError("no decoder")
+
+    exact, inexact = common.exact_decoders(jpegs, {"pillow": pillow, "same": lambda b:
+                                                   np.array(pillow(b)), "near":
+                                                   off_by_one_on_third, "broken": broken})
+    assert list(exact) == ["pillow", "same"]
+    assert inexact == {"near": "tile 2 differs from Pillow's", "broken": "fails: no decoder"}
+
+
 @pytest.mark.parametrize("n,repeats", [(26, 3), (7, 2), (5, 1), (3, 5)])
 def test_rotation_runs_every_row_once_per_repeat_at_varying_places(compare, n, repeats):
     rows = list(range(n))
