@@ -43,7 +43,7 @@ rows whose key matches):
 Every row runs in a fresh process (so its peak RSS is its own), ``--repeats``
 times (default 3), the rows' order rotated at each repeat so drift of the
 machine's speed hits all rows alike. Per row: tiles/s (all tiles over the time
-from building the loader to the last batch, first batch included; bare loops:
+from building the loader to the last batch, first batch included, imports not; bare loops:
 the loop alone), median and range over the repeats; the ratio to a stated
 reference row (#N) and to the bare limit (the fastest exact decoder's bare loop of the
 same ops and dtype; two at once for 2+ workers and the TensorFlow rows), each
@@ -350,6 +350,7 @@ def _loader(row: Row, spec: dict) -> dict:
             return ds.numpy(standardize=f32, **opts)
     elif row.kind == "torch":
         import torch
+        import tilespec_torch  # noqa: F401  (imported before the clock starts)
 
         torch.set_num_threads(1)
 
@@ -357,6 +358,7 @@ def _loader(row: Row, spec: dict) -> dict:
             return ds.torch(standardize=f32, num_workers=row.workers, **opts)
     elif row.kind == "tf":
         import tensorflow  # noqa: F401  (imported before the clock starts)
+        import tilespec_tf  # noqa: F401
 
         def make():
             return ds.tensorflow(standardize="unit" if f32 else False, **opts)
