@@ -6,6 +6,14 @@
   allocations.
 * :func:`print_table` prints rows of results as an aligned text table.
 * :func:`environment` describes the machine and library versions.
+* :func:`peak_rss`, :func:`children_peak_rss`: the peak resident memory of this
+  process and of its largest waited-for child (a bench running each workload in
+  a fresh process reports these per workload).
+* :func:`jpeg_pool`: distinct synthetic JPEG tiles for the benches' datasets.
+* :func:`bare_decoders`, :func:`exact_decoders`: the decoders a bench's bare loop
+  may use (Pillow, and simplejpeg when it imports) and those whose pixels equal
+  Pillow's on the bench's own tiles: a bare-loop limit is the fastest exact one,
+  with Pillow's loop shown beside it (issue 18).
 * :func:`parser`, :func:`quick_defaults`, :func:`at_least_one` and
   :func:`write_json`: the scripts' command line (description from the
   docstring, defaults that ``--quick`` shrinks, counts that must be >= 1) and
@@ -92,6 +100,20 @@ class PeakRSS:
 
 def _maxrss_bytes() -> int:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process so far, in bytes: VmHWM (Linux), else
+    ``ru_maxrss``."""
+    hwm = _status_kib("VmHWM")
+    return hwm * 1024 if hwm is not None else _maxrss_bytes()
+
+
+def children_peak_rss() -> int:
+    """Peak resident memory, in bytes, of the largest child process of this process
+    that has ended and been waited for (``RUSAGE_CHILDREN``; 0 when none has)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024
 
 
@@ -260,6 +282,71 @@ def environment() -> dict:
         except PackageNotFoundError:
             env[dist] = None
     return env
+
+
+# ------------------------------------------------------------------ data
+def jpeg_pool(n: int, *, px: int = 256, quality: int = 90, noise: float = 0.0,
+              seed: int = 0) -> list:
+    """``n`` distinct px x px JPEG tiles (bytes) at ``quality``: ``tissue_tile`` plus
+    Gaussian noise of standard deviation ``noise`` grey levels (4.5 brings 256 px q90
+    tiles to about 18 kB, like real ones; 0 leaves tissue_tile's ~15 kB)."""
+    import numpy as np
+
+    from tilespec.synthetic import encode_jpeg, tissue_tile
+
+    pool = []
+    for i in range(n):
+        img = tissue_tile(np.random.default_rng([seed, i]), px, tumor=i % 2 == 0)
+        if noise > 0:
+            extra = np.random.default_rng([seed, i, 1]).normal(0.0, noise, img.shape)
+            img = np.clip(np.rint(img + extra), 0, 255).astype(np.uint8)
+        pool.append(encode_jpeg(img, quality))
+    return pool
+
+
+# ------------------------------------------------------------------ decoders
+def bare_decoders() -> dict:
+    """``{name: decode}``, ``decode(jpeg_bytes)`` -> HWC uint8 RGB array: 'pillow'
+    (``np.asarray(Image.open(...))``: exact ISLOW IDCT, fancy upsampling; the array may
+    be read-only) first, then 'simplejpeg' (``fastdct`` and ``fastupsample`` off) when
+    it imports."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = {"pillow": lambda b: np.asarray(Image.open(io.BytesIO(b)))}
+    try:
+        import simplejpeg
+    except ImportError:
+        return out
+    out["simplejpeg"] = lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB", fastdct=False,
+                                                         fastupsample=False)
+    return out
+
+
+def exact_decoders(jpegs, decoders: dict | None = None) -> tuple:
+    """``(exact, inexact)``: the decoders of ``decoders`` (default
+    :func:`bare_decoders`) whose pixels equal Pillow's on every JPEG of ``jpegs``
+    (``{name: decode}``, Pillow first), and ``{name: why}`` for the others (the first
+    tile that differs, or the error)."""
+    import numpy as np
+
+    decoders = bare_decoders() if decoders is None else decoders
+    ref = [decoders["pillow"](b) for b in jpegs]
+    exact, inexact = {}, {}
+    for name, decode in decoders.items():
+        try:
+            bad = next((i for i, (b, r) in enumerate(zip(jpegs, ref))
+                        if not np.array_equal(decode(b), r)), None)
+        except Exception as e:  # noqa: BLE001  (any failure: not usable as a limit)
+            inexact[name] = f"fails: {e}"
+            continue
+        if bad is None:
+            exact[name] = decode
+        else:
+            inexact[name] = f"tile {bad} differs from Pillow's"
+    return exact, inexact
 
 
 # ------------------------------------------------------------------ command line, output

@@ -13,9 +13,11 @@ Part 2, loader: a synthetic dataset of 256x256 JPEG tiles (quality 90, about
 ``Dataset.numpy(batch_size=64, infinite=False, standardize=False)`` (no
 augmentation), against one run of a bare loop that decodes the same JPEG
 bytes, held in memory, with Pillow into NumPy arrays
-(``np.asarray(Image.open(io.BytesIO(b)))``). The workloads are interleaved
-round by round, so both see the same machine load. Target: the loader at
-least 85% of the bare loop's tiles/s.
+(``np.asarray(Image.open(io.BytesIO(b)))``) and with every faster decoder that
+imports and gives Pillow's pixels on these tiles (``common.exact_decoders``:
+simplejpeg); the fastest of those loops is the limit, Pillow's shown beside it.
+The workloads are interleaved round by round, so all see the same machine load.
+Target: the loader at least 85% of the limit's tiles/s.
 
 Run ``.venv/bin/python bench/sampling.py`` (``--quick`` for a smoke run); see
 bench/README.md for the columns and options.
@@ -37,11 +39,10 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (PeakRSS, Result, environment, format_table, measure,  # noqa: E402
                     parser, print_table, quick_defaults, tracemalloc_peak, write_json,
-                    at_least_one)
+                    at_least_one, exact_decoders, jpeg_pool)
 
 import tilespec  # noqa: E402
 from tilespec.sampling import StreamPlan  # noqa: E402
-from tilespec.synthetic import encode_jpeg, tissue_tile  # noqa: E402
 
 TILE_PX = 256
 QUALITY = 90
@@ -94,19 +95,6 @@ def plan_workload(clip, weights, infinite, shuffle, positions, per_call, seed=11
 
 
 # ------------------------------------------------------------------ tiles
-def make_pool(n: int, noise: float, seed: int = 0) -> list:
-    """``n`` distinct 256x256 JPEG q90 tiles: ``tissue_tile`` plus Gaussian noise of
-    standard deviation ``noise`` grey levels (4.5 brings them to about 18 kB)."""
-    pool = []
-    for i in range(n):
-        img = tissue_tile(np.random.default_rng([seed, i]), TILE_PX, tumor=i % 2 == 0)
-        if noise > 0:
-            extra = np.random.default_rng([seed, i, 1]).normal(0.0, noise, img.shape)
-            img = np.clip(np.rint(img + extra), 0, 255).astype(np.uint8)
-        pool.append(encode_jpeg(img, QUALITY))
-    return pool
-
-
 def write_dataset(folder: str, tfrecords: int, per_file: int, pool: list) -> list:
     """``tfrecords`` files of ``per_file`` tile records each, cycling through ``pool``."""
     paths = []
@@ -124,6 +112,12 @@ def bare_decode(images):
     """The baseline: Pillow decodes of in-memory JPEG bytes into HWC uint8 arrays."""
     for b in images:
         np.asarray(Image.open(io.BytesIO(b)))
+
+
+def decode_loop(decode, images):
+    """A bare loop with another decoder (``common.bare_decoders``)."""
+    for b in images:
+        decode(b)
 
 
 def pillow_load(images):
@@ -211,7 +205,7 @@ def run(args) -> dict:
                 prefix="tsbench-sampling-"))
             os.makedirs(folder, exist_ok=True)
             t0 = time.perf_counter()
-            pool = make_pool(args.unique, args.noise)
+            pool = jpeg_pool(args.unique, px=TILE_PX, quality=QUALITY, noise=args.noise)
             paths = write_dataset(folder, args.tfrecords, args.per_file, pool)
             ds = tilespec.Dataset(tfrecords=paths)
             images = [tilespec.parse_tile(p).image_raw
@@ -225,10 +219,18 @@ def run(args) -> dict:
                   f"{max(sizes) / 1000:.1f} kB), written in {time.perf_counter() - t0:.1f} s")
             opts = dict(infinite=False, standardize=False, seed=3)
             batched = ds.numpy(batch_size=args.batch_size, **opts)
-            workloads = {
-                "bare Pillow decode -> array": lambda: bare_decode(images),
-                f"Dataset.numpy batch_size={args.batch_size}": lambda: epoch(batched),
-            }
+            # the limit: the fastest decoder whose pixels equal Pillow's on these tiles,
+            # Pillow's loop beside it (issue 18)
+            exact, inexact = exact_decoders(pool)
+            for name, why in inexact.items():
+                print(f"decoder {name}: NOT exact ({why}): not a limit")
+            workloads = {"bare Pillow decode -> array": lambda: bare_decode(images)}
+            for name, decode in exact.items():
+                if name != "pillow":
+                    workloads[f"bare {name} decode -> array"] = (
+                        lambda d=decode: decode_loop(d, images))
+            n_bare = len(workloads)
+            workloads[f"Dataset.numpy batch_size={args.batch_size}"] = lambda: epoch(batched)
             if not args.quick:
                 unbatched = ds.numpy(**opts)
                 workloads.update({
@@ -241,15 +243,19 @@ def run(args) -> dict:
                   f"rates from the median {args.clock} time; files in page cache\n")
             results = interleaved(workloads, items=n, nbytes=jpeg_bytes, repeats=args.repeats,
                                   clock=args.clock, trace=not args.no_tracemalloc)
-            for r in results[1:]:
-                r.note = f"{ratio_per_round(results[0], r) * 100:.0f}% of bare"
+            base = max(results[:n_bare], key=lambda r: r.items_per_s)   # the limit
+            for r in results:
+                if r is not base:
+                    r.note = f"{ratio_per_round(base, r) * 100:.0f}% of bare"
+            base.note = "the limit (bare)"
             print_table(results)
-            base, loader = results[0], results[1]
+            loader = results[n_bare]
             ratio = loader.items_per_s / base.items_per_s
-            print(f"\nloader / bare decode (tiles/s, medians): {ratio * 100:.1f}%  "
+            print(f"\nloader / {base.name} (tiles/s, medians): {ratio * 100:.1f}%  "
                   f"(median of per-round ratios {ratio_per_round(base, loader) * 100:.1f}%; "
                   f"target >= 85%: {'met' if ratio >= 0.85 else 'NOT met'})")
             out["loader"] = {"tiles": n, "jpeg_bytes_mean": statistics.mean(sizes),
+                             "limit": base.name, "inexact_decoders": inexact,
                              "ratio": ratio, "results": [r.as_dict() for r in results]}
             batched.close()
 

@@ -66,8 +66,12 @@ def write_dataset(folder: str, slides: int, per_slide: int, unique: int) -> list
     return paths
 
 
-def plain_pipeline(paths, seed: int = 0):
-    """TFRecordDataset + sample_from_datasets + the same ops, no tilespec."""
+def plain_pipeline(paths, seed: int = 0, standardize="per_image", infinite: bool = True):
+    """TFRecordDataset + sample_from_datasets + the same ops, no tilespec.
+
+    ``standardize``: a mode of ``tilespec_tf.ops.standardize`` or False (uint8 images);
+    ``infinite=False``: one pass over every record (no ``repeat``; bench/compare.py).
+    """
     import tensorflow as tf
 
     from tilespec_tf import ops as tfops
@@ -76,7 +80,9 @@ def plain_pipeline(paths, seed: int = 0):
                 "slide": tf.io.FixedLenFeature([], tf.string),
                 "loc_x": tf.io.FixedLenFeature([], tf.int64),
                 "loc_y": tf.io.FixedLenFeature([], tf.int64)}
-    files = [tf.data.TFRecordDataset(p).repeat() for p in paths]
+    files = [tf.data.TFRecordDataset(p) for p in paths]
+    if infinite:
+        files = [f.repeat() for f in files]
     ds = tf.data.Dataset.sample_from_datasets(files, weights=[1 / len(paths)] * len(paths),
                                               seed=seed)
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
@@ -88,7 +94,9 @@ def plain_pipeline(paths, seed: int = 0):
         img = tf.cond(u[0] < 0.5, lambda: tf.reverse(img, [1]), lambda: img)
         img = tf.cond(u[1] < 0.5, lambda: tf.reverse(img, [0]), lambda: img)
         img = tf.image.rot90(img, tf.cast(tf.floor(4 * u[2]), tf.int32))
-        return tfops.standardize(img, "per_image"), ex["slide"]
+        if standardize:
+            img = tfops.standardize(img, standardize)
+        return img, ex["slide"]
 
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)

@@ -4,9 +4,12 @@ Writes ``--records`` tile records (256x256 JPEG, quality 90, drawn with
 ``tilespec.synthetic.tissue_tile``) into 4 tfrecords, then, in the same run:
 
 * **bare**: a plain loop over the JPEG bytes held in memory doing only the
-  decode the loader uses (Pillow) and the same torch ops (the reference's drawn
-  'xyr' steps with ``tilespec_torch.ops``, then 'unit' standardization), one
-  torch thread, one process: tiles/s per core, median of ``--repeats`` runs;
+  decode and the same torch ops (the reference's drawn 'xyr' steps with
+  ``tilespec_torch.ops``, then 'unit' standardization), one torch thread, one
+  process: tiles/s per core, median of ``--repeats`` runs; once with the decode
+  the loader uses (Pillow) and once with each faster decoder that imports and
+  gives Pillow's pixels on these tiles (``common.exact_decoders``: simplejpeg);
+  the fastest of those is the limit below (issue 18);
 * **loader**: ``Dataset.torch(batch_size=64, augment='xyr', standardize=True,
   infinite=True, num_workers=W)`` for each W of ``--workers``: tiles/s over
   ``--batches`` batches after a warm-up of 2 batches, plus 7 per worker (worker
@@ -50,7 +53,8 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, format_table, MiB, parser, write_json  # noqa: E402
+from common import (environment, exact_decoders, format_table, MiB, parser,  # noqa: E402
+                    write_json)
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
@@ -98,10 +102,12 @@ def write_dataset(folder: str, n_records: int, pool: list) -> tilespec.Dataset:
 
 
 # ------------------------------------------------------------------ workloads
-def bare_loop(jpegs: list, steps: list) -> None:
-    """Decode + the torch ops of each tile's drawn steps + standardize."""
+def bare_loop(jpegs: list, steps: list, decode=None) -> None:
+    """Decode (default: the loader's Pillow decode) + the torch ops of each tile's drawn
+    steps + standardize."""
+    decode = decode or _decode
     for data, st in zip(jpegs, steps):
-        arr = _decode(data)
+        arr = decode(data)
         if arr.flags.writeable:
             x = torch.from_numpy(arr)
         else:  # a read-only decoder view, as the loader sees it (not written to)
@@ -114,22 +120,31 @@ def bare_loop(jpegs: list, steps: list) -> None:
         ops.standardize(x, "unit")
 
 
+def decoders(jpegs: list) -> tuple:
+    """``({name: decode}, {name: why not})``: the loader's Pillow decode as 'pillow' and
+    every faster decoder whose pixels equal Pillow's on ``jpegs`` (issue 18: the limit
+    is the fastest of these, Pillow's loop shown beside it)."""
+    exact, inexact = exact_decoders(jpegs)
+    return dict(exact, pillow=_decode), inexact
+
+
 def _bare_worker(args):
-    jpegs, steps = args
+    jpegs, steps, name = args
     torch.set_num_threads(1)
-    bare_loop(jpegs[:BATCH], steps[:BATCH])
+    decode = decoders(jpegs[:1])[0][name]
+    bare_loop(jpegs[:BATCH], steps[:BATCH], decode)
     t0 = time.perf_counter()
-    bare_loop(jpegs, steps)
+    bare_loop(jpegs, steps, decode)
     return time.perf_counter() - t0
 
 
-def bare_parallel(jpegs: list, steps: list, processes: int) -> float:
+def bare_parallel(jpegs: list, steps: list, processes: int, decoder: str = "pillow") -> float:
     """Aggregate tiles/s of ``processes`` bare loops running at the same time (forked
     processes): what the machine gives W processes right now."""
     import multiprocessing as mp
 
     with mp.get_context("fork").Pool(processes) as pool:
-        times = pool.map(_bare_worker, [(jpegs, steps)] * processes)
+        times = pool.map(_bare_worker, [(jpegs, steps, decoder)] * processes)
     return processes * len(jpegs) / max(times)
 
 
@@ -179,7 +194,7 @@ def loader_run(ds, workers: int, batches: int) -> tuple:
     return dt, peak, main_cpu, tree
 
 
-def paired_run(ds, jpegs: list, steps: list, pairs: int, chunk: int) -> list:
+def paired_run(ds, jpegs: list, steps: list, pairs: int, chunk: int, decode=None) -> list:
     """In-process loader (num_workers=0) against the bare loop, alternating: ``pairs``
     times, ``chunk`` batches' worth of bare loop then ``chunk`` loader batches (about
     half a second each). Returns each pair's loader/bare tiles/s ratio: runs moments
@@ -193,7 +208,7 @@ def paired_run(ds, jpegs: list, steps: list, pairs: int, chunk: int) -> list:
     for p in range(pairs):
         a = (p * n) % max(1, len(jpegs) - n)
         t0 = time.perf_counter()
-        bare_loop(jpegs[a:a + n], steps[a:a + n])
+        bare_loop(jpegs[a:a + n], steps[a:a + n], decode)
         bare = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(chunk):
@@ -238,24 +253,37 @@ def run(args) -> dict:
         n_bare = args.batches * BATCH
         jpegs = [pool[i % len(pool)] for i in range(n_bare)]
         steps = draw_augmentations(AUGMENT, stream_key(0, 0, 0), np.arange(n_bare)).steps
-        bare_loop(jpegs[:BATCH], steps[:BATCH])                       # warm-up
+        decode, inexact = decoders(pool)
+        for name, why in inexact.items():
+            print(f"decoder {name}: NOT exact ({why}): not a limit")
+        for d in decode.values():
+            bare_loop(jpegs[:BATCH], steps[:BATCH], d)                # warm-up
         # Repeats interleave the bare loop and the loaders, so each repeat's fraction
         # compares runs made moments apart (the machine's speed drifts by 20-50%).
-        bare_times, bare_cpu = [], []
+        bare_all = {name: ([], []) for name in decode}   # wall, CPU times per decoder
         runs = {w: [] for w in args.workers}
         for _ in range(args.repeats):
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            bare_loop(jpegs, steps)
-            bare_times.append(time.perf_counter() - t0)
-            bare_cpu.append(time.process_time() - c0)
+            for name, d in decode.items():
+                c0 = time.process_time()
+                t0 = time.perf_counter()
+                bare_loop(jpegs, steps, d)
+                bare_all[name][0].append(time.perf_counter() - t0)
+                bare_all[name][1].append(time.process_time() - c0)
             for w in args.workers:
                 runs[w].append(loader_run(ds, w, args.batches))
                 if log:
                     print(f"  workers={w}: {args.batches * BATCH / runs[w][-1][0]:,.0f} tiles/s "
-                          f"(bare {n_bare / bare_times[-1]:,.0f})", file=log)
+                          f"(bare {n_bare / min(t[-1] for t, _ in bare_all.values()):,.0f})",
+                          file=log)
+        # the limit: the fastest exact decoder's bare loop
+        best = min(bare_all, key=lambda k: statistics.median(bare_all[k][0]))
+        bare_times, bare_cpu = bare_all[best]
         bare_rate = n_bare / statistics.median(bare_times)
-        rows, results = [], {"bare_tiles_per_s_per_core": bare_rate, "bare_times_s": bare_times}
+        rows, results = [], {"bare_tiles_per_s_per_core": bare_rate, "bare_times_s": bare_times,
+                             "limit_decoder": best, "inexact_decoders": inexact,
+                             "bare_by_decoder": {k: {"tiles_per_s": n_bare / statistics.median(t),
+                                                     "times_s": t, "cpu_times_s": c}
+                                                 for k, (t, c) in bare_all.items()}}
         for w in args.workers:
             times = [r[0] for r in runs[w]]
             peaks = [r[1] for r in runs[w]]
@@ -265,7 +293,7 @@ def run(args) -> dict:
                          for dt, bt in zip(times, bare_times)]
             rate = args.batches * BATCH / statistics.median(times)
             limit = bare_rate * max(1, w)
-            par = bare_parallel(jpegs, steps, w) if w > 1 else None
+            par = bare_parallel(jpegs, steps, w, best) if w > 1 else None
             frac = statistics.median(fractions)
             # CPU: bare CPU seconds per tile over the loader's (main + workers), per
             # repeat: what reading, parsing, sampling, batching and transport add,
@@ -287,9 +315,12 @@ def run(args) -> dict:
                          "-" if par is None else f"{par:,.0f} ({100 * rate / par:.0f}%)",
                          f"{100 * statistics.median(cpus):.0f}%", f"{max(peaks) / MiB:.0f}",
                          f"{(max(times) - min(times)) / statistics.median(times) * 100:.0f}%"])
-        rows.insert(0, ["bare decode+ops, 1 core", f"{bare_rate:,.0f}", "-", "-", "-", "-",
-                        "-", "-",
-                        f"{(max(bare_times) - min(bare_times)) / statistics.median(bare_times) * 100:.0f}%"])
+        for k, name in enumerate(bare_all):
+            t = bare_all[name][0]
+            rows.insert(k, [f"bare {name} decode+ops, 1 core" + (" (limit)" if name == best
+                                                                 else ""),
+                            f"{n_bare / statistics.median(t):,.0f}", "-", "-", "-", "-", "-",
+                            "-", f"{(max(t) - min(t)) / statistics.median(t) * 100:.0f}%"])
         print(f"{args.records} records, 256x256 JPEG q{QUALITY} (mean {np.mean(sizes) / 1e3:.1f} kB,"
               f" {min(sizes) / 1e3:.1f}-{max(sizes) / 1e3:.1f}), batch {BATCH}, augment "
               f"'{AUGMENT}' + standardize 'unit', {args.batches} batches per run, median of "
@@ -299,7 +330,7 @@ def run(args) -> dict:
                             "W bare loops at once", "main CPU", "peak RSS MiB", "spread"],
                            rows))
         if args.pairs and 0 in args.workers:
-            ratios = paired_run(ds, jpegs, steps, args.pairs, args.chunk)
+            ratios = paired_run(ds, jpegs, steps, args.pairs, args.chunk, decode[best])
             q = np.percentile(ratios, [25, 75])
             results["paired_workers_0"] = {"ratios": ratios, "median": statistics.median(ratios)}
             print(f"num_workers=0 paired with the bare loop ({args.pairs} pairs of {args.chunk} "
