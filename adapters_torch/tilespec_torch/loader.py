@@ -5,7 +5,8 @@ is augmented comes from the reference unchanged: :class:`tilespec.NumpyLoader`
 validates the options and holds the plan (:class:`tilespec.sampling.StreamPlan`),
 the pipeline and its draws; :func:`tilespec.sampling.worker_batches` says which
 batches a worker makes; the reference's item maker reads, decodes, looks up
-labels and handles ``on_error``.
+labels and handles ``on_error``; the image pipeline is the reference's
+:meth:`tilespec.pipeline.Pipeline.apply` run with :mod:`tilespec_torch.ops`.
 
 This module holds the torch side of that: :class:`TorchPipeline` (HWC array in,
 CHW tensor out), the batching (:class:`TensorStacker`, :func:`collate`), the
@@ -18,6 +19,7 @@ is :mod:`tilespec_torch.memory`'s.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import warnings
@@ -33,6 +35,7 @@ from tilespec.pipeline import check_bool
 from tilespec.sampling import worker_batches
 
 from . import ops
+from .checks import check_image
 from .memory import SlotTable, WorkerPool, batch_tensor
 
 #: Options of ``Dataset.torch()`` that go to ``torch.utils.data.DataLoader``; the rest
@@ -46,16 +49,21 @@ class TorchPipeline:
 
     ``apply(hwc_uint8_numpy, steps, stain_z)`` takes the decoded image and the
     reference's drawn steps and returns a CHW tensor: uint8, or float32 when
-    standardized. Order (spec/images.md, "Pipeline order"): crop, resize, stain
-    normalization (+ augmentation), steps in string order, transform (given the
-    CHW uint8 tensor), standardize.
+    standardized. The steps and their order are the reference's
+    :meth:`~tilespec.pipeline.Pipeline.apply` run with :mod:`tilespec_torch.ops`
+    (spec/images.md, "Pipeline order"; the transform is given the CHW uint8 tensor);
+    around it, this class turns the HWC array into a CHW view and makes the result a
+    contiguous tensor of its own. With ``defer_standardize`` (batched loaders) the
+    standardization is left to :func:`collate`, which writes each image straight into
+    the batch tensor (no per-item float copy); the image is checked here, per item.
     """
 
     def __init__(self, pipeline, defer_standardize: bool = False):
         self.pipeline = pipeline
-        # Batched loaders standardize in :func:`collate`, writing each image straight
-        # into the batch tensor (no per-item float copy).
         self.defer_standardize = bool(defer_standardize)
+        self._per_item = pipeline   # the part of the pipeline run per item
+        if self.defer_standardize and pipeline.standardize is not None:
+            self._per_item = dataclasses.replace(pipeline, standardize=None)
 
     def __getattr__(self, name):  # the reference pipeline's options (transform, augment, ...)
         if name == "pipeline":
@@ -63,34 +71,18 @@ class TorchPipeline:
         return getattr(self.pipeline, name)
 
     def apply(self, img, steps, stain_z=None) -> torch.Tensor:
-        p = self.pipeline
         if img.flags.writeable:
             x = torch.from_numpy(img)
         else:  # a read-only decoder view: no op here writes into it; the result is a copy
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 x = torch.from_numpy(img)
-        x = x.permute(2, 0, 1)
-        if p.crop_width is not None:
-            x = ops.crop(x, p.crop_left, p.crop_width)
-        if p.resize_target is not None:
-            x = ops.resize(x, p.resize_target, p.resize_method, p.resize_aa)
-        if p.normalizer is not None:
-            delta = None
-            if "n" in p.augment:
-                from tilespec.stain import draw_stain_perturbation
-                delta = draw_stain_perturbation(p.normalizer, stain_z)
-            x = ops.stain_normalize(p.normalizer, x.contiguous(), perturbation=delta)
-        for step in steps:
-            x = getattr(ops, step.op)(x, *step.args)
-        if p.transform is not None:
-            x = p.transform(x)
-        if p.standardize is not None:
-            if self.defer_standardize:   # standardized by collate; fail here, per item
-                return ops._check_image(x, "the image before standardization")
-            x = ops.standardize(x, p.standardize)
-        elif self.defer_standardize and isinstance(x, torch.Tensor):
-            return x                     # collate copies it into the batch
+        x = self._per_item.apply(x.permute(2, 0, 1), steps, stain_z, ops=ops)
+        if self.defer_standardize:
+            if self.pipeline.standardize is not None:   # standardized by collate
+                return check_image(x, "the image before standardization")
+            if isinstance(x, torch.Tensor):
+                return x                     # collate copies it into the batch
         if isinstance(x, torch.Tensor):
             x = x.contiguous()
             if x.data_ptr() == _data_ptr(img):

@@ -217,7 +217,11 @@ def stain_normalize(normalizer, img, *, perturbation=None) -> torch.Tensor:
     Torch ops (:func:`tilespec_torch.stain.transform`): the reference's formulas with
     per-pixel arithmetic in float32, within spec/stain.md, "Conformance (adapters)" of
     the reference (Reinhard 1 grey level, Macenko 2). With ``perturbation`` (the deltas
-    of :func:`tilespec.stain.draw_stain_perturbation`) it applies stain augmentation."""
+    of :func:`tilespec.stain.draw_stain_perturbation`) it applies stain augmentation.
+    The image is normalized as a contiguous tensor, so the result does not depend on
+    its strides."""
+    if isinstance(img, torch.Tensor):
+        img = img.contiguous()
     return stain.transform(normalizer, img, perturbation=perturbation)
 
 
