@@ -327,9 +327,10 @@ class TorchLoader(_ReferenceState, DataLoader):
     Yields ``(image, label[, slide][, loc_x, loc_y])`` items or batches, images CHW
     (N, 3, H, W when batched) uint8 (the default, ``standardize=False``), or float32
     when standardized. The stream is the
-    reference's for any ``num_workers``. Also exposes ``seed``, ``state_dict()``,
-    ``load_state_dict()``, ``len()`` (positions or batches per epoch, as the
-    reference), ``skipped`` (records skipped with on_error='skip', from every worker)
+    reference's for any ``num_workers``. Also exposes ``seed``, ``epoch``,
+    ``position``, ``state_dict()``, ``load_state_dict()``, ``len()`` (positions or
+    batches per epoch, as the reference), ``skipped`` and ``num_skipped`` (records
+    skipped with on_error='skip', from every worker), ``num_padded``, ``num_dropped``
     and ``reference`` (the :class:`tilespec.NumpyLoader` with the same options).
     """
 

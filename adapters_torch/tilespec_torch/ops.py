@@ -11,6 +11,10 @@ rounding). Weight matrices and kernels are taken from the reference
 recomputed. JPEG goes through Pillow via the reference.
 
 ``from_numpy`` and ``to_numpy`` convert at the boundary (HWC NumPy <-> CHW torch).
+``stain_normalize`` is the torch stain normalization of :mod:`tilespec_torch.stain`.
+This module is the ops namespace of the ``tilespec_ops`` hook, which the loader hands
+to the reference's :meth:`tilespec.pipeline.Pipeline.apply` (spec/images.md,
+"Pipeline order").
 """
 
 from __future__ import annotations
