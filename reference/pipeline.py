@@ -6,7 +6,9 @@ augmentations in string order -> transform -> standardize.
 
 :class:`Pipeline` holds the validated options; :meth:`Pipeline.draw` draws
 the random parameters of a block of positions (pure, keyed); and
-:meth:`Pipeline.apply` is the deterministic rest.
+:meth:`Pipeline.apply` is the deterministic rest, the one place that order is
+written: it runs with the ops of any backend whose ops take eager images (``ops=``:
+:mod:`tilespec.ops` by default, ``tilespec_torch.ops`` in the PyTorch adapter).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import ops
+from . import ops as reference_ops
 from .augment import Draws, apply_steps, draw_augmentations, parse_augment
 from .images import decode_image
 
@@ -52,6 +54,16 @@ def check_bool(name: str, value) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+def stain_normalize(normalizer, img, *, perturbation=None):
+    """Stain normalization as an ops namespace provides it (:meth:`Pipeline.apply`):
+    ``normalizer.transform(img)``, with stain augmentation by ``perturbation`` (deltas
+    of :func:`tilespec.stain.draw_stain_perturbation`) when given (spec/stain.md,
+    "Transform"). The reference's, for an ops namespace without its own."""
+    if perturbation is None:
+        return normalizer.transform(img)
+    return normalizer.transform(img, augment=True, perturbation=perturbation)
 
 
 @dataclass(frozen=True)
@@ -111,25 +123,44 @@ class Pipeline:
         """The random parameters of ``positions`` under stream key ``key`` (pure)."""
         return draw_augmentations(self.augment, key, positions, self.stain_draws)
 
-    def geometry(self, img: np.ndarray) -> np.ndarray:
-        """Crop, then resize (uint8 -> uint8)."""
+    def geometry(self, img, ops=None):
+        """Crop, then resize (uint8 -> uint8), with ``ops`` (default :mod:`tilespec.ops`)."""
+        ops = reference_ops if ops is None else ops
         if self.crop_width is not None:
             img = ops.crop(img, self.crop_left, self.crop_width)
         if self.resize_target is not None:
             img = ops.resize(img, self.resize_target, self.resize_method, self.resize_aa)
         return img
 
-    def apply(self, img: np.ndarray, steps, stain_z=None) -> np.ndarray:
-        """Everything after decode, for one HWC uint8 image and its drawn parameters."""
-        img = self.geometry(img)
+    def apply(self, img, steps, stain_z=None, ops=None):
+        """Everything after decode, for one uint8 image and its drawn parameters, in the
+        order of spec/images.md, "Pipeline order": crop, resize, stain normalization
+        (with the perturbation of ``stain_z`` when the augmentation string has 'n'),
+        the drawn ``steps`` in string order, ``transform``, standardize.
+
+        ``ops``: the image operations to run them with, an ops namespace of
+        spec/adapters.md, "Hooks" (``tilespec_ops``) whose ops take and return eager
+        images of one layout; default :mod:`tilespec.ops` (HWC NumPy arrays). It must
+        have ``crop`` and ``resize`` (when the pipeline crops or resizes), every op a
+        step names (:func:`tilespec.augment.apply_steps`) and ``standardize(img, mode)``
+        (when the pipeline standardizes); for stain normalization it may have
+        ``stain_normalize(normalizer, img, *, perturbation=None)`` (the normalized
+        image; with ``perturbation``, the deltas of
+        :func:`tilespec.stain.draw_stain_perturbation`, stain augmentation), else
+        :func:`stain_normalize` (the reference's transform) serves. The transform gets
+        the image in that layout. The perturbation is drawn here, by the reference, for
+        every backend.
+        """
+        ops = reference_ops if ops is None else ops
+        img = self.geometry(img, ops)
         if self.normalizer is not None:
+            delta = None
             if "n" in self.augment:
                 from .stain import draw_stain_perturbation
                 delta = draw_stain_perturbation(self.normalizer, stain_z)
-                img = self.normalizer.transform(img, augment=True, perturbation=delta)
-            else:
-                img = self.normalizer.transform(img)
-        img = apply_steps(img, steps)
+            normalize = getattr(ops, "stain_normalize", stain_normalize)
+            img = normalize(self.normalizer, img, perturbation=delta)
+        img = apply_steps(img, steps, ops=ops)
         if self.transform is not None:
             img = self.transform(img)
         if self.standardize is not None:
@@ -141,4 +172,4 @@ class Pipeline:
         return self.apply(decode_image(image_bytes), steps, stain_z)
 
 
-__all__ = ["Pipeline", "resolve_standardize", "check_bool", "STANDARDIZE_MODES", "RESIZE_METHODS"]
+__all__ = ["Pipeline", "stain_normalize", "resolve_standardize", "check_bool", "STANDARDIZE_MODES", "RESIZE_METHODS"]

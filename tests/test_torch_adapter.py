@@ -249,9 +249,9 @@ def test_hooks_answer_only_for_torch(ds):
 
 # -------------------------------------------------------------------- batch memory
 def test_batch_buffers_are_reused_only_when_no_tensor_uses_them():
-    from tilespec_torch.loader import _BufferPool
+    from tilespec_torch.memory import BufferPool
 
-    pool = _BufferPool(keep=2)
+    pool = BufferPool(keep=2)
     shape = (8, 3, 128, 128)                       # 1.5 MiB of float32 -> 4 MiB below
     a = pool.tensor((16,) + shape[1:], torch.float32)
     a.fill_(1.0)
@@ -344,10 +344,10 @@ def test_a_tile_of_another_dtype_is_stacked_as_torch_stacks_it(ds):
 
 
 def test_a_dropped_worker_batch_frees_its_buffer_slot():
-    from tilespec_torch.loader import _WorkerPool
+    from tilespec_torch.memory import WorkerPool
 
     flags = torch.zeros((2, 3), dtype=torch.int64)
-    pool = _WorkerPool(flags, 1, generation=7)
+    pool = WorkerPool(flags, 1, generation=7)
     pool.tensor((4, 3, 32, 32), torch.float32)
     _, slot, token = pool.last
     assert int(flags[1, slot]) == token != 0

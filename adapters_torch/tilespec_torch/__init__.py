@@ -1,10 +1,15 @@
-"""PyTorch adapter for tilespec (spec/adapter_torch.md).
+"""PyTorch adapter for tilespec (spec/adapter_torch.md): its hooks (spec/adapters.md,
+"Hooks").
 
 Registered under the entry-point group ``tilespec.adapters`` as the backend
 ``"torch"``: ``Dataset.torch(**options)`` returns a
 :class:`tilespec_torch.loader.TorchLoader` (a ``torch.utils.data.DataLoader``),
 ``tilespec_torch.IndexedInterleaver`` is the map-style dataset, and
-``tilespec_torch.ops`` the image operations on CHW tensors.
+``tilespec_torch.ops`` the image operations on CHW tensors. The package's modules:
+``loader`` (loaders and batching), ``memory`` (batch memory), ``ops`` (image
+operations), ``stain`` (stain normalization behind ``ops.stain_normalize``),
+``checks`` (the native image check they share) and ``train`` (the trainer of
+``Project.train(backend='torch')``).
 
 This module imports torch only when a hook needs it, so discovering adapters
 (``tilespec adapters``) stays fast.

@@ -5,19 +5,24 @@ is augmented comes from the reference unchanged: :class:`tilespec.NumpyLoader`
 validates the options and holds the plan (:class:`tilespec.sampling.StreamPlan`),
 the pipeline and its draws; :func:`tilespec.sampling.worker_batches` says which
 batches a worker makes; the reference's item maker reads, decodes, looks up
-labels and handles ``on_error``. This module only swaps the image pipeline for
-its torch form (:class:`TorchPipeline`, using :mod:`tilespec_torch.ops`) and
-wires the stream into ``torch.utils.data``.
+labels and handles ``on_error``; the image pipeline is the reference's
+:meth:`tilespec.pipeline.Pipeline.apply` run with :mod:`tilespec_torch.ops`.
+
+This module holds the torch side of that: :class:`TorchPipeline` (HWC array in,
+CHW tensor out), the batching (:class:`TensorStacker`, :func:`collate`), the
+stream as an ``IterableDataset`` made by DataLoader workers (:class:`TileStream`),
+the loader (:class:`TorchLoader`, ``Dataset.torch()``) and the map-style
+:class:`IndexedInterleaver`. Where batch memory comes from and when it is reused
+is :mod:`tilespec_torch.memory`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
-import mmap
 import os
-import sys
 import warnings
-import weakref
 
 import numpy as np
 import torch
@@ -30,6 +35,8 @@ from tilespec.pipeline import check_bool
 from tilespec.sampling import worker_batches
 
 from . import ops
+from .checks import check_image
+from .memory import SlotTable, WorkerPool, batch_tensor
 
 #: Options of ``Dataset.torch()`` that go to ``torch.utils.data.DataLoader``; the rest
 #: are the reference loader's (spec/sampling.md, "Loaders").
@@ -42,16 +49,21 @@ class TorchPipeline:
 
     ``apply(hwc_uint8_numpy, steps, stain_z)`` takes the decoded image and the
     reference's drawn steps and returns a CHW tensor: uint8, or float32 when
-    standardized. Order (spec/images.md, "Pipeline order"): crop, resize, stain
-    normalization (+ augmentation), steps in string order, transform (given the
-    CHW uint8 tensor), standardize.
+    standardized. The steps and their order are the reference's
+    :meth:`~tilespec.pipeline.Pipeline.apply` run with :mod:`tilespec_torch.ops`
+    (spec/images.md, "Pipeline order"; the transform is given the CHW uint8 tensor);
+    around it, this class turns the HWC array into a CHW view and makes the result a
+    contiguous tensor of its own. With ``defer_standardize`` (batched loaders) the
+    standardization is left to :func:`collate`, which writes each image straight into
+    the batch tensor (no per-item float copy); the image is checked here, per item.
     """
 
     def __init__(self, pipeline, defer_standardize: bool = False):
         self.pipeline = pipeline
-        # Batched loaders standardize in :func:`collate`, writing each image straight
-        # into the batch tensor (no per-item float copy).
         self.defer_standardize = bool(defer_standardize)
+        self._per_item = pipeline   # the part of the pipeline run per item
+        if self.defer_standardize and pipeline.standardize is not None:
+            self._per_item = dataclasses.replace(pipeline, standardize=None)
 
     def __getattr__(self, name):  # the reference pipeline's options (transform, augment, ...)
         if name == "pipeline":
@@ -59,34 +71,18 @@ class TorchPipeline:
         return getattr(self.pipeline, name)
 
     def apply(self, img, steps, stain_z=None) -> torch.Tensor:
-        p = self.pipeline
         if img.flags.writeable:
             x = torch.from_numpy(img)
         else:  # a read-only decoder view: no op here writes into it; the result is a copy
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 x = torch.from_numpy(img)
-        x = x.permute(2, 0, 1)
-        if p.crop_width is not None:
-            x = ops.crop(x, p.crop_left, p.crop_width)
-        if p.resize_target is not None:
-            x = ops.resize(x, p.resize_target, p.resize_method, p.resize_aa)
-        if p.normalizer is not None:
-            delta = None
-            if "n" in p.augment:
-                from tilespec.stain import draw_stain_perturbation
-                delta = draw_stain_perturbation(p.normalizer, stain_z)
-            x = ops.stain_normalize(p.normalizer, x.contiguous(), perturbation=delta)
-        for step in steps:
-            x = getattr(ops, step.op)(x, *step.args)
-        if p.transform is not None:
-            x = p.transform(x)
-        if p.standardize is not None:
-            if self.defer_standardize:   # standardized by collate; fail here, per item
-                return ops._check_image(x, "the image before standardization")
-            x = ops.standardize(x, p.standardize)
-        elif self.defer_standardize and isinstance(x, torch.Tensor):
-            return x                     # collate copies it into the batch
+        x = self._per_item.apply(x.permute(2, 0, 1), steps, stain_z, ops=ops)
+        if self.defer_standardize:
+            if self.pipeline.standardize is not None:   # standardized by collate
+                return check_image(x, "the image before standardization")
+            if isinstance(x, torch.Tensor):
+                return x                     # collate copies it into the batch
         if isinstance(x, torch.Tensor):
             x = x.contiguous()
             if x.data_ptr() == _data_ptr(img):
@@ -111,7 +107,7 @@ _MOVES = ("flip_left_right", "flip_up_down", "rot90")
 
 def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS):
     """The torch item maker's decode (bytes, drawn steps) -> HWC image: plane by plane
-    (:func:`tilespec.loader.decode_planar`); transposed when the tile's steps only
+    (the reference's ``decode_planar``, spec/images.md); transposed when the tile's steps only
     flip and turn it by an odd multiple of 90 degrees and nothing comes before them
     (crop, resize, stain), so that ``torch.rot90`` of its CHW view is contiguous and
     the batch is filled without reading a transposed tile (bench/torch_loader.py).
@@ -136,73 +132,8 @@ def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS):
 
 def _labels(col):
     # labels are numbers, or equal-length sequences of them: checked when the loader
-    # is built (tilespec.loader.check_label_values), so the column is a numeric array
+    # is built (the reference's check_label_values), so the column is a numeric array
     return torch.from_numpy(np.ascontiguousarray(np.asarray(col)))
-
-
-def _batch_tensor(shape, dtype) -> torch.Tensor:
-    """An uninitialized tensor; in a DataLoader worker its storage is shared memory,
-    so sending the batch to the main process copies nothing (as torch's default
-    collate does)."""
-    if get_worker_info() is None:
-        return _main_tensor(shape, dtype)
-    proto = torch.empty(0, dtype=dtype)
-    numel = 1
-    for d in shape:
-        numel *= d
-    storage = proto._typed_storage()._new_shared(numel, device=proto.device)
-    return proto.new(storage).resize_(*shape)
-
-
-_HUGE = 2 << 20
-_HAVE_MADV_HUGEPAGE = all(hasattr(mmap, n) for n in ("MADV_HUGEPAGE", "MAP_PRIVATE",
-                                                      "MAP_ANONYMOUS"))
-
-
-class _BufferPool:
-    """Batch memory for the main process, recycled once no tensor uses it.
-
-    Every batch of a loader is new memory; on a virtual machine faulting in 50 MB
-    of fresh pages per batch costs more than decoding the tiles
-    (bench/torch_loader.py). So batches of 2 MiB or more live in private anonymous
-    mappings (advised to use transparent huge pages) that are reused: a tensor made
-    with ``torch.frombuffer`` holds a buffer export of its mapping, released when
-    the last tensor or view of that storage is freed, so a mapping whose only
-    reference is the pool's is free. At most ``keep`` mappings per size are kept.
-    """
-
-    def __init__(self, keep: int = 4):
-        self.keep = keep
-        self._free: dict = {}
-
-    def tensor(self, shape, dtype) -> torch.Tensor:
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-        if nbytes < _HUGE or not _HAVE_MADV_HUGEPAGE:
-            return torch.empty(shape, dtype=dtype)
-        maps = self._free.setdefault(nbytes, [])
-        for mm in maps:
-            if sys.getrefcount(mm) == 3:   # the list, the loop variable, the argument
-                break
-        else:
-            mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            try:
-                mm.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                pass
-            if len(maps) < self.keep:
-                maps.append(mm)
-        return torch.frombuffer(mm, dtype=dtype).view(shape)
-
-
-_POOL = _BufferPool()
-
-
-def _main_tensor(shape, dtype) -> torch.Tensor:
-    """An uninitialized batch tensor in the main process (see :class:`_BufferPool`)."""
-    return _POOL.tensor(shape, dtype)
 
 
 def _shape_error(first, k, shape) -> ValueError:
@@ -225,17 +156,19 @@ def stack_images(images, standardize=None, alloc=None) -> torch.Tensor:
 
 
 class TensorStacker:
-    """The torch form of :class:`tilespec.loader.ArrayStacker`: each CHW image goes
+    """The torch form of the reference's ``ArrayStacker``: each CHW image goes
     into its row of an (n, 3, H, W) batch tensor as soon as it is made, standardized
     on the way when ``standardize`` names a mode (:func:`ops.standardize` with
     ``out=``: one pass over the tile while it is in cache, no per-tile float copy).
-    ``alloc(shape, dtype)`` gives the batch tensor (a worker's shared-memory pool);
-    ``release()``, when given, is called if the batch is dropped."""
+    ``alloc(shape, dtype)`` gives the batch tensor (default
+    :func:`tilespec_torch.memory.batch_tensor`; in a worker its
+    :meth:`~tilespec_torch.memory.WorkerPool.tensor`); ``release()``, when given, is
+    called if the batch is dropped (the images taken back)."""
 
     def __init__(self, n: int, standardize=None, alloc=None, release=None):
         self.n = n
         self.standardize = standardize
-        self.alloc = alloc or _batch_tensor
+        self.alloc = alloc or batch_tensor
         self.release = release
         self.out = None
 
@@ -289,105 +222,30 @@ def collate(items, standardize=None, alloc=None, images=None):
     return tuple(out)
 
 
-class _WorkerPool:
-    """Shared-memory batch buffers of one DataLoader worker, reused once the main
-    process has freed every tensor and view of the batch that used them.
-
-    ``flags`` (a (workers, slots) int64 tensor in shared memory) holds, per slot,
-    0 when free or the token of the batch using it. The worker takes a free slot and
-    writes a new token; the main process attaches a finalizer to the batch's storage
-    that writes 0 back only if the slot still holds that token (tokens carry the
-    iteration's generation, so a batch kept from an earlier iteration never frees a
-    slot of a later one). With no free slot the batch gets fresh shared memory.
-    Fresh pages per batch are what this avoids: on a virtual machine faulting in
-    50 MB per batch costs about as much as decoding the batch (bench/torch_loader.py).
-    """
-
-    def __init__(self, flags: torch.Tensor, worker: int, generation: int):
-        self.flags = flags[worker]
-        self.worker = worker
-        self.slots = [None] * len(self.flags)
-        self.base = (int(generation) & 0x7FFFFFFF) << 32
-        self.count = 0
-        self.last = None
-
-    def tensor(self, shape, dtype) -> torch.Tensor:
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-        self.last = None
-        for i in range(len(self.slots)):
-            if int(self.flags[i]) == 0:
-                buf = self.slots[i]
-                if buf is None or buf.numel() < nbytes:
-                    buf = self.slots[i] = _batch_tensor((nbytes,), torch.uint8)
-                self.count += 1
-                token = self.base | (self.count & 0xFFFFFFFF)
-                self.flags[i] = token
-                self.last = (self.worker, i, token)
-                return buf[:nbytes].view(dtype).view(shape)
-        return _batch_tensor(shape, dtype)
-
-    def release_last(self) -> None:
-        """Free the slot of the last batch tensor handed out (a batch not sent)."""
-        if self.last is not None:
-            _, slot, token = self.last
-            if int(self.flags[slot]) == token:
-                self.flags[slot] = 0
-            self.last = None
-
-
-def _release(flags: torch.Tensor, worker: int, slot: int, token: int) -> None:
-    if int(flags[worker, slot]) == token:
-        flags[worker, slot] = 0
-
-
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
-
-
-class _HeldSlots:
-    """The main process's side of the workers' batch slots (see :class:`_WorkerPool`).
-
-    Torch maps a shared-memory batch into the main process when it arrives and
-    unmaps it when the batch's storage dies, so a slot's next batch is mapped
-    afresh and the caller's first read of it page-faults (770 faults, 3.3 ms more
-    per 50 MB batch: bench/torch_loader.py). This keeps each slot's storage, so
-    torch finds it again (its shared-memory cache is keyed by the file) and the
-    mapping stays. The slot is released, as by the finalizer it replaces, once no
-    tensor but this holder uses the storage; checked whenever a batch arrives.
-    Not used with ``pin_memory`` (the caller gets pinned copies; the finalizer on
-    them releases the slot).
-    """
-
-    def __init__(self, flags: torch.Tensor):
-        self.flags = flags
-        self.held: dict = {}    # (worker, slot) -> [storage, token or 0 once released]
-
-    def received(self, tensor: torch.Tensor, worker: int, slot: int, token: int) -> None:
-        self.held[(worker, slot)] = [tensor.untyped_storage(), token]
-
-    def release_unused(self) -> None:
-        for (w, i), entry in self.held.items():
-            storage, token = entry
-            if token and _use_count(storage._cdata) <= 1:
-                _release(self.flags, w, i, token)
-                entry[1] = 0
-
-
 def _identity(x):
     return x
+
+
+@contextlib.contextmanager
+def _no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 class TileStream(IterableDataset):
     """One rank's stream as a torch IterableDataset (spec/adapter_torch.md, "Workers").
 
-    Yields ``(b, payload, skipped)``: the batch index b, the batch (or item when
-    unbatched; None when every record of it was skipped) and the records skipped
-    in it. Inside DataLoader worker w of W it makes the batches b with
-    ``b mod W == w`` (:func:`tilespec.sampling.worker_batches`), so the
-    DataLoader's round-robin over workers yields batch 0, 1, 2, ... in order.
-    :class:`TorchLoader` unwraps the triples.
+    Yields ``(b, payload, (skipped, counted), slot)``: the batch index b; the batch
+    (or the item when unbatched; None when every record of it was skipped); the
+    records skipped in it (the skip log's new entries, dicts of position, path,
+    record and error) and how many were skipped (the log keeps at most tilespec's
+    SKIP_LOG_LIMIT); and the batch's shared-memory slot ``(worker, slot, token)``,
+    or None when it has none (:mod:`tilespec_torch.memory`). From start batch s,
+    DataLoader worker w of W makes the batches b with ``b mod W == (w + s) mod W``
+    (:func:`tilespec.sampling.worker_batches`), so the DataLoader's round-robin over
+    workers yields batch s, s + 1, s + 2, ... in order. :class:`TorchLoader` unwraps
+    the four values.
     """
 
     def __init__(self, reference: NumpyLoader, shared_state: bool = False,
@@ -397,7 +255,7 @@ class TileStream(IterableDataset):
         self._state = torch.zeros(4, dtype=torch.int64)
         if shared_state:
             self._state.share_memory_()
-        self.flags = flags          # slots of the workers' buffer pools (see _WorkerPool)
+        self.flags = flags          # the workers' slots (memory.SlotTable.flags)
 
     def set_state(self, seed: int, epoch: int, start_batch: int) -> None:
         self._state[0], self._state[1], self._state[2] = int(seed), int(epoch), int(start_batch)
@@ -410,7 +268,7 @@ class TileStream(IterableDataset):
         seed, epoch, start_batch, generation = (int(v) for v in self._state.tolist())
         pool = None
         if info is not None and self.flags is not None and w < len(self.flags):
-            pool = _WorkerPool(self.flags, w, generation)
+            pool = WorkerPool(self.flags, w, generation)
         plan = ref.plan(epoch, seed)
         total = None if ref.infinite else len(plan)
         batched = ref.batch_size is not None
@@ -425,20 +283,16 @@ class TileStream(IterableDataset):
                 n_skipped = len(maker.skipped)
                 n_counted = maker.num_skipped
                 if pool is not None:
-                    pool.last = None
+                    pool.start_batch()
                 stack = None
                 if batched:
                     stack = functools.partial(
                         TensorStacker, standardize=ref.pipeline.standardize,
                         alloc=pool and pool.tensor, release=pool and pool.release_last)
-                if info is None:
+                # in a worker, skips are reported (and warned about) by the main process
+                with _no_warnings() if info is not None else contextlib.nullcontext():
                     items, images = ref.make_items(start, stop, plan, owned=not batched,
                                                    stack=stack, maker=maker)
-                else:  # skips are reported (and warned about) by the main process
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        items, images = ref.make_items(start, stop, plan, owned=not batched,
-                                                       stack=stack, maker=maker)
                 payload = None
                 if items:               # the reference's rule: all owned records skipped
                     guard.reset()
@@ -473,9 +327,10 @@ class TorchLoader(_ReferenceState, DataLoader):
     Yields ``(image, label[, slide][, loc_x, loc_y])`` items or batches, images CHW
     (N, 3, H, W when batched) uint8 (the default, ``standardize=False``), or float32
     when standardized. The stream is the
-    reference's for any ``num_workers``. Also exposes ``seed``, ``state_dict()``,
-    ``load_state_dict()``, ``len()`` (positions or batches per epoch, as the
-    reference), ``skipped`` (records skipped with on_error='skip', from every worker)
+    reference's for any ``num_workers``. Also exposes ``seed``, ``epoch``,
+    ``position``, ``state_dict()``, ``load_state_dict()``, ``len()`` (positions or
+    batches per epoch, as the reference), ``skipped`` and ``num_skipped`` (records
+    skipped with on_error='skip', from every worker), ``num_padded``, ``num_dropped``
     and ``reference`` (the :class:`tilespec.NumpyLoader` with the same options).
     """
 
@@ -494,7 +349,7 @@ class TorchLoader(_ReferenceState, DataLoader):
         self.tile_batch_size = reference.batch_size
         self._skipped: list = []
         self._num_skipped = 0
-        self._held = None           # see _HeldSlots
+        self._slots = None          # the workers' batch slots (memory.SlotTable)
 
     # -- state (the reference's) ---------------------------------------------------------------
     @property
@@ -535,18 +390,14 @@ class TorchLoader(_ReferenceState, DataLoader):
         ref = self.reference
         B = ref.batch_size or 1
         total = None if ref.infinite else len(ref.plan(ref.epoch))
-        flags = self.dataset.flags
+        slots = getattr(self, "_slots", None)
         if self.num_workers and ref.batch_size is not None and (
-                flags is None or not self.persistent_workers):
+                slots is None or not self.persistent_workers):
             # New workers get new pools and new slots (persistent ones keep theirs); the
             # slots live as long as the loader's iteration or a batch that used them.
-            # Batches in flight per worker: prefetched, being pinned, held by the caller.
-            slots = (self.prefetch_factor or 2) + 3
-            flags = torch.zeros((self.num_workers, slots), dtype=torch.int64).share_memory_()
-            self.dataset.flags = flags
-            self._held = (_HeldSlots(flags) if _use_count is not None and not self.pin_memory
-                          else None)
-        held = getattr(self, "_held", None)
+            slots = self._slots = SlotTable(self.num_workers, self.prefetch_factor,
+                                            self.pin_memory)
+            self.dataset.flags = slots.flags
         self.dataset.set_state(ref.seed, ref.epoch, ref.position // B)
         it = super().__iter__()
         in_worker = self.num_workers > 0
@@ -554,13 +405,8 @@ class TorchLoader(_ReferenceState, DataLoader):
         try:
             for b, payload, (skipped, counted), slot in it:
                 self._num_skipped += counted
-                if held is not None:
-                    held.release_unused()
-                if slot is not None and payload is not None:
-                    if held is not None:
-                        held.received(payload[0], *slot)
-                    else:
-                        weakref.finalize(payload[0].untyped_storage(), _release, flags, *slot)
+                if slots is not None:
+                    slots.received(None if payload is None else payload[0], slot)
                 for s in skipped:
                     self._skipped.append(s)
                     if in_worker:
@@ -582,7 +428,7 @@ class TorchLoader(_ReferenceState, DataLoader):
                 if hasattr(it, "_shutdown_workers"):
                     it._shutdown_workers()
                 self.dataset.flags = None
-                self._held = None   # the workers' slots go with them; batches keep theirs
+                self._slots = None  # the workers' slots go with them; batches keep theirs
             del it
 
 

@@ -11,6 +11,10 @@ rounding). Weight matrices and kernels are taken from the reference
 recomputed. JPEG goes through Pillow via the reference.
 
 ``from_numpy`` and ``to_numpy`` convert at the boundary (HWC NumPy <-> CHW torch).
+``stain_normalize`` is the torch stain normalization of :mod:`tilespec_torch.stain`.
+This module is the ops namespace of the ``tilespec_ops`` hook, which the loader hands
+to the reference's :meth:`tilespec.pipeline.Pipeline.apply` (spec/images.md,
+"Pipeline order").
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import torch.nn.functional as F
 from tilespec import ops as _ref
 from tilespec.loader import NumpyLoader
 from tilespec.resize import check_method, nearest_index, weights_readonly
+
+from . import stain
+from .checks import check_image as _check_image
 
 layout = "CHW"
 #: What standardize=True means in this backend: the reference's mode (spec/adapter_torch.md,
@@ -53,22 +60,7 @@ def to_numpy(img) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(arr, -3, -1))
 
 
-# --------------------------------------------------------------------------- checks
-
-def _check_image(img, what="image"):
-    """Raise ValueError unless ``img`` is a CHW or NCHW uint8 RGB tensor."""
-    if not isinstance(img, torch.Tensor):
-        raise ValueError(f"{what} must be a torch tensor, got {type(img).__name__}")
-    if img.dim() not in (3, 4) or img.shape[-3] != 3:
-        raise ValueError(f"{what} must be CHW or NCHW RGB (channel axis 3), got shape "
-                         f"{tuple(img.shape)}")
-    if img.dtype != torch.uint8:
-        raise ValueError(f"{what} must have dtype torch.uint8, got {img.dtype} "
-                         f"(shape {tuple(img.shape)}){_ref.float_image_hint(img.dtype)}")
-    if img.shape[-2] == 0 or img.shape[-1] == 0:
-        raise ValueError(f"{what} is empty: shape {tuple(img.shape)}")
-    return img
-
+# --------------------------------------------------------------------------- uint8
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Round to nearest, ties to even (torch.round), clip to [0, 255], as uint8
@@ -229,8 +221,11 @@ def stain_normalize(normalizer, img, *, perturbation=None) -> torch.Tensor:
     Torch ops (:func:`tilespec_torch.stain.transform`): the reference's formulas with
     per-pixel arithmetic in float32, within spec/stain.md, "Conformance (adapters)" of
     the reference (Reinhard 1 grey level, Macenko 2). With ``perturbation`` (the deltas
-    of :func:`tilespec.stain.draw_stain_perturbation`) it applies stain augmentation."""
-    from . import stain
+    of :func:`tilespec.stain.draw_stain_perturbation`) it applies stain augmentation.
+    The image is normalized as a contiguous tensor, so the result does not depend on
+    its strides."""
+    if isinstance(img, torch.Tensor):
+        img = img.contiguous()
     return stain.transform(normalizer, img, perturbation=perturbation)
 
 

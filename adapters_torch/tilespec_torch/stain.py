@@ -54,7 +54,7 @@ from tilespec import colour as _colour
 from tilespec import stain as _stain
 from tilespec.stain import BlankImageError, StainNormalizationError
 
-from .ops import _check_image
+from .checks import check_image as _check_image
 
 #: Float type of the per-pixel arithmetic (float32 meets spec/stain.md, "Conformance
 #: (adapters)", and is about twice as fast as float64).
