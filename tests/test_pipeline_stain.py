@@ -19,8 +19,8 @@ import tilespec
 from tilespec import ops
 from tilespec.augment import apply_steps
 from tilespec.errors import ImageDecodeError
-from tilespec.loader import (PLAN_WINDOW, IndexedInterleaver, decode_into, decode_new,
-                             decode_planar, decode_view)
+from tilespec.images import decode_into, decode_new, decode_planar, decode_view
+from tilespec.loader import PLAN_WINDOW, IndexedInterleaver
 from tilespec.rng import augment_slot, normals, stream_key, uniforms
 from tilespec.stain import StainNormalizer, draw_stain_perturbation
 
