@@ -253,31 +253,18 @@ class NumpyLoader:
         """
         plan = plan or self._plan
         t, j = self._records(plan, start, stop)
-        n = len(t)
-        positions = plan.positions(start, start + n)
+        positions = plan.positions(start, start + len(t))
         draws = self.pipeline.draw(plan.key, positions)
-        stain = draws.stain
         maker = self._items if maker is None else maker
-        make = maker.make
-        stacker = stack(n) if stack is not None else None
-        direct = stacker is not None and maker.identity  # decode into the batch
-        out = []
+        batch = _Batch(None if stack is None else stack(len(t)), direct=maker.identity)
         for k, (tk, jk, pk) in enumerate(zip(t.tolist(), j.tolist(), positions.tolist())):
-            slot = stacker.slot(len(out)) if direct and stacker is not None else None
-            item = make(tk, jk, pk, draws.steps[k], None if stain is None else stain[k],
-                        owned=owned, into=slot)
-            if item is None:
-                continue
-            if stacker is not None:
-                if (slot is not None and item[0] is slot) or stacker.put(len(out), item[0]):
-                    item = (None,) + item[1:]
-                else:  # not stackable here: put the images back, collate decides
-                    out = [(img,) + it[1:] for img, it in zip(stacker.take_back(len(out)), out)]
-                    stacker = None
-            out.append(item)
-        if stacker is None or not out:
-            return out, None
-        return out, stacker.images(len(out))
+            slot = batch.slot()
+            item = maker.make(tk, jk, pk, draws.steps[k],
+                              None if draws.stain is None else draws.stain[k],
+                              owned=owned, into=slot)
+            if item is not None:
+                batch.add(item, slot)
+        return batch.items, batch.images()
 
     def progress_bar(self):
         """With ``progress=True``, a :class:`tilespec.progress.Progress` over this epoch's
@@ -332,6 +319,53 @@ class NumpyLoader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _Batch:
+    """The items of one :meth:`NumpyLoader.make_items` call as they are made, and with a
+    stacker their images (spec/sampling.md, "Loaders").
+
+    Without a stacker, items are kept as made. With one, each image goes into the
+    stacker as soon as its item is made (or was decoded straight into the slot the
+    stacker offered, when ``direct``: the maker does nothing after decode) and the
+    item keeps None in its place. Should the stacker refuse an image, every image
+    it took is put back into its item and the stacker is dropped: the items are
+    then exactly those made without one, and :func:`collate` stacks (or fails)
+    on its own.
+    """
+
+    def __init__(self, stacker, direct: bool):
+        self.items: list = []
+        self.stacker = stacker
+        self.direct = direct
+
+    def slot(self):
+        """The array the next item's image may be decoded into, or None."""
+        if self.stacker is None or not self.direct:
+            return None
+        return self.stacker.slot(len(self.items))
+
+    def add(self, item: tuple, slot) -> None:
+        """Keep ``item``, made with ``slot`` (what :meth:`slot` offered for it)."""
+        if self.stacker is not None:
+            img = item[0]
+            if (slot is not None and img is slot) or self.stacker.put(len(self.items), img):
+                item = (None,) + item[1:]
+            else:
+                self._put_back()
+        self.items.append(item)
+
+    def _put_back(self) -> None:
+        """The stacker refused an image: the images it took go back into their items."""
+        taken = self.stacker.take_back(len(self.items))
+        self.items = [(img,) + it[1:] for img, it in zip(taken, self.items)]
+        self.stacker = None
+
+    def images(self):
+        """The stacked images of the items, or None (no stacker, or no item)."""
+        if self.stacker is None or not self.items:
+            return None
+        return self.stacker.images(len(self.items))
 
 
 class IndexedInterleaver:

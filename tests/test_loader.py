@@ -355,6 +355,30 @@ def test_make_items_with_a_stacker_equals_items_and_collate(ds):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("augment, refuse, stacked", [
+    (False, 0, False),      # nothing after decode: the first image is put, the rest decoded
+    (False, 2, True),       # straight into their rows (put is not asked again)
+    ("xyr", 0, False), ("xyr", 2, False), ("xyr", 5, False)])
+def test_make_items_puts_the_images_back_when_the_stacker_refuses_one(ds, augment, refuse,
+                                                                       stacked):
+    from tilespec.items import ArrayStacker
+
+    class Refusing(ArrayStacker):   # as an adapter's stacker refuses an image it cannot hold
+        def put(self, k, img):
+            return k != refuse and super().put(k, img)
+
+    L = ds.numpy(seed=5, augment=augment, batch_size=6, standardize=False)
+    want = L.items(6, 12)
+    made, images = L.make_items(6, 12, stack=Refusing, owned=False)
+    assert (images is not None) == stacked and len(made) == len(want) == 6
+    if stacked:
+        assert all(m[0] is None for m in made)
+        made = [(img,) + m[1:] for img, m in zip(images, made)]
+    for got, w in zip(made, want):
+        np.testing.assert_array_equal(got[0], w[0])
+        assert got[1:] == w[1:]
+
+
 def test_indexed_item_with_another_maker(ds):
     D = IndexedInterleaver(ds.tfrecords(), seed=2, augment="r", standardize=False)
     maker = D.item_maker.replace()
