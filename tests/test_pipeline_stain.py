@@ -366,6 +366,23 @@ def test_loader_decode_paths_raise_decode_image_errors(samples, cut):
         assert addr(planar) == addr(ref)
 
 
+def test_loader_decode_paths_fall_back_when_pillow_cannot_pack(samples, monkeypatch):
+    """The one private Pillow call (``tilespec.images._pack``) failing, as it would on a
+    Pillow that changed its encoder interface: the variants hand over to decode_image."""
+    data = samples["rgb jpeg"]
+    ref = tilespec.decode_image(data)
+
+    def broken(im, rawmode, dest):
+        raise AttributeError("module 'PIL.Image' has no attribute '_getencoder'")
+
+    monkeypatch.setattr(tilespec.images, "_pack", broken)
+    out = np.zeros(ref.shape, np.uint8)
+    assert not decode_into(data, out) and decode_new(data) is None
+    for transposed in (False, True):
+        np.testing.assert_array_equal(decode_planar(data, transposed=transposed), ref)
+    np.testing.assert_array_equal(decode_view(data), ref)
+
+
 def test_batched_identity_loader_equals_decode_image(ds, records):
     """The batched loader with nothing after decode (decode straight into the batch)."""
     L = ds.numpy(infinite=False, seed=SEED, batch_size=7, standardize=False)
