@@ -2,7 +2,7 @@
 max_tile_pixels checked from image headers before decoding, the per-item tile-size check
 of the loaders, and verify's 'record-cap', 'image-cap' and 'tile-size' problems.
 
-The two hostile files of issue 21 are made here, small on disk:
+Two hostile files are made here, small on disk:
 
 - a GZIP tfrecord whose first header declares a 64 GiB record (with a valid length
   checksum) followed by 256 MiB of zeros (17 GZIP members, about 270 KB);

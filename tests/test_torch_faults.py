@@ -1,5 +1,5 @@
 """Faults in the torch loader: corrupt records, failing transforms, early exit and killed
-workers (spec/adapter_torch.md, "Errors and faults"; issue 8, item 4)."""
+workers (spec/adapter_torch.md, "Errors and faults")."""
 
 import gc
 import os
