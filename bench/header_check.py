@@ -1,14 +1,14 @@
-"""Cost of the size checks made before a tile is decoded (issue 21; spec/reliability.md,
+"""Cost of the size checks made before a tile is decoded (spec/reliability.md,
 "Size caps"): the header parse per tile, and decode with and without the checks.
 
 Workloads, on one synthetic 256x256 tissue tile (JPEG quality 90, and PNG):
 
 * ``header``: :func:`tilespec.images.image_header` alone (the parse of the JPEG
   markers / PNG chunks up to the pixel data);
-* ``without``: the decode as it was before the checks: ``Image.open`` of the bytes,
-  ``load``, ``np.asarray`` (what :func:`tilespec.loader.decode_view` did);
-* ``with``: what a loader now does per tile: the item check
-  (:meth:`ItemMaker.check_image`'s :func:`check_image_header` with the dataset's
+* ``without``: the decode without the checks: ``Image.open`` of the bytes,
+  ``load``, ``np.asarray`` (:func:`tilespec.images.decode_view` less its checks);
+* ``with``: what a loader does per tile: the item check
+  (:meth:`tilespec.items.ItemMaker.check_image`'s :func:`check_image_header` with the dataset's
   tile size) then :func:`decode_view` (whose :func:`open_image` reuses that parse
   of the same bytes object, and checks Pillow's own reading of the size again).
 
@@ -41,7 +41,7 @@ from common import at_least_one, environment, format_table, parser, quick_defaul
     write_json  # noqa: E402
 
 from tilespec.images import check_image_header, image_header  # noqa: E402
-from tilespec.loader import decode_view  # noqa: E402
+from tilespec.images import decode_view  # noqa: E402
 from tilespec.synthetic import encode_jpeg, tissue_tile  # noqa: E402
 
 TILE_PX = 256

@@ -66,7 +66,7 @@ from tilespec.synthetic import encode_jpeg, tissue_tile  # noqa: E402
 from tilespec_torch import ops  # noqa: E402
 
 try:  # the decode the reference's item maker uses (no final copy), when it has one
-    from tilespec.loader import decode_view as _decode
+    from tilespec.images import decode_view as _decode
 except ImportError:  # pragma: no cover
     from tilespec import decode_image as _decode
 

@@ -452,7 +452,7 @@ class Dataset:
                            "Dataset(..., on_error='skip') counts the records its headers "
                            "locate instead (read it with on_error='skip')")
                 raise
-        from .loader import TileSource
+        from .source import TileSource
 
         source = TileSource([path], on_error="skip", max_record_bytes=cap)
         with warnings.catch_warnings(record=True) as seen:
@@ -470,11 +470,11 @@ class Dataset:
 
         Read on first use (a loader built with ``labels`` asks for it, to check
         every name has a label before the first batch) from each record's
-        ``slide`` feature alone (:meth:`tilespec.loader.TileSource.slides`: the
+        ``slide`` feature alone (:meth:`tilespec.source.TileSource.slides`: the
         image bytes are skipped, not read), then cached on the dataset and
         shared with the datasets derived from it.
         """
-        from .loader import TileSource
+        from .source import TileSource
 
         todo = [p for p in self._paths if p not in self._files_cache.get("slides", {})]
         if todo:
@@ -490,10 +490,10 @@ class Dataset:
     @property
     def tile_size(self):
         """``(height, width)`` of the dataset's tiles: the image of its first readable
-        record, read from its header (:meth:`tilespec.loader.TileSource.tile_size`,
+        record, read from its header (:meth:`tilespec.source.TileSource.tile_size`,
         the one rule; cached), or None when no record reads (every tfrecord empty)
         (spec/dataset.md, "Counts"). Loaders check crop boxes and every tile against it."""
-        from .loader import TileSource
+        from .source import TileSource
 
         key = ("tile_size", self._paths)
         if key not in self._files_cache:

@@ -14,6 +14,12 @@ Before any decoder sees the bytes, the header's size is read by
 pixel data, microseconds per tile): an image of more than ``max_tile_pixels``
 (default :data:`MAX_TILE_PIXELS`, 4096 x 4096) is an :class:`ImageTooLargeError`
 and is never decoded (spec/reliability.md, "Size caps").
+
+The loaders decode through variants that give ``decode_image``'s pixels with
+fewer copies: :func:`decode_view` (possibly a read-only view), :func:`decode_into`
+(into a given array), :func:`decode_new` and :func:`decode_planar` (plane by
+plane, for CHW frameworks). Each hands anything it cannot do to ``decode_image``,
+so results and errors are its own.
 """
 
 from __future__ import annotations
@@ -363,5 +369,160 @@ def image_size(data):
         return fmt, im.width, im.height
 
 
+# -- the loaders' decode variants: decode_image's pixels with fewer copies --------------
+
+def decode_view(data, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
+    """:func:`~tilespec.images.decode_image` without its final copy (spec/images.md, "Decode").
+
+    For the common case, an 8-bit RGB JPEG, returns the decoded pixels as a
+    read-only view of Pillow's output (the same libjpeg decode with the same
+    options as ``decode_image``, so the same pixels). Anything else, and any
+    failure, goes through ``decode_image`` itself, so results and errors are
+    exactly its own. The loaders copy the view only where an owned array is
+    handed on (see :meth:`tilespec.items.ItemMaker.make`), saving one copy of every tile
+    on the batched path, where :func:`tilespec.items.collate` copies it into the batch
+    anyway.
+    ``max_pixels`` is ``decode_image``'s cap (spec/reliability.md, "Size caps"),
+    as in every decode variant.
+    """
+    if bytes(data[:3]) == JPEG_MAGIC:
+        try:
+            with open_image(data, "jpeg", max_pixels) as im:
+                im.load()
+                if im.mode == "RGB":
+                    arr = np.asarray(im)
+                    if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
+                        return arr
+        except Exception:  # noqa: BLE001 - decode_image below raises the precise error
+            pass
+    return decode_image(data, max_pixels=max_pixels)
+
+
+def decode_into(data, out: np.ndarray, max_pixels: int = MAX_TILE_PIXELS) -> bool:
+    """Decode an 8-bit RGB JPEG straight into ``out``, an (H, W, 3) uint8 array of the
+    image's size laid out either pixel by pixel (C-contiguous) or plane by plane (the
+    transpose of a C-contiguous (3, H, W) array, as :func:`decode_planar` returns);
+    True when done (spec/images.md, "Decode").
+
+    The same decode as :func:`decode_view`, with Pillow's packing of the
+    decoded pixels (what ``tobytes`` does) written into ``out`` chunk by chunk
+    instead of into a new buffer that is then copied: one pass over the image
+    fewer, which is what lets the batched loader keep up with a bare loop of
+    decodes. Returns False, with ``out`` in an unspecified state, for any other
+    input or size, any failure, or a Pillow without this encoder interface; the
+    caller then decodes the usual way (so errors are ``decode_image``'s own).
+    """
+    return _decode_packed(data, out, max_pixels=max_pixels) is not None
+
+
+def decode_new(data, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray | None:
+    """:func:`decode_into` a new (H, W, 3) array sized from the JPEG header: the
+    image as ``decode_image`` returns it (new, writeable, C-contiguous) with one
+    copy fewer; None where :func:`decode_into` would return False
+    (spec/images.md, "Decode")."""
+    return _decode_packed(data, None, max_pixels=max_pixels)
+
+
+def decode_planar(data, transposed: bool = False,
+                  max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
+    """The image :func:`decode_image` returns, (H, W, 3) uint8 and writeable, but laid
+    out plane by plane: the transpose ``(1, 2, 0)`` of a new C-contiguous (3, H, W)
+    array, or with ``transposed`` the transpose ``(2, 1, 0)`` of a (3, W, H) one
+    (spec/images.md, "Decode").
+
+    The same pixels in another memory order: for a framework whose images are CHW
+    (the torch adapter), ``transpose(2, 0, 1)`` of the result is contiguous, so no
+    pass over the image is spent changing the layout (Pillow packs each channel
+    straight into its plane). ``transposed`` is for an image that will be turned
+    by an odd multiple of 90 degrees: Pillow transposes the decoded pixels (a
+    blocked copy of 4-byte pixels) before packing, and the turned image is then
+    contiguous. Anything :func:`decode_new` cannot do goes through
+    :func:`decode_view`, so results and errors are exactly ``decode_image``'s.
+    """
+    img = _decode_packed(data, None, planar=True, transposed=transposed, max_pixels=max_pixels)
+    return decode_view(data, max_pixels) if img is None else img
+
+
+def _planar_shape(out):
+    """(H, W) when ``out`` is the (1, 2, 0) transpose of a C-contiguous (3, H, W) array."""
+    chw = out.transpose(2, 0, 1)
+    return chw.shape[1:] if chw.flags.c_contiguous else None
+
+
+def _decode_packed(data, out, planar=False, transposed=False, max_pixels=MAX_TILE_PIXELS):
+    if bytes(data[:3]) != JPEG_MAGIC:
+        return None
+    try:
+        with open_image(data, "jpeg", max_pixels) as im:
+            if im.mode != "RGB":
+                return None
+            w, h = im.size
+            if out is None and transposed:
+                out = np.empty((3, w, h), dtype=np.uint8).transpose(2, 1, 0)
+            elif out is None:
+                out = (np.empty((3, h, w), dtype=np.uint8).transpose(1, 2, 0) if planar
+                       else np.empty((h, w, 3), dtype=np.uint8))
+            elif out.shape != (h, w, 3) or out.dtype != np.uint8 or not out.flags.writeable:
+                return None
+            elif not out.flags.c_contiguous:
+                if _planar_shape(out) != (h, w):
+                    return None
+                planar = True
+            im.load()
+            if im.mode != "RGB" or im.size != (w, h):
+                return None
+            if transposed:   # each channel of the transposed image into its plane
+                cwh = out.transpose(2, 1, 0)
+                im_t = im.transpose(Image.Transpose.TRANSPOSE)
+                ok = all(_pack(im_t, band, cwh[c]) for c, band in enumerate("RGB"))
+            elif planar:   # each channel into its own plane
+                chw = out.transpose(2, 0, 1)
+                ok = all(_pack(im, band, chw[c]) for c, band in enumerate("RGB"))
+            else:
+                ok = _pack(im, "RGB", out)
+            return out if ok else None
+    except Exception:  # noqa: BLE001 - the caller falls back to decode_image
+        return None
+
+
+def _pack(im, rawmode: str, dest: np.ndarray) -> bool:
+    """Pillow's packing of the loaded image ``im`` in ``rawmode`` ('RGB', or one
+    band 'R', 'G', 'B') into the C-contiguous ``dest``; True when it filled it exactly.
+
+    The one use of a private Pillow name, kept here alone. Pillow has no public
+    call that packs an image into a caller's buffer: the public ``Image.tobytes``
+    runs this same raw encoder but joins its chunks into a new ``bytes`` object,
+    which would then be copied into ``dest`` again (measured in one process,
+    interleaved, on a loaded machine so indicative only: the packing of a 256 x 256
+    tile takes about 28 us this way and 36 us through ``tobytes``; 510 and 615 us
+    at 512 x 512, against a decode of about 2 and 7 ms).
+
+    Contract relied on: ``PIL.Image._getencoder(mode, "raw", rawmode)`` returns
+    an encoder with ``setimage(core_image, box)`` and ``encode(bufsize)`` giving
+    ``(bytes_consumed, status, chunk)``, status 0 while more follows, > 0 when
+    done, < 0 on error: the interface ``Image.tobytes`` itself is built on (Pillow
+    9, the oldest the package allows, through 13). Should a Pillow change it, this
+    raises or returns False, :func:`decode_into` returns False and the other
+    variants hand the bytes to :func:`decode_image`: a change costs speed, never
+    a pixel or an error message.
+    """
+    w, h = im.size
+    enc = Image._getencoder("RGB", "raw", rawmode)
+    enc.setimage(im.im, (0, 0, w, h))
+    view = memoryview(dest).cast("B")
+    end = view.nbytes
+    at = 0
+    while True:
+        _, status, chunk = enc.encode(1 << 16)
+        stop = at + len(chunk)
+        if stop > end:
+            return False
+        view[at:stop] = chunk
+        at = stop
+        if status:
+            return status > 0 and at == end
+
+
 __all__ = ["decode_image", "image_format", "image_size", "image_header", "check_image_header",
-           "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels"]
+           "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels",
+           "decode_view", "decode_into", "decode_new", "decode_planar"]

@@ -216,8 +216,8 @@ def test_a_damaged_file_is_scanned_once(demo_dataset, tmp_path, monkeypatch):
     path = _copy_without_index(demo_dataset, tmp_path)
     _damage(path, 2, "payload")
     calls = []
-    real = tilespec.loader.load_index
-    monkeypatch.setattr(tilespec.loader, "load_index",
+    real = tilespec.source.load_index
+    monkeypatch.setattr(tilespec.source, "load_index",
                         lambda p, **kw: calls.append(p) or real(p, **kw))
     L = tilespec.loader.NumpyLoader([path], [12], [1.0], infinite=True, on_error="skip",
                                     **OPTS)
@@ -244,7 +244,7 @@ def test_a_loader_whose_records_are_all_bad_raises(tmp_path, infinite, batch_siz
     L = tilespec.loader.NumpyLoader(paths, [5, 5, 3], [1.0, 2.0, 1.0], infinite=infinite,
                                     on_error="skip", batch_size=batch_size, seed=3,
                                     incl_loc=True)
-    with pytest.raises(tilespec.loader.AllRecordsSkippedError,
+    with pytest.raises(tilespec.items.AllRecordsSkippedError,
                        match=r"all 13 records .*3 tfrecord\(s\) \(.*0.tfrecords, .*1.tfrecords, "
                              r".*2.tfrecords\).*first error logged: .*tfrecords, record \d+, "
                              r"byte offset \d+: cannot decode"):
@@ -266,7 +266,7 @@ def test_skipping_most_records_of_a_heavy_file_does_not_raise(tmp_path):
 
 
 def test_the_skip_log_is_bounded_and_the_count_exact(tmp_path, monkeypatch):
-    monkeypatch.setattr(tilespec.loader, "SKIP_LOG_LIMIT", 5)
+    monkeypatch.setattr(tilespec.items, "SKIP_LOG_LIMIT", 5)
     path = _tile_file(tmp_path / "s.tfrecords", 4, bad={1})
     L = tilespec.loader.NumpyLoader([path], [4], [1.0], infinite=True, on_error="skip",
                                     seed=0, incl_loc=True, batch_size=4)
@@ -399,7 +399,7 @@ def test_close_then_iterate_again_reopens(datasets):
 # ------------------------------------------------ a Dataset holding a file that cannot be indexed
 
 def _locs(path):
-    source = tilespec.loader.TileSource([path])
+    source = tilespec.source.TileSource([path])
     n = len(source.offsets(0))
     out = [(t.loc_x, t.loc_y) for t in (source.read(0, j) for j in range(n))]
     source.close()

@@ -293,7 +293,7 @@ def _resized(image: bytes, w: int, h: int) -> bytes:
 @settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(IMAGES), st.integers(1, 65535), st.integers(1, 65535), st.data())
 def test_image_headers_near_and_above_the_cap(image, w, h, data):
-    from tilespec.loader import decode_planar, decode_view
+    from tilespec.images import decode_planar, decode_view
     n = w * h
     small = 1 << 16  # an image within its cap is decoded: keep those small
     caps = []

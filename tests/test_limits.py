@@ -2,7 +2,7 @@
 max_tile_pixels checked from image headers before decoding, the per-item tile-size check
 of the loaders, and verify's 'record-cap', 'image-cap' and 'tile-size' problems.
 
-The two hostile files of issue 21 are made here, small on disk:
+Two hostile files are made here, small on disk:
 
 - a GZIP tfrecord whose first header declares a 64 GiB record (with a valid length
   checksum) followed by 256 MiB of zeros (17 GZIP members, about 270 KB);
@@ -33,8 +33,8 @@ from tilespec.crc32c import masked_crc32c
 from tilespec.example import encode_tile
 from tilespec.images import MAX_TILE_PIXELS, check_image_header, image_header, image_size
 from tilespec.index import compute_index, load_index
-from tilespec.loader import (NumpyLoader, decode_into, decode_new, decode_planar,
-                             decode_view)
+from tilespec.images import decode_into, decode_new, decode_planar, decode_view
+from tilespec.loader import NumpyLoader
 from tilespec.records import (MAX_RECORD_BYTES, frame_record, read_record_at, scan_frames,
                               write_records)
 from tilespec.verify import verify, verify_file
@@ -380,7 +380,7 @@ def test_cap_boundary_in_every_reader(tmp_path):
         load_index(path, max_record_bytes=100)
     # an index already built is used, but its over-cap record is refused when read
     load_index(path)
-    source = tilespec.loader.TileSource([path], max_record_bytes=100)
+    source = tilespec.source.TileSource([path], max_record_bytes=100)
     with pytest.raises(tilespec.RecordTooLargeError) as e:
         source.read(0, 1)
     assert (e.value.path, e.value.record, e.value.offset) == (str(path), 1, 116)

@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 from scipy import stats
 
 import tilespec
@@ -68,7 +67,7 @@ def test_images_equal_the_pipeline_with_the_drawn_parameters(ds):
     plan = L.plan(0)
     t, j = plan.records(0, 12)
     draws = Pipeline.from_options(augment="xyrjb").draw(plan.key, np.arange(12))
-    src = tilespec.loader.TileSource(ds.tfrecords())
+    src = tilespec.source.TileSource(ds.tfrecords())
     for k, (img, label) in enumerate(items):
         raw = tilespec.decode_image(src.read(int(t[k]), int(j[k])).image_raw)
         from tilespec.augment import apply_steps
@@ -343,55 +342,10 @@ def test_infinite_plan_small_calls_equal_one_call_and_own_their_arrays():
         np.testing.assert_array_equal(j, want[1][a:b])
 
 
-def test_array_stacker_fills_rows_and_gives_back_what_it_took():
-    from tilespec.loader import ArrayStacker
-
-    rng = np.random.default_rng(0)
-    imgs = [rng.integers(0, 256, (4, 5, 3), dtype=np.uint8) for _ in range(3)]
-    s = ArrayStacker(3)
-    assert s.slot(0) is None                       # no batch before the first image
-    assert s.put(0, imgs[0]) and s.put(1, imgs[1])
-    assert s.slot(2).shape == (4, 5, 3)
-    part = s.images(2)                              # fewer made (skips): a copy
-    np.testing.assert_array_equal(part, np.stack(imgs[:2]))
-    assert part.base is None or part.base is not s.buf
-    assert not s.put(2, imgs[2][:, :4])            # another shape: refused, nothing written
-    assert not s.put(2, imgs[2].astype(np.int16))  # another dtype
-    assert not s.put(2, list(imgs[2]))             # not an array
-    back = s.take_back(2)
-    assert s.buf is None and len(back) == 2
-    for b, im in zip(back, imgs):
-        np.testing.assert_array_equal(b, im)
-    assert s.take_back(0) == []
-
-
 # -- the public surface adapters build on (spec/adapters.md, "What an adapter is") --------
 
-def test_item_maker_replace_keeps_options_and_offsets_not_files(ds):
-    L = ds.numpy(seed=3, augment="xy", incl_slidenames=True, incl_loc=True,
-                 labels=ds.labels("category")[0], standardize=False)
-    base = L.item_maker
-    want = L.items(0, 6)
-    flipped = Pipeline.from_options(augment="xy", standardize=False,
-                                    transform=lambda im: im[::-1])
-    other = base.replace(pipeline=flipped)
-    assert (other.labels, other.incl_slidenames, other.incl_loc, other.on_error) == \
-        (base.labels, True, True, "raise")
-    assert other.source._offsets is base.source._offsets        # offsets shared ...
-    same, _ = L.make_items(0, 6, maker=base.replace())
-    got, _ = L.make_items(0, 6, maker=other)
-    for a, b, c in zip(want, same, got):
-        np.testing.assert_array_equal(a[0], b[0])
-        np.testing.assert_array_equal(a[0][::-1], c[0])        # ... its pipeline applied
-        assert a[1:] == b[1:] == c[1:]
-    f = other.source._file(0)
-    other.close()                                               # ... its files its own
-    assert f.closed and not base.source._file(0).closed
-    assert other.skipped == [] and other.num_skipped == 0
-
-
 def test_make_items_with_a_stacker_equals_items_and_collate(ds):
-    from tilespec.loader import ArrayStacker, collate
+    from tilespec.items import ArrayStacker, collate
 
     L = ds.numpy(seed=5, augment="xyr", batch_size=4)
     items = L.items(8, 12)
@@ -401,6 +355,30 @@ def test_make_items_with_a_stacker_equals_items_and_collate(ds):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("augment, refuse, stacked", [
+    (False, 0, False),      # nothing after decode: the first image is put, the rest decoded
+    (False, 2, True),       # straight into their rows (put is not asked again)
+    ("xyr", 0, False), ("xyr", 2, False), ("xyr", 5, False)])
+def test_make_items_puts_the_images_back_when_the_stacker_refuses_one(ds, augment, refuse,
+                                                                       stacked):
+    from tilespec.items import ArrayStacker
+
+    class Refusing(ArrayStacker):   # as an adapter's stacker refuses an image it cannot hold
+        def put(self, k, img):
+            return k != refuse and super().put(k, img)
+
+    L = ds.numpy(seed=5, augment=augment, batch_size=6, standardize=False)
+    want = L.items(6, 12)
+    made, images = L.make_items(6, 12, stack=Refusing, owned=False)
+    assert (images is not None) == stacked and len(made) == len(want) == 6
+    if stacked:
+        assert all(m[0] is None for m in made)
+        made = [(img,) + m[1:] for img, m in zip(images, made)]
+    for got, w in zip(made, want):
+        np.testing.assert_array_equal(got[0], w[0])
+        assert got[1:] == w[1:]
+
+
 def test_indexed_item_with_another_maker(ds):
     D = IndexedInterleaver(ds.tfrecords(), seed=2, augment="r", standardize=False)
     maker = D.item_maker.replace()
@@ -408,30 +386,6 @@ def test_indexed_item_with_another_maker(ds):
         a, b = D[i], D.item(i, maker=maker)
         np.testing.assert_array_equal(a[0], b[0])
         assert a[1:] == b[1:]
-
-
-def test_reopened_source_shares_offsets_and_scan_cuts(tmp_path):
-    from tilespec.loader import TileSource
-    from tilespec.errors import TFRecordError
-
-    path = str(tmp_path / "a.tfrecords")
-    recs = [tilespec.encode_tile(tilespec.synthetic.encode_jpeg(
-        np.full((8, 8, 3), 9 * i, np.uint8), 90), "s", loc_x=i, loc_y=0) for i in range(5)]
-    tilespec.write_records(path, recs)
-    data = bytearray(open(path, "rb").read())
-    size = len(data) // 5
-    data[2 * size + 3] ^= 0xFF                                   # a length field of record 2
-    open(path, "wb").write(bytes(data))
-    src = TileSource([path], on_error="skip")
-    with pytest.warns(UserWarning, match="no index can be built"):
-        n = len(src.offsets(0))
-    again = src.reopened()
-    assert again._offsets is src._offsets and again._cut is src._cut and len(again.offsets(0)) == n
-    with pytest.raises(TFRecordError, match="not located"):      # the cut, known to both
-        again.read(0, 4)
-    assert again.read(0, 1).loc_x == 1
-    again.close()
-    assert src.read(0, 0).loc_x == 0
 
 
 # -- empty tfrecords (semantics 1, revision 2) ------------------------------------------------
@@ -505,7 +459,7 @@ def test_every_slide_name_in_the_records_needs_a_label(tmp_path, demo_dataset, d
 
 
 def test_record_slides_are_read_once_and_cached_on_the_dataset(demo_dataset, monkeypatch):
-    from tilespec.loader import TileSource
+    from tilespec.source import TileSource
 
     ds = tilespec.Dataset(tfrecords=demo_dataset["tfrecords"],
                           annotations=demo_dataset["annotations"])
@@ -522,60 +476,6 @@ def test_record_slides_are_read_once_and_cached_on_the_dataset(demo_dataset, mon
     assert len(calls) == 6
     assert ds.record_slides() == {p: (os.path.basename(p)[:-len(".tfrecords")],)
                                   for p in ds.tfrecords()}
-
-
-def _layouts():
-    """Tile records of several layouts: features in any order, extra features, a
-    repeated 'slide' entry (protobuf keeps the last), damaged lengths: scan_tile_slide
-    must agree with parse_tile wherever it answers."""
-    from tilespec.example import _put_len, encode_feature
-
-    def entry(name, value):
-        out = bytearray()
-        _put_len(out, 1, name.encode())
-        _put_len(out, 2, encode_feature(name, value))
-        framed = bytearray()
-        _put_len(framed, 1, out)
-        return bytes(framed)
-
-    @st.composite
-    def layout(draw):
-        entries = [entry("image_raw", [draw(st.binary(max_size=300))]),
-                   entry("slide", [draw(st.text(max_size=12))])]
-        if draw(st.booleans()):
-            entries.append(entry("loc_x", [draw(st.integers(-2**40, 2**40))]))
-        if draw(st.booleans()):
-            entries.append(entry("extra", draw(st.lists(st.floats(width=32, allow_nan=False),
-                                                         max_size=3))))
-        if draw(st.booleans()):
-            entries.append(entry("slide", [draw(st.text(max_size=5))]))
-        entries = draw(st.permutations(entries))
-        out = bytearray()
-        _put_len(out, 1, b"".join(entries))
-        damaged = draw(st.booleans())
-        if damaged:                      # one byte changed: a damaged record
-            i = draw(st.integers(0, len(out) - 1))
-            out[i] = draw(st.integers(0, 255))
-        return bytes(out), damaged
-
-    return layout()
-
-
-@settings(max_examples=60, deadline=None)
-@given(record=_layouts(), window=st.sampled_from([1, 7, 256]))
-def test_scan_tile_slide_agrees_with_parse_tile(record, window):
-    from tilespec.example import scan_tile_slide
-
-    data, damaged = record
-    got = scan_tile_slide(lambda pos, n: data[pos:pos + n], len(data), window=window)
-    try:
-        want = tilespec.parse_tile(data).slide
-    except tilespec.TFRecordError:
-        want = None     # the scan may still find a slide: the loader then reads the record
-    if got is not None and want is not None:
-        assert got == want
-    if not damaged:   # any order of entries, extra features, repeats: always answered
-        assert got == want is not None
 
 
 @pytest.mark.parametrize("value, match", [
@@ -680,18 +580,3 @@ def test_custom_weights_on_empty_tfrecords_are_never_used(empty_pair):
         opts = dict(seed=9, infinite=infinite, batch_size=5, incl_slidenames=True)
         tt.assert_conforms(full.numpy(**opts), bare.numpy(**opts), n=6 if infinite else None,
                            options=opts, tolerance=tt.Tolerance())
-
-
-def test_reading_slide_names_skips_the_image_bytes():
-    from tilespec.example import encode_tile, scan_tile_slide
-
-    image = bytes(range(256)) * 400                      # a 100 KiB "image"
-    data = encode_tile(image, "slide-x", 3, 4)
-    asked = []
-
-    def read(pos, n):
-        asked.append(n)
-        return data[pos:pos + n]
-
-    assert scan_tile_slide(read, len(data)) == "slide-x"
-    assert len(asked) <= 3 and sum(asked) <= 1024 and len(data) > 100 * 1024

@@ -19,8 +19,8 @@ import tilespec
 from tilespec import ops
 from tilespec.augment import apply_steps
 from tilespec.errors import ImageDecodeError
-from tilespec.loader import (PLAN_WINDOW, IndexedInterleaver, decode_into, decode_new,
-                             decode_planar, decode_view)
+from tilespec.images import decode_into, decode_new, decode_planar, decode_view
+from tilespec.loader import PLAN_WINDOW, IndexedInterleaver
 from tilespec.rng import augment_slot, normals, stream_key, uniforms
 from tilespec.stain import StainNormalizer, draw_stain_perturbation
 
@@ -364,6 +364,23 @@ def test_loader_decode_paths_raise_decode_image_errors(samples, cut):
         with pytest.raises(ImageDecodeError) as planar:
             decode_planar(bad, transposed=transposed)
         assert addr(planar) == addr(ref)
+
+
+def test_loader_decode_paths_fall_back_when_pillow_cannot_pack(samples, monkeypatch):
+    """The one private Pillow call (``tilespec.images._pack``) failing, as it would on a
+    Pillow that changed its encoder interface: the variants hand over to decode_image."""
+    data = samples["rgb jpeg"]
+    ref = tilespec.decode_image(data)
+
+    def broken(im, rawmode, dest):
+        raise AttributeError("module 'PIL.Image' has no attribute '_getencoder'")
+
+    monkeypatch.setattr(tilespec.images, "_pack", broken)
+    out = np.zeros(ref.shape, np.uint8)
+    assert not decode_into(data, out) and decode_new(data) is None
+    for transposed in (False, True):
+        np.testing.assert_array_equal(decode_planar(data, transposed=transposed), ref)
+    np.testing.assert_array_equal(decode_view(data), ref)
 
 
 def test_batched_identity_loader_equals_decode_image(ds, records):

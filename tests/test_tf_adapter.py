@@ -436,7 +436,7 @@ def _bad_tile_file(path, n, bad):
 @pytest.mark.parametrize("batch_size", [None, 2])
 def test_all_records_bad_raises_like_the_reference(tmp_path, batch_size):
     """spec/reliability.md, 'on_error': an infinite stream that can never yield stops."""
-    from tilespec.loader import AllRecordsSkippedError
+    from tilespec.items import AllRecordsSkippedError
     paths = [_bad_tile_file(tmp_path / f"{k}.tfrecords", 3, bad=range(3)) for k in range(2)]
     ds = tilespec.Dataset(tfrecords=paths)
     with warnings.catch_warnings():
@@ -450,7 +450,7 @@ def test_all_records_bad_raises_like_the_reference(tmp_path, batch_size):
 
 
 def test_skip_log_is_bounded_and_count_exact(tmp_path, monkeypatch):
-    monkeypatch.setattr(tilespec.loader, "SKIP_LOG_LIMIT", 3)
+    monkeypatch.setattr(tilespec.items, "SKIP_LOG_LIMIT", 3)
     path = _bad_tile_file(tmp_path / "s.tfrecords", 4, bad={1})
     ds = tilespec.Dataset(tfrecords=[path])
     with warnings.catch_warnings():

@@ -1,5 +1,5 @@
 """Faults in the torch loader: corrupt records, failing transforms, early exit and killed
-workers (spec/adapter_torch.md, "Errors and faults"; issue 8, item 4)."""
+workers (spec/adapter_torch.md, "Errors and faults")."""
 
 import gc
 import os
@@ -203,7 +203,7 @@ def test_a_killed_worker_gives_a_clear_error_and_no_leaks(tmp_path):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_an_infinite_stream_of_only_corrupt_records_stops(tmp_path, num_workers):
-    from tilespec.loader import AllRecordsSkippedError
+    from tilespec.items import AllRecordsSkippedError
 
     folder = tmp_path / "bad"
     folder.mkdir()

@@ -22,8 +22,9 @@ import tensorflow as tf
 from tilespec.annotations import LabelError
 from tilespec.errors import TFRecordError
 from tilespec.images import decode_image, image_format
-from tilespec import loader as ref_loader
-from tilespec.loader import AllSkippedGuard, NumpyLoader
+from tilespec import items as ref_items
+from tilespec.items import AllSkippedGuard
+from tilespec.loader import NumpyLoader
 from tilespec.pipeline import check_bool
 from tilespec.sampling import check_rank
 
@@ -188,7 +189,7 @@ class _Generator:
                 raise e from None
             info = self.info
             info.num_skipped += 1
-            if len(info.skipped) < ref_loader.SKIP_LOG_LIMIT:  # the reference's bounded log
+            if len(info.skipped) < ref_items.SKIP_LOG_LIMIT:  # the reference's bounded log
                 info.skipped.append({"epoch": epoch, "position": position, "path": path,
                                      "record": j, "error": str(e)})
                 warnings.warn(f"skipped {path} record {j} (stream position {position}): {e}",

@@ -29,8 +29,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 import tilespec
-from tilespec.images import MAX_TILE_PIXELS
-from tilespec.loader import AllSkippedGuard, ItemMaker, NumpyLoader, decode_planar
+from tilespec.images import MAX_TILE_PIXELS, decode_planar
+from tilespec.items import AllSkippedGuard, ItemMaker
+from tilespec.loader import NumpyLoader
 from tilespec.pipeline import check_bool
 from tilespec.sampling import worker_batches
 
