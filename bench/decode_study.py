@@ -301,10 +301,10 @@ def speed(tiles, rounds: int, decs: dict):
         fns["simplejpeg buffer="] = into
     except (ImportError, TypeError):
         pass
-    try:  # the loaders' Pillow variants today (they may move to tilespec.images)
-        from tilespec.loader import decode_new, decode_planar
-        fns["tilespec.loader.decode_new (Pillow)"] = decode_new
-        fns["tilespec.loader.decode_planar (Pillow, CHW)"] = decode_planar
+    try:  # the loaders' Pillow variants
+        from tilespec.images import decode_new, decode_planar
+        fns["tilespec.images.decode_new (Pillow)"] = decode_new
+        fns["tilespec.images.decode_planar (Pillow, CHW)"] = decode_planar
     except ImportError:
         pass
     try:
