@@ -1,11 +1,13 @@
 """JPEG decoders and encoders against the spec's decode contract (issue 18, item 1):
-Pillow (``tilespec.decode_image`` today), simplejpeg and OpenCV, for pixel identity
+Pillow (``tilespec.images.decode_pillow``), simplejpeg and OpenCV, for pixel identity
 and for speed; and whether simplejpeg's encoder gives the 'j' augmentation's bytes.
 
 The contract is spec/images.md, "Decode" and "JPEG": libjpeg's exact integer IDCT
 (ISLOW), fancy chroma upsampling, RGB out, grayscale as three equal channels,
 CMYK (Adobe) converted with rounding, and an ``ImageDecodeError`` for truncated or
-corrupt data. The reference is ``tilespec.decode_image`` (Pillow) as it is on main.
+corrupt data. The reference is ``tilespec.images.decode_pillow``: ``decode_image``'s
+Pillow decode, which defines the contract's pixels and errors (``decode_image`` itself
+tries the fast decoder first since issue 18, item 1).
 
 Cases are made here with Pillow's encoder (subsampling 4:4:4 / 4:2:2 / 4:2:0,
 progressive, restart markers, grayscale, CMYK, ``keep_rgb`` = Adobe APP14
@@ -16,33 +18,35 @@ orientation 6; bytes after EOI) and by damaging one (cut at 30/60/90% and just
 before EOI, bytes flipped in the scan, a marker in the scan, a bad Huffman table,
 a header cut). Each decoder gets every case; a cell says:
 
-- ``same``: the decoder's pixels equal ``decode_image``'s;
+- ``same``: the decoder's pixels equal ``decode_pillow``'s;
 - ``diff N (k px)``: both decoded, the largest absolute difference is N grey levels
   and k pixels differ (or ``shape``: another shape);
 - ``both err``: both raised (the decoder's error type follows after ``/``);
-- ``ERR Type``: the decoder raised where ``decode_image`` decoded;
-- ``decodes!``: the decoder returned pixels where ``decode_image`` raised.
+- ``ERR Type``: the decoder raised where ``decode_pillow`` decoded;
+- ``decodes!``: the decoder returned pixels where ``decode_pillow`` raised.
 
 Decoders (only the installed ones; ``--decoders`` to choose):
 
-- ``pillow``: ``tilespec.decode_image`` (the reference; its own column is a check).
+- ``pillow``: ``tilespec.images.decode_pillow`` (the reference; its own column is a check).
 - ``simplejpeg``: ``simplejpeg.decode_jpeg(data, 'RGB', fastdct=False,
   fastupsample=False)`` (strict: libjpeg warnings, e.g. corrupt data, raise).
 - ``simplejpeg-lax``: the same with ``strict=False``.
 - ``opencv``: ``cv2.imdecode(buf, IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION)``,
   BGR turned to RGB.
-- ``tilespec.jpeg``: the module's ``decode_jpeg`` (the chosen decoder with its routing
-  to Pillow), when the module exists.
+- ``decode_image``: ``tilespec.decode_image`` (``tilespec.jpeg.DECODER`` with its
+  routing to Pillow: what every loader decodes with).
 
-Speed: ``--tiles`` distinct 256 px tissue tiles (``tilespec.synthetic.tissue_tile``)
-encoded at quality 90, 4:2:0 (the loaders' common case), decoded by every decoder in
-turn, ``--rounds`` rounds interleaved in this one process; per decode: the median
-over rounds of (round time / tiles), and the fastest round. Also simplejpeg
-decoding into a preallocated buffer (``buffer=``), ``tilespec.loader.decode_new`` and
-``decode_planar`` (Pillow packing into a new array, pixel by pixel or plane by plane
-for torch's CHW tensors: the loaders' paths today) and ``tilespec.jpeg.decode_jpeg_into``
-into an (H, W, 3) array and into a plane-by-plane one (simplejpeg writes pixel by
-pixel, so that is a decode and a copy).
+Speed: ``--tiles`` distinct ``--tile-px`` (default 256) px tissue tiles
+(``tilespec.synthetic.tissue_tile``) encoded at quality 90, 4:2:0 (the loaders' common
+case), decoded by every decoder in turn, ``--rounds`` rounds interleaved in this one
+process, the order rotating from round to round; per decode: the median over rounds
+of (round CPU time of this process / tiles), and the fastest round. Also simplejpeg
+decoding into a preallocated buffer (``buffer=``), and the loaders' decode variants of
+``tilespec.images`` (``decode_new``, ``decode_into`` into an (H, W, 3) array and into a
+plane-by-plane one, ``decode_planar`` plane by plane and ``transposed``) twice: as they
+run (the fast decoder, with one transposing copy for the planar layouts) and with the
+fast decoder switched off (``tilespec.images.decode_fast`` replaced for the call: the
+Pillow path, Pillow packing each plane). That A/B chose the planar layouts' path.
 
 Encode ('j' augmentation, spec/images.md "JPEG"): ``tilespec.ops.jpeg_encode(img, q)``
 (Pillow, 4:2:0, standard tables) against ``simplejpeg.encode_jpeg(img, q, 'RGB',
@@ -74,6 +78,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, format_table, parser, quick_defaults, write_json  # noqa: E402
 
 import tilespec  # noqa: E402
+from tilespec.images import decode_into, decode_new, decode_pillow, decode_planar  # noqa: E402
+from tilespec.jpeg import DECODER  # noqa: E402
 from tilespec.ops import jpeg_encode  # noqa: E402
 from tilespec.synthetic import tissue_tile  # noqa: E402
 
@@ -218,7 +224,7 @@ def cases(seed: int = 0) -> dict:
 # ------------------------------------------------------------------ decoders
 def decoders() -> dict:
     """{name: fn(bytes) -> HWC uint8 RGB} of the installed decoders."""
-    out = {"pillow": tilespec.decode_image}
+    out = {"pillow": decode_pillow}
     try:
         import simplejpeg
     except ImportError:
@@ -242,12 +248,7 @@ def decoders() -> dict:
                 raise ValueError("cv2.imdecode returned None")
             return np.ascontiguousarray(arr[..., ::-1])
         out["opencv"] = cv
-    try:
-        from tilespec import jpeg as tj
-    except ImportError:
-        tj = None
-    if tj is not None:
-        out[f"tilespec.jpeg ({tj.DECODER})"] = tj.decode_jpeg
+    out[f"decode_image ({DECODER})"] = tilespec.decode_image
     return out
 
 
@@ -262,7 +263,7 @@ def compare(case_bytes: dict, decs: dict):
     """rows [case, cell per decoder], and {decoder: number of cells not same/both err}."""
     rows, bad = [], {name: 0 for name in decs}
     for case, data in case_bytes.items():
-        ref, ref_err = _run(tilespec.decode_image, data)
+        ref, ref_err = _run(decode_pillow, data)
         row = [case]
         for name, fn in decs.items():
             got, err = _run(fn, data)
@@ -292,7 +293,7 @@ def speed(tiles, rounds: int, decs: dict):
     try:
         import simplejpeg
 
-        h, w = tilespec.decode_image(tiles[0]).shape[:2]
+        h, w = decode_pillow(tiles[0]).shape[:2]
         buf = np.empty((h, w, 3), np.uint8)
 
         def into(data):
@@ -301,33 +302,51 @@ def speed(tiles, rounds: int, decs: dict):
         fns["simplejpeg buffer="] = into
     except (ImportError, TypeError):
         pass
-    try:  # the loaders' Pillow variants
-        from tilespec.images import decode_new, decode_planar
-        fns["tilespec.images.decode_new (Pillow)"] = decode_new
-        fns["tilespec.images.decode_planar (Pillow, CHW)"] = decode_planar
-    except ImportError:
-        pass
-    try:
-        from tilespec import jpeg as tj
-        shape = tilespec.decode_image(tiles[0]).shape
-        out = np.empty(shape, np.uint8)
-        planar = np.empty((3,) + shape[:2], np.uint8).transpose(1, 2, 0)
-        fns[f"tilespec.jpeg.decode_jpeg_into ({tj.DECODER})"] = \
-            lambda data: tj.decode_jpeg_into(data, out)
-        fns[f"tilespec.jpeg.decode_jpeg_into ({tj.DECODER}, CHW: a copy)"] = \
-            lambda data: tj.decode_jpeg_into(data, planar)
-    except ImportError:
-        pass
+    shape = decode_pillow(tiles[0]).shape
+    out = np.empty(shape, np.uint8)
+    planar = np.empty((3,) + shape[:2], np.uint8).transpose(1, 2, 0)
+    variants = {"decode_new": decode_new,
+                "decode_into HWC": lambda data: decode_into(data, out),
+                "decode_into CHW": lambda data: decode_into(data, planar),
+                "decode_planar": decode_planar,
+                "decode_planar transposed": lambda data: decode_planar(data, transposed=True)}
+    for name, fn in variants.items():
+        fns[f"{name} ({DECODER})"] = fn
+        if DECODER != "pillow":
+            fns[f"{name} (pillow)"] = _without_fast(fn)
     times = {name: [] for name in fns}
-    for name, fn in fns.items():  # warm-up
-        fn(tiles[0])
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
+    names = list(fns)
+    for name, fn in fns.items():  # warm-up, and every row's pixels checked
+        got = fn(tiles[0])
+        if "decode_into" in name:
+            got = out if "HWC" in name else planar
+        if not np.array_equal(got, decode_pillow(tiles[0])):
+            raise AssertionError(f"{name}: pixels differ from decode_pillow's")
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
+            t0 = time.process_time()
             for data in tiles:
                 fn(data)
-            times[name].append((time.perf_counter() - t0) / len(tiles) * 1e6)
+            times[name].append((time.process_time() - t0) / len(tiles) * 1e6)
     return times
+
+
+def _none(*args, **kw):
+    return None
+
+
+def _without_fast(fn):
+    """``fn`` run with ``tilespec.images.decode_fast`` answering None: the Pillow path
+    of the decode variants (what ``TILESPEC_JPEG=pillow`` gives), in this process."""
+    def run(data):
+        saved = tilespec.images.decode_fast
+        tilespec.images.decode_fast = _none
+        try:
+            return fn(data)
+        finally:
+            tilespec.images.decode_fast = saved
+    return run
 
 
 # ------------------------------------------------------------------ encode
@@ -361,7 +380,7 @@ def encode_study(qualities):
             b = simplejpeg.encode_jpeg(np.ascontiguousarray(img), quality=q, colorspace="RGB",
                                        colorsubsampling="420", fastdct=False)
             (ka, da, sa), (kb, db, sb) = _split(a), _split(b)
-            pa, pb = tilespec.decode_image(a), tilespec.decode_image(b)
+            pa, pb = decode_pillow(a), decode_pillow(b)
             worst = max(worst, int(np.abs(pa.astype(int) - pb).max()))
             same = (a == b, ka == kb, da == db, sa == sb, np.array_equal(pa, pb))
             counts = [c + bool(s) for c, s in zip(counts, same)]
@@ -374,6 +393,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run")
     ap.add_argument("--tiles", type=int, default=None, help="distinct tiles timed")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    ap.add_argument("--tile-px", type=int, default=256, help="timed tiles' side (default 256)")
     ap.add_argument("--qualities", default="0,1,5,10,25,49,50,51,75,90,95,99,100",
                     help="encode study qualities, comma separated")
     ap.add_argument("--decoders", default=None, help="comma separated subset")
@@ -396,21 +416,34 @@ def main(argv=None):
     print()
 
     rows, bad = compare(cases(), decs)
-    print("Pixel identity with tilespec.decode_image (Pillow):")
+    print("Pixel identity with tilespec.images.decode_pillow (Pillow):")
     print(format_table(["case"] + list(decs), rows))
     print("cells that are neither 'same' nor 'both err':",
           ", ".join(f"{k} {v}" for k, v in bad.items()))
     print()
 
     rng = np.random.default_rng(7)
-    tiles = [jpeg_encode(tissue_tile(rng, 256, bool(i % 2)), 90) for i in range(args.tiles)]
+    tiles = [jpeg_encode(tissue_tile(rng, args.tile_px, bool(i % 2)), 90)
+             for i in range(args.tiles)]
     times = speed(tiles, args.rounds, decs)
     ref = statistics.median(times["pillow"])
     srows = [[name, f"{statistics.median(t):.0f}", f"{min(t):.0f}",
               f"{ref / statistics.median(t):.2f}x"] for name, t in times.items()]
-    print(f"Decode speed, 256 px q90 4:2:0 tissue tiles ({args.tiles} tiles x "
+    print(f"Decode speed, {args.tile_px} px q90 4:2:0 tissue tiles ({args.tiles} tiles x "
           f"{args.rounds} interleaved rounds, one process):")
     print(format_table(["decoder", "median us/decode", "best round us", "vs pillow"], srows))
+    ab = {}
+    for name in times:
+        if name.endswith(f" ({DECODER})") and name.replace(DECODER, "pillow") in times \
+                and DECODER != "pillow":
+            base = name[:-len(DECODER) - 3]
+            r = [p / f for p, f in zip(times[name.replace(DECODER, "pillow")], times[name])]
+            ab[base] = (statistics.median(r), min(r), max(r))
+    if ab:
+        print(f"A/B, each round's Pillow path time / {DECODER} path time (median, range):")
+        print(format_table(["variant", "ratio", "range"],
+                           [[k, f"{m:.2f}", f"{lo:.2f}-{hi:.2f}"] for k, (m, lo, hi) in ab.items()]))
+    print("load average after the timing:", os.getloadavg())
     print()
 
     qualities = [int(q) for q in args.qualities.split(",")]
@@ -421,7 +454,7 @@ def main(argv=None):
         print(format_table(["quality", "bytes", "bytes w/o APP0", "DQT", "scan", "pixels",
                             "max diff"], erows))
     write_json(args.json, {"environment": env, "libraries": libs, "identity": rows,
-                           "speed_us": times, "encode": erows})
+                           "speed_us": times, "ab": ab, "encode": erows})
     return 0
 
 

@@ -15,11 +15,16 @@ pixel data, microseconds per tile): an image of more than ``max_tile_pixels``
 (default :data:`MAX_TILE_PIXELS`, 4096 x 4096) is an :class:`ImageTooLargeError`
 and is never decoded (spec/reliability.md, "Size caps").
 
+A JPEG is decoded by the fast decoder of :mod:`tilespec.jpeg` (simplejpeg, when the
+``fast`` extra is installed) wherever it gives exactly these pixels, and otherwise by
+:func:`decode_pillow`, this module's Pillow decode, which defines the pixels and the
+errors (spec/images.md, "The JPEG decoder"); PNG is always Pillow's.
+
 The loaders decode through variants that give ``decode_image``'s pixels with
 fewer copies: :func:`decode_view` (possibly a read-only view), :func:`decode_into`
 (into a given array), :func:`decode_new` and :func:`decode_planar` (plane by
-plane, for CHW frameworks). Each hands anything it cannot do to ``decode_image``,
-so results and errors are its own.
+plane, for CHW frameworks). Each tries the fast decoder first and hands anything it
+cannot do to ``decode_image``, so results and errors are its own.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError, ImageTooLargeError, TileSizeError
+from .jpeg import decode_fast
 
 #: The default cap on an image's width x height (spec/reliability.md, "Size caps"):
 #: 256 times a 256 px tile; decoded as RGB it is 48 MiB.
@@ -317,7 +323,34 @@ def decode_image(data, *, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
     :class:`ImageTooLargeError` for an image of more than ``max_pixels``
     (width x height), from its header, before decoding (spec/reliability.md,
     "Size caps").
+
+    A JPEG within the cap goes to the fast decoder (:func:`tilespec.jpeg.decode_fast`),
+    whose pixels are :func:`decode_pillow`'s; everything it leaves (CMYK, any failure,
+    simplejpeg not installed) and every PNG is :func:`decode_pillow`'s, pixels and
+    errors (spec/images.md, "The JPEG decoder").
     """
+    arr = _fast(data, max_pixels)
+    return decode_pillow(data, max_pixels=max_pixels) if arr is None else arr
+
+
+def _fast(data, max_pixels, out=None):
+    """:func:`tilespec.jpeg.decode_fast` of a JPEG whose own header (:func:`image_header`'s
+    parse, shared with the loader's item check) is within ``max_pixels``, else None: the
+    cap is read before any decoder runs (spec/reliability.md, "Size caps")."""
+    if bytes(data[:3]) != JPEG_MAGIC:
+        return None
+    head = _header_of(data, "jpeg")
+    if head is None or head[0] * head[1] > max_pixels:
+        return None   # decode_pillow says why, or raises ImageTooLargeError
+    return decode_fast(data, max_pixels, out)
+
+
+def decode_pillow(data, *, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
+    """:func:`decode_image` by Pillow alone: the decode that defines the contract's
+    pixels and errors (spec/images.md, "Decode"), used for PNG, for the JPEGs the fast
+    decoder leaves, and as the reference the fast decoder is tested against
+    (spec/images.md, "The JPEG decoder"). Same arguments, result and errors as
+    :func:`decode_image`."""
     fmt = image_format(data)
     if fmt is None:
         raise _unsupported(data)
@@ -374,17 +407,21 @@ def image_size(data):
 def decode_view(data, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
     """:func:`~tilespec.images.decode_image` without its final copy (spec/images.md, "Decode").
 
-    For the common case, an 8-bit RGB JPEG, returns the decoded pixels as a
-    read-only view of Pillow's output (the same libjpeg decode with the same
-    options as ``decode_image``, so the same pixels). Anything else, and any
-    failure, goes through ``decode_image`` itself, so results and errors are
-    exactly its own. The loaders copy the view only where an owned array is
-    handed on (see :meth:`tilespec.items.ItemMaker.make`), saving one copy of every tile
-    on the batched path, where :func:`tilespec.items.collate` copies it into the batch
-    anyway.
+    For the common case, an 8-bit RGB JPEG, returns the fast decoder's new array
+    (spec/images.md, "The JPEG decoder") or, where it is not used, the decoded
+    pixels as a read-only view of Pillow's output (the same libjpeg decode with
+    the same options as ``decode_image``, so the same pixels). Anything else, and
+    any failure, goes through ``decode_image`` itself, so results and errors are
+    exactly its own. The loaders copy a read-only view only where an owned array
+    is handed on (see :meth:`tilespec.items.ItemMaker.make`), saving one copy of
+    every tile on the batched path, where :func:`tilespec.items.collate` copies it
+    into the batch anyway.
     ``max_pixels`` is ``decode_image``'s cap (spec/reliability.md, "Size caps"),
     as in every decode variant.
     """
+    arr = _fast(data, max_pixels)
+    if arr is not None:
+        return arr
     if bytes(data[:3]) == JPEG_MAGIC:
         try:
             with open_image(data, "jpeg", max_pixels) as im:
@@ -395,7 +432,7 @@ def decode_view(data, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
                         return arr
         except Exception:  # noqa: BLE001 - decode_image below raises the precise error
             pass
-    return decode_image(data, max_pixels=max_pixels)
+    return decode_pillow(data, max_pixels=max_pixels)
 
 
 def decode_into(data, out: np.ndarray, max_pixels: int = MAX_TILE_PIXELS) -> bool:
@@ -404,23 +441,31 @@ def decode_into(data, out: np.ndarray, max_pixels: int = MAX_TILE_PIXELS) -> boo
     transpose of a C-contiguous (3, H, W) array, as :func:`decode_planar` returns);
     True when done (spec/images.md, "Decode").
 
-    The same decode as :func:`decode_view`, with Pillow's packing of the
-    decoded pixels (what ``tobytes`` does) written into ``out`` chunk by chunk
-    instead of into a new buffer that is then copied: one pass over the image
-    fewer, which is what lets the batched loader keep up with a bare loop of
-    decodes. Returns False, with ``out`` in an unspecified state, for any other
-    input or size, any failure, or a Pillow without this encoder interface; the
-    caller then decodes the usual way (so errors are ``decode_image``'s own).
+    The fast decoder (spec/images.md, "The JPEG decoder") writes a C-contiguous
+    ``out`` directly, and a plane-by-plane one through one transposing copy of
+    its pixels (measured faster than Pillow's plane packing: bench/decode_study.py).
+    Where it is not used, Pillow's packing of the decoded pixels (what ``tobytes``
+    does) is written into ``out`` chunk by chunk instead of into a new buffer that
+    is then copied: one pass over the image fewer. Either way the batched loader
+    decodes straight into its batch row. Returns False, with ``out`` in an
+    unspecified state, for any other input, size or layout, any failure, or a
+    Pillow without this encoder interface; the caller then decodes the usual way
+    (so errors are ``decode_image``'s own).
     """
+    if (bytes(data[:3]) == JPEG_MAGIC and out.ndim == 3 and
+            (out.flags.c_contiguous or _planar_shape(out) is not None) and
+            _fast(data, max_pixels, out) is not None):
+        return True
     return _decode_packed(data, out, max_pixels=max_pixels) is not None
 
 
 def decode_new(data, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray | None:
     """:func:`decode_into` a new (H, W, 3) array sized from the JPEG header: the
     image as ``decode_image`` returns it (new, writeable, C-contiguous) with one
-    copy fewer; None where :func:`decode_into` would return False
-    (spec/images.md, "Decode")."""
-    return _decode_packed(data, None, max_pixels=max_pixels)
+    copy fewer (the fast decoder's own array where it is used); None where
+    :func:`decode_into` would return False (spec/images.md, "Decode")."""
+    arr = _fast(data, max_pixels)
+    return _decode_packed(data, None, max_pixels=max_pixels) if arr is None else arr
 
 
 def decode_planar(data, transposed: bool = False,
@@ -432,15 +477,36 @@ def decode_planar(data, transposed: bool = False,
 
     The same pixels in another memory order: for a framework whose images are CHW
     (the torch adapter), ``transpose(2, 0, 1)`` of the result is contiguous, so no
-    pass over the image is spent changing the layout (Pillow packs each channel
-    straight into its plane). ``transposed`` is for an image that will be turned
-    by an odd multiple of 90 degrees: Pillow transposes the decoded pixels (a
-    blocked copy of 4-byte pixels) before packing, and the turned image is then
-    contiguous. Anything :func:`decode_new` cannot do goes through
-    :func:`decode_view`, so results and errors are exactly ``decode_image``'s.
+    pass over the image is spent changing the layout later. ``transposed`` is for
+    an image that will be turned by an odd multiple of 90 degrees: the turned image
+    is then contiguous. The fast decoder's pixels (spec/images.md, "The JPEG
+    decoder") are put in place by one transposing copy (for ``transposed``, block by
+    block); without it Pillow packs
+    each channel straight into its plane (after transposing the decoded pixels,
+    a blocked copy of 4-byte pixels, for ``transposed``). Measured in one process,
+    interleaved: the fast decode and the copy take less CPU time than Pillow's
+    decode and packing in both layouts (bench/decode_study.py). Anything neither
+    can do goes through :func:`decode_view`, so results and errors are exactly
+    ``decode_image``'s.
     """
+    arr = _fast(data, max_pixels)
+    if arr is not None:
+        h, w = arr.shape[:2]
+        if transposed:   # in 64 x 64 blocks, which stay in cache (measured faster)
+            img = np.empty((3, w, h), dtype=np.uint8)
+            src = arr.transpose(2, 1, 0)
+            for x in range(0, w, _BLOCK):
+                for y in range(0, h, _BLOCK):
+                    img[:, x:x + _BLOCK, y:y + _BLOCK] = src[:, x:x + _BLOCK, y:y + _BLOCK]
+            return img.transpose(2, 1, 0)
+        img = np.empty((3, h, w), dtype=np.uint8)
+        img[...] = arr.transpose(2, 0, 1)
+        return img.transpose(1, 2, 0)
     img = _decode_packed(data, None, planar=True, transposed=transposed, max_pixels=max_pixels)
     return decode_view(data, max_pixels) if img is None else img
+
+
+_BLOCK = 64  # the side of the blocks of decode_planar's transposing copy
 
 
 def _planar_shape(out):
@@ -523,6 +589,6 @@ def _pack(im, rawmode: str, dest: np.ndarray) -> bool:
             return status > 0 and at == end
 
 
-__all__ = ["decode_image", "image_format", "image_size", "image_header", "check_image_header",
+__all__ = ["decode_image", "decode_pillow", "image_format", "image_size", "image_header", "check_image_header",
            "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels",
            "decode_view", "decode_into", "decode_new", "decode_planar"]

@@ -18,9 +18,13 @@ OpenCV) case by case. This module holds:
   (simplejpeg's RGB conversion of them is up to 2 grey levels off Pillow's rounding)
   are left to Pillow, from the colour space in the header; so are any bytes it fails
   on: where Pillow decodes them its pixels are the answer, where it fails its error is.
-- :func:`decode_jpeg` and :func:`decode_jpeg_into`: a JPEG into a new array or into a
-  caller's (H, W, 3) uint8 array, through :func:`decode_fast` and otherwise
-  ``decode_image``, so pixels, error types and messages are always ``decode_image``'s.
+
+:mod:`tilespec.images` calls :func:`decode_fast` first in ``decode_image`` and in each of
+the loaders' decode variants (``decode_view``, ``decode_new``, ``decode_into``,
+``decode_planar``), and decodes with Pillow (``decode_pillow``) whatever it leaves, so
+every loader decodes at the fast decoder's speed when it is installed, with
+``decode_image``'s pixels and errors. This module imports nothing of tilespec (the
+import goes one way: images -> jpeg).
 """
 
 from __future__ import annotations
@@ -65,6 +69,43 @@ if _simplejpeg is not None:
     _decode = _simplejpeg.decode_jpeg
 
 
+def _taken(data, max_pixels):
+    """(height, width) from the fast decoder's reading of the header when it takes the
+    bytes (see :func:`decode_fast`), else None; raises where the header is unreadable."""
+    if _simplejpeg is None or bytes(data[:3]) != _JPEG_MAGIC:
+        return None
+    h, w, colour, _ = _header(data)
+    limit = Image.MAX_IMAGE_PIXELS  # above it Pillow warns, above twice it refuses
+    if colour not in _FAST_COLOURS or h * w > max_pixels or (limit and h * w > limit):
+        return None
+    return h, w
+
+
+def decoder_of(data, max_pixels: int) -> str:
+    """The decoder ``decode_image(data, max_pixels=...)`` starts with: ``'simplejpeg'``
+    when the fast decoder takes these bytes from their header (a JPEG in YCbCr, RGB or
+    grayscale, within the caps), else ``'pillow'`` (PNG, CMYK, or :data:`DECODER`
+    ``'pillow'``); bytes it then fails on are Pillow's too. spec/images.md, "The JPEG
+    decoder" (``tilespec inspect`` reports it per file)."""
+    try:
+        return "pillow" if _taken(data, max_pixels) is None else DECODER
+    except Exception:  # noqa: BLE001 - an unreadable header: Pillow says why
+        return "pillow"
+
+
+def describe() -> str:
+    """One line on the decoder choice, for ``tilespec adapters`` (spec/images.md, "The
+    JPEG decoder"): :data:`DECODER` and its version, the fallback, ``TILESPEC_JPEG``."""
+    import PIL
+
+    want = (os.environ.get(CHOICE_ENV) or "auto").strip().lower()
+    if _simplejpeg is not None:
+        return (f"simplejpeg {_simplejpeg.__version__} (Pillow {PIL.__version__} for PNG, "
+                f"CMYK and what simplejpeg cannot decode; {CHOICE_ENV}={want})")
+    why = "" if want == "pillow" else "; simplejpeg not installed: pip install 'tilespec[fast]'"
+    return f"pillow {PIL.__version__} ({CHOICE_ENV}={want}{why})"
+
+
 def decode_fast(data, max_pixels: int, out: np.ndarray | None = None) -> np.ndarray | None:
     """The pixels ``decode_image(data)`` gives, decoded by the fast decoder, or None.
 
@@ -78,13 +119,11 @@ def decode_fast(data, max_pixels: int, out: np.ndarray | None = None) -> np.ndar
     ``out`` does not fit, or the decoder fails: the caller then decodes with Pillow
     (``decode_image``), whose pixels or error are the answer. Never raises.
     """
-    if _simplejpeg is None or bytes(data[:3]) != _JPEG_MAGIC:
-        return None
     try:
-        h, w, colour, _ = _header(data)
-        limit = Image.MAX_IMAGE_PIXELS  # above it Pillow warns, above twice it refuses
-        if colour not in _FAST_COLOURS or h * w > max_pixels or (limit and h * w > limit):
+        size = _taken(data, max_pixels)
+        if size is None:
             return None
+        h, w = size
         if out is None:
             return _decode(data, "RGB", False, False, strict=True)
         if out.shape != (h, w, 3) or out.dtype != np.uint8 or not out.flags.writeable:
@@ -98,41 +137,5 @@ def decode_fast(data, max_pixels: int, out: np.ndarray | None = None) -> np.ndar
         return None
 
 
-def _max_pixels(max_pixels):
-    from .images import MAX_TILE_PIXELS  # here, not at import: images may import this module
-    return MAX_TILE_PIXELS if max_pixels is None else max_pixels
-
-
-def decode_jpeg(data, *, max_pixels: int | None = None) -> np.ndarray:
-    """``decode_image(data, max_pixels=...)`` for a JPEG, by the fast decoder where it is
-    exact (:func:`decode_fast`), else by ``decode_image`` itself: the same new
-    writeable C-contiguous (H, W, 3) uint8 pixels, the same errors. spec/images.md,
-    "The JPEG decoder"; ``max_pixels`` None: ``decode_image``'s default cap."""
-    from .images import decode_image
-    max_pixels = _max_pixels(max_pixels)
-    arr = decode_fast(data, max_pixels)
-    return decode_image(data, max_pixels=max_pixels) if arr is None else arr
-
-
-def decode_jpeg_into(data, out: np.ndarray, *, max_pixels: int | None = None) -> np.ndarray:
-    """Decode into ``out``, a writeable (H, W, 3) uint8 array of the image's size (any
-    layout: C-contiguous is decoded into directly), and return it: the pixels
-    :func:`decode_jpeg` gives, errors its own (spec/images.md, "The JPEG decoder").
-    An ``out`` of another shape or dtype, or read-only, is a ValueError (the image
-    is decoded first, so bytes that cannot be decoded raise their decode error)."""
-    from .images import decode_image
-    max_pixels = _max_pixels(max_pixels)
-    if decode_fast(data, max_pixels, out) is not None:
-        return out
-    arr = decode_image(data, max_pixels=max_pixels)
-    if out.shape != arr.shape or out.dtype != np.uint8 or not out.flags.writeable:
-        raise ValueError(f"out must be a writeable {arr.shape} uint8 array (the image is "
-                         f"{arr.shape[1]}x{arr.shape[0]}), got "
-                         f"{'a read-only ' if not out.flags.writeable else ''}{out.shape} "
-                         f"{out.dtype}")
-    out[...] = arr
-    return out
-
-
-__all__ = ["DECODER", "CHOICE_ENV", "CHOICES", "choose_decoder", "decode_fast", "decode_jpeg",
-           "decode_jpeg_into"]
+__all__ = ["DECODER", "CHOICE_ENV", "CHOICES", "choose_decoder", "decode_fast", "decoder_of",
+           "describe"]

@@ -1,6 +1,7 @@
 """The JPEG decoder choice (spec/images.md, "The JPEG decoder"): on every case of the
-decode contract, tilespec.jpeg gives decode_image's pixels and errors, with the fast
-decoder (simplejpeg, when installed) and with the Pillow fallback."""
+decode contract, decode_image and the loaders' decode variants (which try
+tilespec.jpeg's fast decoder first) give decode_pillow's pixels and errors, with the
+fast decoder (simplejpeg, when installed) and with the Pillow fallback."""
 
 import io
 import json
@@ -16,6 +17,8 @@ from PIL import Image
 
 import tilespec
 from tilespec import jpeg
+from tilespec.images import (decode_image, decode_into, decode_new, decode_pillow, decode_planar,
+                             decode_view)
 
 FAST = jpeg.DECODER == "simplejpeg"
 needs_fast = pytest.mark.skipif(not FAST, reason="simplejpeg is not installed")
@@ -59,6 +62,8 @@ def _cases():
     c["q1"] = _save(im, quality=1)
     c["q100"] = _save(im, quality=100)
     c["1x1"] = _save(Image.fromarray(img[:1, :1]))
+    # more than one 64 px block of decode_planar's transposing copy, cut at both edges
+    c["odd 150x97"] = _save(Image.fromarray(_image(3, 150, 97)), quality=85)
     c["restart blocks"] = _save(im, quality=90, restart_marker_blocks=3)
     c["restart rows + progressive"] = _save(im, quality=90, restart_marker_rows=1,
                                             progressive=True)
@@ -94,29 +99,48 @@ def _bad():
 BAD = _bad()
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_contract_cases_equal_decode_image(case):
-    data = CASES[case]
-    expect = tilespec.decode_image(data)
-    got = jpeg.decode_jpeg(data)
+def _variants(data, expect):
+    """Every decode the loaders use, each checked to give ``expect``."""
+    got = decode_image(data)
     assert got.dtype == np.uint8 and got.flags.c_contiguous and got.flags.writeable
     assert np.array_equal(got, expect)
+    assert np.array_equal(decode_view(data), expect)
+    new = decode_new(data)
+    assert new is None or (np.array_equal(new, expect) and new.flags.c_contiguous and
+                           new.flags.writeable)
     out = np.full_like(expect, 7)
-    assert jpeg.decode_jpeg_into(data, out) is out
-    assert np.array_equal(out, expect)
+    assert not decode_into(data, out) or np.array_equal(out, expect)
     planar = np.full((3,) + expect.shape[:2], 7, np.uint8).transpose(1, 2, 0)
-    assert np.array_equal(jpeg.decode_jpeg_into(data, planar), expect)
+    assert not decode_into(data, planar) or np.array_equal(planar, expect)
+    for transposed in (False, True):
+        img = decode_planar(data, transposed=transposed)
+        assert np.array_equal(img, expect) and img.flags.writeable
+    return new
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_contract_cases_equal_decode_pillow(case):
+    data = CASES[case]
+    expect = decode_pillow(data)
     fast = jpeg.decode_fast(data, tilespec.images.MAX_TILE_PIXELS)
     if FAST and case not in PILLOW_ONLY | FAILS_FAST:
-        assert fast is not None and np.array_equal(fast, expect)  # the fast path ran
+        assert fast is not None and np.array_equal(fast, expect)  # the fast path runs
+        out = np.full_like(expect, 7)
+        planar = np.full((3,) + expect.shape[:2], 7, np.uint8).transpose(1, 2, 0)
+        assert decode_into(data, out) and decode_into(data, planar)  # any JPEG mode
+        assert decode_new(data) is not None
+        # the planar layouts of decode_planar come from the fast decoder too
+        assert decode_planar(data).transpose(2, 0, 1).flags.c_contiguous
+        assert decode_planar(data, transposed=True).transpose(2, 1, 0).flags.c_contiguous
     else:
         assert fast is None  # routed to Pillow
+    _variants(data, expect)
 
 
 @needs_fast
 def test_into_a_c_contiguous_buffer_writes_in_place():
     data = CASES["rgb 420"]
-    expect = tilespec.decode_image(data)
+    expect = decode_pillow(data)
     batch = np.zeros((3,) + expect.shape, np.uint8)
     row = batch[1]
     got = jpeg.decode_fast(data, 1 << 30, row)
@@ -136,14 +160,13 @@ def test_random_images_equal_decode_image(h, w, quality, subsampling, progressiv
         img = _image(seed % 1000, h, w)
     im = Image.fromarray(img[..., 0] if gray else img)
     data = _save(im, quality=quality, subsampling=subsampling, progressive=progressive)
-    expect = tilespec.decode_image(data)
+    expect = decode_pillow(data)
     fast = jpeg.decode_fast(data, tilespec.images.MAX_TILE_PIXELS)
     assert (fast is not None) == FAST
-    assert np.array_equal(jpeg.decode_jpeg(data), expect)
     if fast is not None:
         assert np.array_equal(fast, expect)
-    out = np.empty_like(expect)
-    assert np.array_equal(jpeg.decode_jpeg_into(data, out), expect)
+    new = _variants(data, expect)
+    assert (new is not None) == (FAST or not gray)  # Pillow's packing takes RGB only
 
 
 def _error(fn, *args, **kw):
@@ -153,38 +176,56 @@ def _error(fn, *args, **kw):
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
-def test_errors_are_decode_image_s(kind):
+def test_errors_are_decode_pillow_s(kind):
     data = BAD[kind]
-    expect = _error(tilespec.decode_image, data)
+    expect = _error(decode_pillow, data)
     assert jpeg.decode_fast(data, tilespec.images.MAX_TILE_PIXELS) is None
-    assert _error(jpeg.decode_jpeg, data) == expect
-    # the decode error comes first, even with an out that does not fit
-    assert _error(jpeg.decode_jpeg_into, data, np.empty((2, 2, 3), np.uint8)) == expect
+    assert _error(decode_image, data) == expect
+    assert _error(decode_view, data) == expect
+    for transposed in (False, True):
+        assert _error(decode_planar, data, transposed=transposed) == expect
+    # the variants that may decline hand the bytes back to decode_image
+    assert decode_new(data) is None and not decode_into(data, np.empty((48, 40, 3), np.uint8))
 
 
-def test_the_size_cap_is_decode_image_s():
+def test_the_size_cap_is_decode_pillow_s():
     data = CASES["rgb 420"]
-    h, w = tilespec.decode_image(data).shape[:2]
+    h, w = decode_pillow(data).shape[:2]
     assert jpeg.decode_fast(data, h * w - 1) is None
-    with pytest.raises(tilespec.ImageTooLargeError) as e:
-        jpeg.decode_jpeg(data, max_pixels=h * w - 1)
-    with pytest.raises(tilespec.ImageTooLargeError) as e2:
-        tilespec.decode_image(data, max_pixels=h * w - 1)
-    assert str(e.value) == str(e2.value)
-    assert np.array_equal(jpeg.decode_jpeg(data, max_pixels=h * w),
-                          tilespec.decode_image(data))
+    expect = _error(decode_pillow, data, max_pixels=h * w - 1)
+    assert expect[0] is tilespec.ImageTooLargeError
+    assert _error(decode_image, data, max_pixels=h * w - 1) == expect
+    assert _error(decode_view, data, h * w - 1) == expect
+    assert _error(decode_planar, data, max_pixels=h * w - 1) == expect
+    assert decode_new(data, h * w - 1) is None
+    assert not decode_into(data, np.empty((h, w, 3), np.uint8), h * w - 1)
+    assert np.array_equal(decode_image(data, max_pixels=h * w), decode_pillow(data))
 
 
-def test_pillow_s_bomb_limit_is_decode_image_s(monkeypatch):
+def test_the_cap_is_read_from_our_own_header_parse(monkeypatch):
+    """The cap is applied from image_header's parse before the fast decoder sees the
+    bytes (spec/reliability.md, "Size caps"): it is never asked to decode them."""
+    data = CASES["rgb 420"]
+    h, w = decode_pillow(data).shape[:2]
+    calls = []
+    monkeypatch.setattr(tilespec.images, "decode_fast", lambda *a: calls.append(a))
+    with pytest.raises(tilespec.ImageTooLargeError):
+        decode_image(data, max_pixels=h * w - 1)
+    assert calls == []
+    decode_image(data)
+    assert len(calls) == 1  # within the cap the fast decoder is asked first
+
+
+def test_pillow_s_bomb_limit_is_decode_pillow_s(monkeypatch):
     data = CASES["rgb 420"]  # 40 x 48 = 1920 pixels
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)  # 1920 > twice 900: Pillow refuses
     assert jpeg.decode_fast(data, 1 << 30) is None
-    expect = _error(tilespec.decode_image, data, max_pixels=1 << 30)
+    expect = _error(decode_pillow, data, max_pixels=1 << 30)
     assert expect[0] is tilespec.ImageTooLargeError
-    assert _error(jpeg.decode_jpeg, data, max_pixels=1 << 30) == expect
+    assert _error(decode_image, data, max_pixels=1 << 30) == expect
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1919)  # over the limit: Pillow warns only
-    assert np.array_equal(jpeg.decode_jpeg(data, max_pixels=1 << 30),
-                          tilespec.decode_image(data, max_pixels=1 << 30))
+    assert np.array_equal(decode_image(data, max_pixels=1 << 30),
+                          decode_pillow(data, max_pixels=1 << 30))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1920)
     assert (jpeg.decode_fast(data, 1 << 30) is not None) == FAST
 
@@ -193,24 +234,26 @@ def test_pillow_s_bomb_limit_is_decode_image_s(monkeypatch):
 def test_bytes_like_inputs(wrap):
     for case in ("rgb 420", "gray", "cmyk"):
         data = CASES[case]
-        assert np.array_equal(jpeg.decode_jpeg(wrap(data)), tilespec.decode_image(data))
+        assert np.array_equal(decode_image(wrap(data)), decode_pillow(data))
+        assert np.array_equal(decode_planar(wrap(data), transposed=True), decode_pillow(data))
     data = BAD["truncated 90%"]
-    assert _error(jpeg.decode_jpeg, wrap(data)) == _error(tilespec.decode_image, data)
+    assert _error(decode_image, wrap(data)) == _error(decode_pillow, data)
 
 
 def test_an_out_that_does_not_fit_is_refused():
     data = CASES["rgb 420"]
-    h, w = tilespec.decode_image(data).shape[:2]
+    h, w = decode_pillow(data).shape[:2]
     for out in (np.empty((h, w + 1, 3), np.uint8), np.empty((h, w, 3), np.float32),
                 np.empty((h, w, 4), np.uint8), np.empty((w, h, 3), np.uint8)):
         assert jpeg.decode_fast(data, 1 << 30, out) is None
-        with pytest.raises(ValueError, match=r"out must be a writeable \(48, 40, 3\) uint8"):
-            jpeg.decode_jpeg_into(data, out)
+        assert not decode_into(data, out)
     frozen = np.empty((h, w, 3), np.uint8)
     frozen.flags.writeable = False
     assert jpeg.decode_fast(data, 1 << 30, frozen) is None
-    with pytest.raises(ValueError, match="read-only"):
-        jpeg.decode_jpeg_into(data, frozen)
+    assert not decode_into(data, frozen)
+    # a layout other than pixel by pixel or plane by plane is refused by both decoders
+    twisted = np.zeros((w, h, 3), np.uint8).transpose(1, 0, 2)
+    assert not decode_into(data, twisted) and not twisted.any()
 
 
 def test_choice_values():
@@ -238,11 +281,13 @@ if sys.argv[1] == "blocked":
 import numpy as np
 import tilespec
 from tilespec import jpeg
+from tilespec.images import decode_image, decode_pillow, decode_planar
 sys.path.insert(0, sys.argv[2])
 import test_jpeg as t
-same = all(np.array_equal(jpeg.decode_jpeg(d), tilespec.decode_image(d)) for d in t.CASES.values())
-errors = all(t._error(jpeg.decode_jpeg, d) == t._error(tilespec.decode_image, d)
-             for d in t.BAD.values())
+same = all(np.array_equal(decode_image(d), decode_pillow(d)) and
+           np.array_equal(decode_planar(d, transposed=True), decode_pillow(d))
+           for d in t.CASES.values())
+errors = all(t._error(decode_image, d) == t._error(decode_pillow, d) for d in t.BAD.values())
 none = all(jpeg.decode_fast(d, 1 << 30) is None for d in t.CASES.values())
 print(json.dumps([jpeg.DECODER, same, errors, none]))
 """
