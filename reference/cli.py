@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections import Counter
 
-from . import __version__
+from . import __version__, jpeg
 from .crc32c import BACKEND
 from .errors import TFRecordError
 from .example import parse_example, parse_tile
@@ -46,14 +46,15 @@ def find_tfrecords(target) -> list[str]:
 
 
 def inspect_file(path) -> dict:
-    """Summary of one TFRecord: records, features, image format/size, slides, index state.
+    """Summary of one TFRecord: records, features, image format/size, the decoder of its
+    first image (:func:`tilespec.jpeg.decoder_of`), slides, index state.
 
     README.md, "Command line". Reads (and verifies) every record.
     """
     n = 0
     slides: Counter = Counter()
     features = None
-    image = None
+    image = decoder = None
     for payload in read_records(path):
         if features is None:
             parsed = parse_example(payload)
@@ -62,10 +63,11 @@ def inspect_file(path) -> dict:
         tile = parse_tile(payload)
         if image is None:
             image = image_size(tile.image_raw)
+            decoder = jpeg.decoder_of(tile.image_raw, MAX_TILE_PIXELS)
         slides[tile.slide] += 1
         n += 1
     return {"path": os.fspath(path), "records": n, "features": features, "image": image,
-            "slides": dict(slides), "index": index_state(path)}
+            "decoder": decoder, "slides": dict(slides), "index": index_state(path)}
 
 
 def cmd_inspect(args, out=None) -> int:
@@ -84,7 +86,8 @@ def cmd_inspect(args, out=None) -> int:
         feats = ", ".join(f"{k}:{v}" for k, v in s["features"].items())
         slides = ", ".join(f"{k} ({v})" for k, v in sorted(s["slides"].items()))
         print(f"{path}\n  records: {s['records']}\n  features: {feats}\n"
-              f"  image: {fmt} {w}x{h}\n  slides: {slides}\n  index: {s['index']}", file=out)
+              f"  image: {fmt} {w}x{h}\n  decoder: {s['decoder']}\n  slides: {slides}\n"
+              f"  index: {s['index']}", file=out)
     if len(paths) > 1:
         print(f"{len(paths)} files, {total} records", file=out)
     return 0
@@ -212,6 +215,7 @@ def cmd_adapters(args, out=None) -> int:
     for name, (dist, _) in sorted(KNOWN_ADAPTERS.items()):
         if name not in have:
             print(f"{name:<12} {dist:<16} not installed ({install_hint(name)})", file=out)
+    print(f"jpeg decoder: {jpeg.describe()}", file=out)
     return 0
 
 

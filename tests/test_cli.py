@@ -50,7 +50,8 @@ def test_inspect_file(folder, capsys):
     assert out.splitlines() == [
         str(path), "  records: 12",
         "  features: image_raw:bytes, slide:bytes, loc_x:int64, loc_y:int64",
-        "  image: jpeg 64x64", "  slides: slide-c1 (12)", "  index: missing"]
+        "  image: jpeg 64x64", f"  decoder: {tilespec.jpeg.DECODER}",
+        "  slides: slide-c1 (12)", "  index: missing"]
 
 
 def test_inspect_dir(folder, capsys):
@@ -252,6 +253,41 @@ def test_cli_lists_adapters(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("numpy")
     assert "tilespec-torch" in out and "tilespec-tf" in out
+
+
+def test_cli_reports_the_jpeg_decoder(capsys, monkeypatch):
+    """`tilespec adapters` ends with the JPEG decoder chosen at import (spec/images.md,
+    "The JPEG decoder"), `tilespec inspect` names each file's."""
+    assert main(["adapters"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(f"jpeg decoder: {tilespec.jpeg.DECODER} ")
+    monkeypatch.setenv("TILESPEC_JPEG", "Pillow")
+    run = subprocess.run([sys.executable, "-m", "tilespec.cli", "adapters"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    import PIL
+    assert run.stdout.splitlines()[-1] == f"jpeg decoder: pillow {PIL.__version__} " \
+                                          "(TILESPEC_JPEG=pillow)"
+
+
+def test_inspect_names_the_decoder_of_each_file(tmp_path, capsys):
+    from PIL import Image
+
+    from tilespec.records import write_records
+
+    def tfrecord(name, fmt, mode):
+        buf = io.BytesIO()
+        Image.new(mode, (8, 8), 90).save(buf, format=fmt)
+        path = tmp_path / f"{name}.tfrecords"
+        write_records(path, [tilespec.encode_tile(buf.getvalue(), name)])
+        return path
+
+    want = {"rgb": tilespec.jpeg.DECODER, "cmyk": "pillow", "png": "pillow"}
+    paths = {"rgb": tfrecord("rgb", "JPEG", "RGB"), "cmyk": tfrecord("cmyk", "JPEG", "CMYK"),
+             "png": tfrecord("png", "PNG", "RGB")}
+    for name, path in paths.items():
+        assert main(["inspect", str(path)]) == 0
+        assert f"  decoder: {want[name]}" in capsys.readouterr().out.splitlines()
 
 
 def test_demo_trains_through_project_train(tmp_path):
