@@ -8,7 +8,10 @@ rows), in this process only (one core). Each row is the median of
 ``--run-ms`` milliseconds, so the figures are per call. Resize weight
 matrices are cached by ``tilespec`` after their first use, as in a loader, so
 the rows show the steady state. Rows marked "(for comparison)" do the same
-job with Pillow or SciPy, to show what a compiled implementation costs.
+job with Pillow or SciPy, to show what a compiled implementation costs; the
+decode ones are the bare loops of the exact decoders (``common.exact_decoders``:
+Pillow, and simplejpeg when it imports and its pixels equal Pillow's on the tile),
+beside ``decode_image``, which decodes with ``tilespec.jpeg.DECODER``.
 
 The pipeline rows draw the augmentations of ``--positions`` stream positions
 (``Pipeline.draw``) and apply them (``Pipeline.apply``), from decoded pixels
@@ -35,11 +38,12 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (environment, format_table, measure, parser, quick_defaults,  # noqa: E402
-                    write_json)
+from common import (environment, exact_decoders, format_table, measure, parser,  # noqa: E402
+                    quick_defaults, write_json)
 
 import tilespec  # noqa: E402
 from tilespec import ops  # noqa: E402
+from tilespec.jpeg import DECODER  # noqa: E402
 from tilespec.pipeline import Pipeline  # noqa: E402
 from tilespec.rng import stream_key  # noqa: E402
 from tilespec.stain import StainNormalizer, draw_stain_perturbation  # noqa: E402
@@ -62,7 +66,8 @@ def calls_for(fn, run_s: float) -> int:
 def op_cases(img, jpeg_bytes, args) -> list:
     """(group, name, fn) for every per-op row."""
     cases = [
-        ("decode", "decode_image (JPEG q90 bytes)", lambda: tilespec.decode_image(jpeg_bytes)),
+        ("decode", f"decode_image (JPEG q90 bytes, {DECODER})",
+         lambda: tilespec.decode_image(jpeg_bytes)),
         ("geometry", "flip_left_right", lambda: ops.flip_left_right(img)),
         ("geometry", "flip_up_down", lambda: ops.flip_up_down(img)),
     ]
@@ -94,8 +99,6 @@ def op_cases(img, jpeg_bytes, args) -> list:
 
 def comparison_cases(img, jpeg_bytes) -> list:
     """The same jobs done by compiled code, for scale (not part of tilespec)."""
-    import io
-
     from PIL import Image
     from scipy import ndimage
 
@@ -107,9 +110,10 @@ def comparison_cases(img, jpeg_bytes) -> list:
          lambda: np.asarray(pil.resize((RESIZE_TO, RESIZE_TO), Image.Resampling.BILINEAR))),
         ("compare", "scipy gaussian_filter sigma=1 mirror (for comparison)",
          lambda: ndimage.gaussian_filter(img, (1.0, 1.0, 0), mode="mirror", truncate=2.0)),
-        ("compare", "Pillow decode to array (for comparison)",
-         lambda: np.asarray(Image.open(io.BytesIO(jpeg_bytes)))),
     ]
+    exact, _ = exact_decoders([jpeg_bytes])
+    out += [("compare", f"bare {name} decode to array (for comparison)",
+             (lambda decode=decode: decode(jpeg_bytes))) for name, decode in exact.items()]
     return out
 
 
