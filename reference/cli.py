@@ -14,14 +14,13 @@ from collections import Counter
 
 from . import __version__
 from .crc32c import BACKEND
+from .dataset import TFRECORD_SUFFIXES
 from .errors import TFRecordError
 from .example import parse_example, parse_tile
 from .images import MAX_TILE_PIXELS, image_size
 from .index import IndexRebuildWarning, index_path, index_state, load_index
 from .progress import Progress  # noqa: F401  (tilespec.cli.Progress: also used by tests)
 from .records import MAX_RECORD_BYTES, read_records
-
-TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
 
 
 class CLIError(Exception):

@@ -148,7 +148,10 @@ def to_numpy(x):
     return arr
 
 
-def _field_names(n: int, options: Mapping | None):
+def field_names(n: int, options: Mapping | None):
+    """The names of a batch's fields (image, label, then slide and loc_x, loc_y when
+    included): from the loader ``options`` when given, else from the field count ``n``
+    (spec/adapters.md, "Conformance")."""
     if options is not None:
         names = ["image", "label"]
         if options.get("incl_slidenames"):
@@ -277,7 +280,7 @@ def assert_conforms(loader: Iterable, reference: Iterable, *, n: int | None = No
         got, ref = tuple(got), tuple(ref)
         if len(got) != len(ref):
             raise ConformanceError(f"{where}: {len(got)} fields, reference {len(ref)}")
-        names = _field_names(len(ref), options)
+        names = field_names(len(ref), options)
         for name, g, f in zip(names, got, ref):
             if name == "image":
                 _compare_image(to_numpy(g), to_numpy(f), tol, layout, where, batched)
@@ -525,7 +528,7 @@ def image_options(tile_px: int = 16, methods=None):
     absent is left out of the dict, so the default is tested."""
     from hypothesis import strategies as st
 
-    from .pipeline import RESIZE_METHODS
+    from .resize import RESIZE_METHODS
     from .stain import METHODS, StainNormalizer
 
     methods = tuple(METHODS if methods is None else methods)
@@ -611,7 +614,7 @@ def covering_options(tile_px: int = 16, *, indexed: bool = False,
     longest dimension (the resize methods). Given to the conformance tests as
     explicit examples beside the drawn ones, so no value depends on the draw
     (spec/adapters.md, "Conformance")."""
-    from .pipeline import RESIZE_METHODS
+    from .resize import RESIZE_METHODS
     from .stain import METHODS, StainNormalizer
 
     px = tile_px
@@ -723,4 +726,4 @@ __all__ = ["audit", "AuditReport", "Check", "assert_conforms", "image_tolerance"
            "tile_dataset_layouts", "sampling_configs", "LEVELS", "JPEG_AFTER_INEXACT",
            "JPEG_DECISION_PX", "edge_images", "EDGE_KINDS", "tie_floats", "image_options",
            "loader_options", "indexed_options", "covering_options", "resolve_labels", "LABEL_KINDS", "ABSENT",
-           "invert"]
+           "invert", "field_names"]

@@ -24,7 +24,7 @@ import tilespec
 from tilespec import ops as ref_ops
 from tilespec import plugins, testing as tt
 from tilespec.augment import BLUR_SIGMAS
-from tilespec.pipeline import RESIZE_METHODS
+from tilespec.resize import RESIZE_METHODS
 from tilespec.stain import METHODS, StainNormalizer
 
 #: the plugin parametrizes ``backend`` in this module (--tilespec-backend)
