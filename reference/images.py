@@ -364,4 +364,4 @@ def image_size(data):
 
 
 __all__ = ["decode_image", "image_format", "image_size", "image_header", "check_image_header",
-           "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels"]
+           "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels", "JPEG_MAGIC"]
