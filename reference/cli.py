@@ -1,4 +1,6 @@
-"""The ``tilespec`` command line: inspect, index, verify, demo.
+"""The ``tilespec`` command line: inspect, index, verify, demo (README.md, "Command
+line"; ``inspect`` and ``index`` are specified in spec/index.md, "Loading", ``verify``
+in spec/reliability.md, ``demo`` in spec/pictures.md).
 
 Errors are reported as one line, ``tilespec: error: ...``, with exit code 1
 (2 for bad usage).

@@ -83,6 +83,18 @@ def tfrecord_stem(path: str) -> str:
     return base
 
 
+def _not_a_source(source) -> DatasetError:
+    return DatasetError(f"tfrecords must be a folder, a path, or a list of them, "
+                        f"not {type(source).__name__}")
+
+
+def _source_path(item) -> str:
+    """One entry of a tfrecords list as a path, or DatasetError naming it."""
+    if not isinstance(item, (str, os.PathLike)):
+        raise DatasetError(f"tfrecords: {item!r} is not a path")
+    return os.fspath(item)
+
+
 def find_tfrecords(source) -> list:
     """Absolute paths of the tfrecords in ``source``, sorted (spec/dataset.md, "Building").
 
@@ -97,13 +109,10 @@ def find_tfrecords(source) -> list:
         if not items:
             raise DatasetError("tfrecords: the list of folders/paths is empty")
     else:
-        raise DatasetError(f"tfrecords must be a folder, a path, or a list of them, "
-                           f"not {type(source).__name__}")
+        raise _not_a_source(source)
     found = []
     for item in items:
-        if not isinstance(item, (str, os.PathLike)):
-            raise DatasetError(f"tfrecords: {item!r} is not a path")
-        p = os.path.abspath(os.fspath(item))
+        p = os.path.abspath(_source_path(item))
         if os.path.isdir(p):
             found += [os.path.join(p, f) for f in sorted(os.listdir(p))
                       if f.endswith(TFRECORD_SUFFIXES) and os.path.isfile(os.path.join(p, f))]
@@ -132,13 +141,10 @@ def tfrecord_paths(source) -> list:
     if isinstance(source, (str, os.PathLike)):
         return find_tfrecords(source)
     if not isinstance(source, (list, tuple, np.ndarray)):
-        raise DatasetError(f"tfrecords must be a folder, a path, or a list of them, "
-                           f"not {type(source).__name__}")
+        raise _not_a_source(source)
     out = []
     for item in source:
-        if not isinstance(item, (str, os.PathLike)):
-            raise DatasetError(f"tfrecords: {item!r} is not a path")
-        p = os.fspath(item)
+        p = _source_path(item)
         if os.path.isdir(p):
             out += find_tfrecords(p)
         elif os.path.isfile(p):

@@ -12,7 +12,6 @@ hypothesis is only needed for the strategies (imported lazily).
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
@@ -311,6 +310,7 @@ def write_tile_dataset(layout: TileDatasetLayout, root) -> dict:
     """
     from PIL import Image
 
+    from .annotations import write_annotations_csv
     from .example import encode_tile
     from .records import write_records
 
@@ -335,12 +335,10 @@ def write_tile_dataset(layout: TileDatasetLayout, root) -> dict:
         path = os.path.join(folder, f"{slide}.tfrecords")
         write_records(path, recs)
         paths.append(path)
-    ann = os.path.join(root, "annotations.csv")
-    with open(ann, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["patient", "slide", "category"])
-        for slide, patient, category, _ in layout.slides:
-            w.writerow([patient, slide, category])
+    ann = write_annotations_csv(os.path.join(root, "annotations.csv"),
+                                ["patient", "slide", "category"],
+                                [[patient, slide, category]
+                                 for slide, patient, category, _ in layout.slides])
     return {"tfrecords": folder, "annotations": ann, "paths": paths}
 
 
