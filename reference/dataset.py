@@ -780,8 +780,10 @@ class Dataset:
     clip_counts = property(
         _get_clip, _set_clip,
         doc="Clip counts ``{path: c_t}`` ({} when unclipped); assigning a dict sets a custom "
-            "clip (validated: known tfrecords, integers >= 0; a value above n_t is read as "
-            "n_t; a tfrecord left out is not clipped). spec/dataset.md, 'Custom clipping'.")
+            "clip in place (read by :func:`tilespec.balance.custom_clip`: known tfrecords, "
+            "integers >= 0; a value above n_t is read as n_t; a tfrecord left out is not "
+            "clipped). spec/dataset.md, 'Custom clipping' and 'Assigning weights and clip "
+            "counts'.")
     _clip = clip_counts  # the name slideflow's documentation uses
 
     # -- balancing ------------------------------------------------------------------------------
@@ -836,8 +838,9 @@ class Dataset:
 
         Assigning a dict sets custom weights: it must have exactly the
         dataset's tfrecords as keys, finite values >= 0, a positive sum; it is
-        stored divided by its sum. Assigning None removes balancing.
-        spec/dataset.md, "Custom weights".
+        stored divided by its sum. Assigning None removes balancing. Assignment changes
+        this dataset in place (spec/dataset.md, "Custom weights" and "Assigning weights
+        and clip counts").
         """
         w = self._weights_array()
         return None if w is None else {p: float(x) for p, x in zip(self._paths, w)}

@@ -22,8 +22,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"tilespec": ROOT / "reference",
             "tilespec_torch": ROOT / "adapters_torch" / "tilespec_torch",
