@@ -137,4 +137,4 @@ def apply_steps(img: np.ndarray, steps, ops=None) -> np.ndarray:
 
 
 __all__ = ["parse_augment", "draw_augmentations", "apply_steps", "Step", "Draws",
-           "VALID_CHARS", "DEFAULT_AUGMENT"]
+           "VALID_CHARS", "DEFAULT_AUGMENT", "BLUR_SIGMAS", "BLUR_CDF"]

@@ -524,5 +524,5 @@ def _pack(im, rawmode: str, dest: np.ndarray) -> bool:
 
 
 __all__ = ["decode_image", "image_format", "image_size", "image_header", "check_image_header",
-           "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels",
+           "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels", "JPEG_MAGIC",
            "decode_view", "decode_into", "decode_new", "decode_planar"]

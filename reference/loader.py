@@ -16,6 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .balance import custom_clip
 from .dataset import tfrecord_paths
 from .images import MAX_TILE_PIXELS
 from .items import (AllSkippedGuard, ArrayStacker, ItemMaker, check_construction,
@@ -405,7 +406,7 @@ class IndexedInterleaver:
             resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa)
         counts = np.array([len(self._items.source.offsets(t)) for t in range(len(self.paths))],
                           dtype=np.int64)
-        self.clip = _clip_array(clip, self.paths, counts)
+        self.clip = custom_clip(clip, self.paths, counts)
         starts, sizes = partition(self.clip, self.num_replicas, self.rank)
         # item i -> (t, j): tfrecords in order, records in file order
         self._t = np.repeat(np.arange(len(self.paths)), sizes)
@@ -456,30 +457,6 @@ class IndexedInterleaver:
 
     def close(self):
         self._items.close()
-
-
-def _clip_array(clip, paths, counts) -> np.ndarray:
-    """clip as None, a list aligned with paths, or a dict {path: count}; values above n_t
-    read as n_t."""
-    if clip is None:
-        return counts.copy()
-    if isinstance(clip, Mapping):
-        norm = {os.path.abspath(os.fspath(k)): v for k, v in clip.items()}
-        unknown = set(norm) - {os.path.abspath(p) for p in paths}
-        if unknown:
-            raise ValueError(f"clip names tfrecords that are not in the dataset: "
-                             f"{sorted(unknown)[:5]}")
-        values = [norm.get(os.path.abspath(p), n) for p, n in zip(paths, counts)]
-    else:
-        values = list(clip)
-        if len(values) != len(paths):
-            raise ValueError(f"clip has {len(values)} entries for {len(paths)} tfrecords")
-    out = []
-    for p, v, n in zip(paths, values, counts):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"clip for {p} must be an integer >= 0, got {v!r}")
-        out.append(min(int(v), int(n)))
-    return np.array(out, dtype=np.int64)
 
 
 __all__ = ["NumpyLoader", "IndexedInterleaver"]

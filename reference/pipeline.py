@@ -22,9 +22,8 @@ from . import ops as reference_ops
 from .augment import Draws, apply_steps, draw_augmentations, parse_augment
 from .images import decode_image
 
-STANDARDIZE_MODES = ("unit", "per_image")
-RESIZE_METHODS = ("lanczos3", "lanczos5", "bilinear", "bicubic", "nearest", "area",
-                  "gaussian", "mitchellcubic")
+from .ops import STANDARDIZE_MODES
+from .resize import RESIZE_METHODS
 
 
 def resolve_standardize(standardize, default: str) -> str | None:

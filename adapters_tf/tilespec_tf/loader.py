@@ -384,7 +384,7 @@ def make_dataset(dataset, options: dict):
                          "pipeline shows progress through Keras (model.fit(verbose=1)) or "
                          "tf.keras.utils.Progbar")
     rank, num_replicas = _shard(options)
-    labels = dataset._loader_labels(options.pop("labels", None))
+    labels = dataset.loader_labels(options.pop("labels", None))
     table = dataset.sampling_table()
     base = _PlanLoader(list(table.paths), table.clip, table.weights, labels=labels,
                        rank=rank, num_replicas=num_replicas,

@@ -31,7 +31,7 @@ from tilespec.augment import BLUR_SIGMAS
 layout = "HWC"
 STANDARDIZE_MODES = _ref.STANDARDIZE_MODES
 RESIZE_METHODS = _ref.RESIZE_METHODS
-JPEG_MAGIC = b"\xff\xd8\xff"
+from tilespec.images import JPEG_MAGIC  # noqa: E402  (declared once, in images)
 
 
 # --------------------------------------------------------------------------- boundary
@@ -113,7 +113,7 @@ def rot90(img, k) -> tf.Tensor:
     ``k`` is an integer (taken modulo 4) or an int32 scalar tensor."""
     img = _check_image(img)
     if not tf.is_tensor(k):
-        k = _ref._check_int(k, "k") % 4
+        k = _ref.check_int(k, "k") % 4
     return tf.image.rot90(img, k)
 
 
@@ -123,7 +123,7 @@ def crop(img, left, width) -> tf.Tensor:
     A box outside the image raises ValueError (eager) or InvalidArgumentError
     (in a graph) naming the box and the image height and width."""
     img = _check_image(img)
-    left, width = _ref._check_int(left, "crop left"), _ref._check_int(width, "crop width")
+    left, width = _ref.check_int(left, "crop left"), _ref.check_int(width, "crop width")
     if width <= 0 or left < 0:
         raise ValueError(f"crop needs left >= 0 and width > 0, got left={left}, width={width}")
     shape = tf.shape(img)
@@ -149,7 +149,7 @@ def _size_pair(size):
     if isinstance(size, numbers.Integral):
         pair = (int(size), int(size))
     else:
-        pair = tuple(int(_ref._check_int(v, "resize size")) for v in size)
+        pair = tuple(int(_ref.check_int(v, "resize size")) for v in size)
         if len(pair) != 2:
             raise ValueError(f"resize size must be an integer or (height, width), got {size!r}")
     if min(pair) <= 0:
@@ -241,7 +241,7 @@ def jpeg(img, quality) -> tf.Tensor:
     img = _check_image(img)
     if tf.is_tensor(quality):
         return jpeg_variable(img, quality)
-    quality = _ref._check_int(quality, "JPEG quality")
+    quality = _ref.check_int(quality, "JPEG quality")
     if not 0 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 0..100, got {quality}")
     if img.shape.rank == 4:
