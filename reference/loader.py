@@ -498,9 +498,11 @@ class ItemMaker:
             check_image_header(data, max_pixels=self.max_tile_pixels,
                                tile_size=self.tile_size())
 
-    def read(self, t: int, j: int, position: int, decode=None, *, source=None):
+    def read(self, t: int, j: int, position: int, decode=None, *, source=None,
+             epoch: int = 0):
         """Step 1 of an item: ``(tile, image)`` for record j of tfrecord t at stream
-        ``position``, or None when it is skipped (spec/reliability.md, "on_error").
+        ``position`` of ``epoch``, or None when it is skipped (spec/reliability.md,
+        "on_error").
 
         Reads the record by offset (from ``source``, default this maker's
         :class:`TileSource`; an adapter iterating with its own open files passes
@@ -519,7 +521,7 @@ class ItemMaker:
             e = e.located(path=source.paths[t], record=j, offset=source.offset_of(t, j))
             if self.on_error == "raise":
                 raise e from None
-            self.skip(position, source.paths[t], j, e)
+            self.skip(position, source.paths[t], j, e, epoch)
             return None
 
     def fields(self, tile, path: str, record: int) -> tuple:
@@ -551,8 +553,8 @@ class ItemMaker:
         return self.decode(data, steps)
 
     def make(self, t: int, j: int, position: int, steps, stain_z, *, owned: bool = True,
-             into: np.ndarray | None = None):
-        """The item for record j of tfrecord t at ``position``, or None when skipped:
+             into: np.ndarray | None = None, epoch: int = 0):
+        """The item for record j of tfrecord t at ``position`` of ``epoch``, or None when skipped:
         :meth:`read` (with this maker's decode), the pipeline, then :meth:`fields`.
 
         The image is a new writeable array, as :func:`decode_image` returns, except
@@ -563,7 +565,8 @@ class ItemMaker:
         when that works the item's image is ``into`` itself.
         """
         got = self.read(t, j, position,
-                        functools.partial(self._decode, steps=steps, owned=owned, into=into))
+                        functools.partial(self._decode, steps=steps, owned=owned, into=into),
+                        epoch=epoch)
         if got is None:
             return None
         tile, img = got
@@ -581,12 +584,15 @@ class ItemMaker:
             raise
         return (img,) + self.fields(tile, path, j)
 
-    def skip(self, position: int, path: str, record: int, error: TFRecordError) -> None:
-        """Count a skipped record; log and warn about the first :data:`SKIP_LOG_LIMIT`."""
+    def skip(self, position: int, path: str, record: int, error: TFRecordError,
+             epoch: int = 0) -> None:
+        """Count a skipped record; log (``{"epoch", "position", "path", "record",
+        "error"}``) and warn about the first :data:`SKIP_LOG_LIMIT`
+        (spec/reliability.md, "on_error")."""
         self.num_skipped += 1
         if len(self.skipped) < SKIP_LOG_LIMIT:
-            self.skipped.append({"position": position, "path": path, "record": record,
-                                 "error": str(error)})
+            self.skipped.append({"epoch": epoch, "position": position, "path": path,
+                                 "record": record, "error": str(error)})
             warnings.warn(f"skipped {path} record {record} (stream position {position}): "
                           f"{error.reason}", stacklevel=4)
         elif self.num_skipped == SKIP_LOG_LIMIT + 1:
@@ -863,7 +869,7 @@ class NumpyLoader:
     @property
     def skipped(self) -> list:
         """The first :data:`SKIP_LOG_LIMIT` records skipped with on_error='skip': dicts of
-        position, path, record, error (spec/reliability.md, "on_error")."""
+        epoch, position, path, record, error (spec/reliability.md, "on_error")."""
         return self._items.skipped
 
     @property
@@ -981,7 +987,7 @@ class NumpyLoader:
         for k, (tk, jk, pk) in enumerate(zip(t.tolist(), j.tolist(), positions.tolist())):
             slot = stacker.slot(len(out)) if direct and stacker is not None else None
             item = make(tk, jk, pk, draws.steps[k], None if stain is None else stain[k],
-                        owned=owned, into=slot)
+                        owned=owned, into=slot, epoch=plan.epoch)
             if item is None:
                 continue
             if stacker is not None:
@@ -1176,7 +1182,7 @@ class IndexedInterleaver:
         draws = self.pipeline.draw(self._key, np.array([i]))
         maker = self._items if maker is None else maker
         return maker.make(t, j, i, draws.steps[0],
-                          None if draws.stain is None else draws.stain[0])
+                          None if draws.stain is None else draws.stain[0], epoch=self.epoch)
 
     def close(self):
         self._items.close()
