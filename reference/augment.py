@@ -39,6 +39,12 @@ JPEG_QUALITY = (50, 100)            # inclusive
 BLUR_P = 0.1
 BLUR_SIGMAS = (0.5, 1.0, 1.5, 2.0)
 BLUR_CDF = (0.5, 0.75, 0.875)       # u1 thresholds between the sigmas
+#: Each augmentation character's operation: the :mod:`tilespec.ops` function that its
+#: drawn :class:`Step` names (the table above); 'n' has none (its draw goes to the
+#: stain normalizer). A backend that applies the steps in a graph of its own maps
+#: characters to ops with this.
+OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "jpeg",
+              "b": "gaussian_blur"}
 
 
 class Step(NamedTuple):

@@ -145,7 +145,7 @@ class NumpyLoader:
     @property
     def skipped(self) -> list:
         """The first :data:`~tilespec.items.SKIP_LOG_LIMIT` records skipped with
-        on_error='skip': dicts of position, path, record, error (spec/reliability.md,
+        on_error='skip': dicts of epoch, position, path, record, error (spec/reliability.md,
         "on_error")."""
         return self._items.skipped
 
@@ -262,7 +262,7 @@ class NumpyLoader:
             slot = batch.slot()
             item = maker.make(tk, jk, pk, draws.steps[k],
                               None if draws.stain is None else draws.stain[k],
-                              owned=owned, into=slot)
+                              owned=owned, into=slot, epoch=plan.epoch)
             if item is not None:
                 batch.add(item, slot)
         return batch.items, batch.images()
@@ -453,7 +453,7 @@ class IndexedInterleaver:
         draws = self.pipeline.draw(self._key, np.array([i]))
         maker = self._items if maker is None else maker
         return maker.make(t, j, i, draws.steps[0],
-                          None if draws.stain is None else draws.stain[0])
+                          None if draws.stain is None else draws.stain[0], epoch=self.epoch)
 
     def close(self):
         self._items.close()

@@ -170,5 +170,22 @@ class Pipeline:
         """decode + :meth:`apply`."""
         return self.apply(decode_image(image_bytes), steps, stain_z)
 
+    #: The stages of the image pipeline, in order (spec/images.md, "Pipeline order").
+    STAGES = ("decode", "crop", "resize", "stain", "augment", "transform", "standardize")
+
+    def stages(self) -> tuple:
+        """The names of the stages this pipeline runs, in :attr:`STAGES` order
+        (spec/images.md, "Pipeline order"): 'decode' always; 'crop', 'resize',
+        'transform' and 'standardize' when their option is set; 'stain' with a
+        normalizer (its augmentation too, when ``augment`` has 'n'); 'augment' when
+        ``augment`` has a character other than 'n' (the drawn steps, in string order).
+        A backend whose image work is a graph of its own (the TensorFlow map) walks
+        these instead of writing the order again."""
+        on = {"decode": True, "crop": self.crop_width is not None,
+              "resize": self.resize_target is not None, "stain": self.normalizer is not None,
+              "augment": bool(self.augment.replace("n", "")),
+              "transform": self.transform is not None, "standardize": self.standardize is not None}
+        return tuple(s for s in self.STAGES if on[s])
+
 
 __all__ = ["Pipeline", "stain_normalize", "resolve_standardize", "check_bool", "STANDARDIZE_MODES", "RESIZE_METHODS"]

@@ -15,7 +15,8 @@ nearest, ties to even, then clip): TensorFlow's bare cast truncates and wraps.
 The ops work eagerly and inside ``tf.function``/``tf.data`` maps. ``rot90``'s
 ``k``, ``jpeg``'s ``quality`` and ``gaussian_blur``'s ``sigma`` may be Python
 numbers (eager use, the conformance suite) or, for the loader, scalar tensors
-(:func:`jpeg_variable`, :func:`blur_drawn`).
+(:func:`jpeg_variable`, :func:`blur_drawn`, and :func:`drawn`: a drawn step by its
+op's name).
 """
 
 from __future__ import annotations
@@ -262,6 +263,26 @@ def jpeg_variable(img, quality) -> tf.Tensor:
     return out
 
 
+# --------------------------------------------------------------------------- drawn steps
+
+def drawn(op: str, img, p) -> tf.Tensor:
+    """The step of reference op ``op`` (the name a drawn :class:`tilespec.augment.Step`
+    carries) applied with its drawn parameter ``p``, a float32 scalar tensor: 1 for an
+    applied flip, k for ``rot90``, the quality for ``jpeg``, sigma for
+    ``gaussian_blur``; 0 for no step (spec/adapter_tf.md, "The loader"). The loader's
+    map applies each augmentation character's op this way."""
+    if op == "rot90":
+        return tf.image.rot90(img, tf.cast(p, tf.int32))
+    if op == "gaussian_blur":
+        return blur_drawn(img, p)
+    if op == "jpeg":
+        return tf.cond(p > 0, lambda: jpeg_variable(img, p), lambda: img)
+    if op in ("flip_left_right", "flip_up_down"):
+        flip = flip_left_right if op == "flip_left_right" else flip_up_down
+        return tf.cond(p > 0, lambda: flip(img), lambda: img)
+    raise ValueError(f"no drawn form of op {op!r}")
+
+
 # --------------------------------------------------------------------------- standardize
 
 def standardize(img, mode) -> tf.Tensor:
@@ -295,4 +316,4 @@ class TFOps:
 
 __all__ = ["from_numpy", "to_numpy", "to_uint8", "decode", "flip_left_right", "flip_up_down",
            "rot90", "crop", "resize", "resize_float", "gaussian_blur", "blur_drawn", "jpeg",
-           "jpeg_variable", "standardize", "TFOps", "layout"]
+           "jpeg_variable", "drawn", "standardize", "TFOps", "layout"]
