@@ -425,6 +425,13 @@ class IndexedInterleaver:
     def __len__(self) -> int:
         return len(self._t)
 
+    @property
+    def key(self):
+        """The stream key of the current epoch, ``stream_key(seed, rank, epoch)``: what
+        item i's augmentation draws are keyed by, with position i (spec/sampling.md,
+        "Indexed dataset"); an adapter draws with it (``Pipeline.draw(key, positions)``)."""
+        return self._key
+
     def record(self, i: int) -> tuple[int, int]:
         """(tfrecord index, record index) of item i in the current epoch."""
         n = len(self)

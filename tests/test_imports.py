@@ -28,19 +28,12 @@ PACKAGES = {"tilespec": ROOT / "reference",
             "tilespec_tf": ROOT / "adapters_tf" / "tilespec_tf"}
 ADAPTERS = ("tilespec_torch", "tilespec_tf")
 
-#: Private names one adapter module still takes from another module of the same
-#: adapter, each with the helper removing it.
-ALLOWED_PRIVATE = {
-    ("tilespec_torch.stain", "tilespec_torch.ops._check_image"),  # removed by t15; the lead deletes this line at merge
-    ("tilespec_torch.loader", "tilespec_torch.ops._check_image"),  # removed by t15; the lead deletes this line at merge
-    ("tilespec_tf.stain", "tilespec_tf.ops._check_image"),  # removed by f15; the lead deletes this line at merge
-    ("tilespec_tf.loader", "ref._key"),  # IndexedInterleaver's; removed by f15/r15; the lead deletes this line at merge
-}
+#: Private names one adapter module may take from another module of the same
+#: adapter (none today; each entry would say why).
+ALLOWED_PRIVATE: set = set()
 
-#: Import circles that may remain, as sorted tuples of their modules.
-ALLOWED_CIRCLES = {
-    ("tilespec_torch.ops", "tilespec_torch.stain"),  # removed by t15; the lead deletes this line at merge
-}
+#: Import circles that may remain, as sorted tuples of their modules (none today).
+ALLOWED_CIRCLES: set = set()
 
 
 def _modules() -> dict:

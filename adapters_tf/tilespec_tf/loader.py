@@ -28,7 +28,6 @@ from tilespec.images import decode_image, image_format
 from tilespec.items import AllSkippedGuard, ItemMaker
 from tilespec.loader import IndexedInterleaver, NumpyLoader
 from tilespec.pipeline import check_bool
-from tilespec.rng import stream_key
 from tilespec.sampling import check_rank
 
 from . import ops as tfops
@@ -477,7 +476,7 @@ def make_indexed(tfrecords, options: dict):
     label_dtype, label_spec = _label_spec(ref.item_maker.labels)
     items = ref.item_maker
     check = decode_check(items)
-    key = stream_key(ref.seed, ref.rank, ref.epoch)  # the indexed draws' key (spec/sampling.md)
+    key = ref.key  # the indexed draws' key (spec/sampling.md, "Indexed dataset")
     sig = _signature(ref, label_spec, False)
 
     def gen():

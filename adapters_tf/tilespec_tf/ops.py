@@ -52,7 +52,7 @@ def to_numpy(img) -> np.ndarray:
     return np.asarray(img)
 
 
-def _check_image(img, what="image") -> tf.Tensor:
+def check_image(img, what="image") -> tf.Tensor:
     img = tf.convert_to_tensor(img)
     if img.shape.rank is not None and (img.shape.rank not in (3, 4) or
                                        img.shape[-1] not in (None, 3)):
@@ -98,13 +98,13 @@ def decode(data) -> tf.Tensor:
 
 def flip_left_right(img) -> tf.Tensor:
     """Mirror the columns (spec/images.md, "Flips")."""
-    img = _check_image(img)
+    img = check_image(img)
     return tf.reverse(img, axis=[-2])
 
 
 def flip_up_down(img) -> tf.Tensor:
     """Mirror the rows (spec/images.md, "Flips")."""
-    img = _check_image(img)
+    img = check_image(img)
     return tf.reverse(img, axis=[-3])
 
 
@@ -112,7 +112,7 @@ def rot90(img, k) -> tf.Tensor:
     """Rotate k * 90 degrees counter-clockwise, ``tf.image.rot90`` (spec/images.md, "Rotation").
 
     ``k`` is an integer (taken modulo 4) or an int32 scalar tensor."""
-    img = _check_image(img)
+    img = check_image(img)
     if not tf.is_tensor(k):
         k = _ref.check_int(k, "k") % 4
     return tf.image.rot90(img, k)
@@ -123,7 +123,7 @@ def crop(img, left, width) -> tf.Tensor:
 
     A box outside the image raises ValueError (eager) or InvalidArgumentError
     (in a graph) naming the box and the image height and width."""
-    img = _check_image(img)
+    img = check_image(img)
     left, width = _ref.check_int(left, "crop left"), _ref.check_int(width, "crop width")
     if width <= 0 or left < 0:
         raise ValueError(f"crop needs left >= 0 and width > 0, got left={left}, width={width}")
@@ -160,7 +160,7 @@ def _size_pair(size):
 
 def resize_float(img, size, method="lanczos3", antialias=True) -> tf.Tensor:
     """``tf.image.resize`` as float32 before rounding (spec/images.md, "Resize")."""
-    img = _check_image(img)
+    img = check_image(img)
     if method not in RESIZE_METHODS:
         raise ValueError(f"unknown resize method {method!r}; valid: {', '.join(RESIZE_METHODS)}")
     out = tf.image.resize(img, _size_pair(size), method=method, antialias=bool(antialias))
@@ -171,7 +171,7 @@ def resize(img, size, method="lanczos3", antialias=True) -> tf.Tensor:
     """``tf.image.resize``, rounded to nearest and clipped to uint8 (spec/images.md, "Resize").
 
     'nearest' returns the input's pixels (uint8, nothing rounded)."""
-    img = _check_image(img)
+    img = check_image(img)
     if method not in RESIZE_METHODS:
         raise ValueError(f"unknown resize method {method!r}; valid: {', '.join(RESIZE_METHODS)}")
     out = tf.image.resize(img, _size_pair(size), method=method, antialias=bool(antialias))
@@ -214,7 +214,7 @@ def _blur_float(img, kernel: np.ndarray) -> tf.Tensor:
 def gaussian_blur(img, sigma) -> tf.Tensor:
     """Separable Gaussian blur with mirror padding, rounded to uint8
     (spec/images.md, "Gaussian blur"); the reference's kernel."""
-    img = _check_image(img)
+    img = check_image(img)
     kernel = _ref.gaussian_kernel(sigma)
     return to_uint8(_blur_float(img, kernel))
 
@@ -239,7 +239,7 @@ def jpeg(img, quality) -> tf.Tensor:
     """JPEG round trip: ``tf.io.encode_jpeg`` at ``quality`` (baseline, 4:2:0, standard
     tables: the same scan as Pillow's), decoded with the exact IDCT
     (spec/images.md, "JPEG")."""
-    img = _check_image(img)
+    img = check_image(img)
     if tf.is_tensor(quality):
         return jpeg_variable(img, quality)
     quality = _ref.check_int(quality, "JPEG quality")
@@ -288,7 +288,7 @@ def drawn(op: str, img, p) -> tf.Tensor:
 def standardize(img, mode) -> tf.Tensor:
     """Standardize to float32 (spec/images.md, "Standardization"): 'unit' is
     x / 127.5 - 1; 'per_image' is ``tf.image.per_image_standardization``."""
-    img = _check_image(img)
+    img = check_image(img)
     _ref.check_standardize_mode(mode)
     if mode == "unit":
         return tf.cast(img, tf.float32) / tf.constant(127.5, tf.float32) - 1.0
