@@ -28,11 +28,11 @@ import tensorflow as tf
 
 from tilespec import ops as _ref
 from tilespec.augment import BLUR_SIGMAS
+from tilespec.images import JPEG_MAGIC
 
 layout = "HWC"
 STANDARDIZE_MODES = _ref.STANDARDIZE_MODES
 RESIZE_METHODS = _ref.RESIZE_METHODS
-from tilespec.images import JPEG_MAGIC  # noqa: E402  (declared once, in images)
 
 
 # --------------------------------------------------------------------------- boundary
