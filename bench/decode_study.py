@@ -442,7 +442,8 @@ def main(argv=None):
     if ab:
         print(f"A/B, each round's Pillow path time / {DECODER} path time (median, range):")
         print(format_table(["variant", "ratio", "range"],
-                           [[k, f"{m:.2f}", f"{lo:.2f}-{hi:.2f}"] for k, (m, lo, hi) in ab.items()]))
+                           [[k, f"{m:.2f}", f"{lo:.2f}-{hi:.2f}"]
+                            for k, (m, lo, hi) in ab.items()]))
     print("load average after the timing:", os.getloadavg())
     print()
 

@@ -1,8 +1,11 @@
 """tilespec: an executable specification of slideflow-style TFRecord tile loading.
 
-The NumPy reference implementation; each module is one chapter of spec/:
-records (framing), example (tf.train.Example codec), index (index files),
-images (decode). See README.md.
+The NumPy reference implementation. Each module implements one chapter of spec/ (or
+one part of it) and names it in its docstring: records, example, index, images, ops,
+augment, stain, dataset, balance, sampling, rng, loader, project, training, verify,
+plugins and testing among them. This package holds the names most programs need
+(spec/records.md, spec/dataset.md, spec/sampling.md, spec/stain.md,
+spec/adapters.md); see README.md, "Library".
 """
 
 from .crc32c import BACKEND as CRC32C_BACKEND

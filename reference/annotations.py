@@ -269,7 +269,21 @@ def passes(row: Mapping[str, str], filters: Mapping[str, frozenset], blank: Sequ
             and not any(row[h] == "" for h in blank))
 
 
+def write_annotations_csv(path, columns, rows) -> str:
+    """Write an annotation table as the CSV file :func:`read_annotations_csv` reads
+    (spec/dataset.md, "Annotations"): ``columns`` (``patient``, ``slide`` and the outcome
+    headers) on the first line, then one line per row of ``rows`` (sequences aligned with
+    ``columns``). Returns ``path``."""
+    path = os.fspath(path)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(list(columns))
+        writer.writerows(list(r) for r in rows)
+    return path
+
+
 __all__ = ["Annotations", "read_annotations", "read_annotations_csv", "annotations_from_rows",
+           "write_annotations_csv",
            "normalize_filters", "passes", "is_blank", "REQUIRED_COLUMNS", "DatasetError",
            "AnnotationError", "LabelError", "BalanceError", "ClipError", "SplitError",
            "ProjectError", "DatasetMismatchWarning"]

@@ -22,7 +22,8 @@ from typing import Callable, Mapping
 import numpy as np
 from scipy import stats
 
-from .testing import ConformanceError, _field_names, to_numpy
+from . import augment
+from .testing import ConformanceError, field_names, to_numpy
 from .traceable import (SYMMETRIES, Tracer, image_hwc, symmetry_of, true_labels,
                         write_traceable_dataset)
 
@@ -36,8 +37,8 @@ SAMPLING_FACTOR = 2   # the sampling runs read this many times ``tiles`` items e
 CUSTOM_WEIGHTS = (3.0, 1.0, 2.0, 0.0, 1.0, 2.0)
 JPEG_QUALITIES = tuple(range(30, 101))     # candidates; the spec draws 50..100
 BLUR_SIGMAS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
-SPEC_SIGMAS = (0.5, 1.0, 1.5, 2.0)
-SPEC_SIGMA_P = (0.5, 0.25, 0.125, 0.125)
+SPEC_SIGMAS = augment.BLUR_SIGMAS                                   # the sigmas the spec draws
+SPEC_SIGMA_P = tuple(np.diff((0.0, *augment.BLUR_CDF, 1.0)).tolist())  # and their probabilities
 CHECKS = ("finite", "shards", "clip", "sampling", "labels", "fields", "flip_x", "flip_y",
           "rot90", "jpeg", "blur", "standardize")
 
@@ -247,7 +248,7 @@ class _Audit:
         o = dict(self.options)
         o.setdefault("seed", self.seed)
         o.update(opts)
-        names = _field_names(0, o)
+        names = field_names(0, o)
         loader = self.make_loader(self.dataset if dataset is None else dataset, **o)
         seen = _read(loader, n, names, self.tracer, self.layout)
         self.layouts.update(s.layout for s in seen)

@@ -39,6 +39,12 @@ JPEG_QUALITY = (50, 100)            # inclusive
 BLUR_P = 0.1
 BLUR_SIGMAS = (0.5, 1.0, 1.5, 2.0)
 BLUR_CDF = (0.5, 0.75, 0.875)       # u1 thresholds between the sigmas
+#: Each augmentation character's operation: the :mod:`tilespec.ops` function that its
+#: drawn :class:`Step` names (the table above); 'n' has none (its draw goes to the
+#: stain normalizer). A backend that applies the steps in a graph of its own maps
+#: characters to ops with this.
+OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "jpeg",
+              "b": "gaussian_blur"}
 
 
 class Step(NamedTuple):
@@ -107,21 +113,20 @@ def draw_augmentations(augment: str, key, positions, stain_draws: int = 0) -> Dr
             continue
         u = uniforms(key, positions, augment_slot(k), 2)
         u0, u1 = u[:, 0], u[:, 1]
-        if c == "x":
-            per_char.append([Step("flip_left_right") if a else None for a in u0 < FLIP_P])
-        elif c == "y":
-            per_char.append([Step("flip_up_down") if a else None for a in u0 < FLIP_P])
+        op = OP_OF_CHAR[c]
+        if c in "xy":
+            per_char.append([Step(op) if a else None for a in u0 < FLIP_P])
         elif c == "r":
             ks = np.floor(4 * u0).astype(int)
-            per_char.append([Step("rot90", (int(q),)) if q else None for q in ks])
+            per_char.append([Step(op, (int(q),)) if q else None for q in ks])
         elif c == "j":
             lo, hi = JPEG_QUALITY
             q = lo + np.floor((hi - lo + 1) * u1).astype(int)
-            per_char.append([Step("jpeg", (int(qq),)) if a else None
+            per_char.append([Step(op, (int(qq),)) if a else None
                              for a, qq in zip(u0 < JPEG_P, q)])
         elif c == "b":
             sigma = np.asarray(BLUR_SIGMAS)[np.searchsorted(BLUR_CDF, u1, side="right")]
-            per_char.append([Step("gaussian_blur", (float(s),)) if a else None
+            per_char.append([Step(op, (float(s),)) if a else None
                              for a, s in zip(u0 < BLUR_P, sigma)])
     steps = [[col[i] for col in per_char if col[i] is not None] for i in range(n)]
     return Draws(positions, steps, stain)
@@ -136,5 +141,5 @@ def apply_steps(img: np.ndarray, steps, ops=None) -> np.ndarray:
     return img
 
 
-__all__ = ["parse_augment", "draw_augmentations", "apply_steps", "Step", "Draws",
-           "VALID_CHARS", "DEFAULT_AUGMENT"]
+__all__ = ["parse_augment", "draw_augmentations", "apply_steps", "Step", "Draws", "OP_OF_CHAR",
+           "VALID_CHARS", "DEFAULT_AUGMENT", "BLUR_SIGMAS", "BLUR_CDF"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -241,19 +242,58 @@ def clip_counts(strategy, counts, max_tiles: int = 0,
     return clip_groups(n, groups, max_tiles)
 
 
+def _clip_value(name, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ClipError(f"clip[{name!r}] = {v!r} is not an integer")
+    if v < 0:
+        raise ClipError(f"clip[{name!r}] = {v!r} is negative")
+    return int(v)
+
+
 def check_clip_values(clip: Mapping[str, object]) -> dict:
     """Validate custom clip values: integers >= 0 (spec/dataset.md, "Custom clipping")."""
-    out = {}
-    for name, v in clip.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ClipError(f"clip[{name!r}] = {v!r} is not an integer")
-        if v < 0:
-            raise ClipError(f"clip[{name!r}] = {v!r} is negative")
-        out[name] = int(v)
-    return out
+    return {name: _clip_value(name, v) for name, v in clip.items()}
+
+
+def custom_clip(clip, paths: Sequence, counts) -> np.ndarray:
+    """Clip counts c_t of a custom clip, aligned with ``paths`` (spec/dataset.md,
+    "Custom clipping"): the one rule for ``Dataset.clip_counts = {...}`` and a
+    loader's ``clip=`` argument.
+
+    ``clip`` is None (c_t = n_t), a mapping ``{tfrecord path: count}`` (paths are
+    compared made absolute; a tfrecord left out is not clipped) or a sequence
+    aligned with ``paths``. Every count is an integer >= 0, and a count above n_t
+    reads as n_t. Errors are :class:`ClipError` (a ``ValueError``) naming the
+    tfrecord and the value.
+    """
+    n = _as_counts(counts, error=ClipError)
+    if len(n) != len(paths):
+        raise ClipError(f"{len(n)} counts for {len(paths)} tfrecords")
+    if clip is None:
+        return n.copy()
+    if isinstance(clip, Mapping):
+        known = [os.path.abspath(os.fspath(p)) for p in paths]
+        known_set = set(known)
+        keyed = {}
+        for k, v in clip.items():
+            if not isinstance(k, (str, os.PathLike)):
+                raise ClipError(f"clip names {k!r}, which is not a tfrecord path")
+            p = os.path.abspath(os.fspath(k))
+            if p not in known_set:
+                raise ClipError(f"clip names {k!r}, which is not a tfrecord of this dataset "
+                                "(a tfrecord not in the dataset cannot be clipped)")
+            keyed[p] = _clip_value(k, v)
+        values = [keyed.get(p, a) for p, a in zip(known, n.tolist())]
+    else:
+        values = list(clip)
+        if len(values) != len(paths):
+            raise ClipError(f"clip has {len(values)} entries for {len(paths)} tfrecords")
+        values = [_clip_value(os.fspath(p), v) for p, v in zip(paths, values)]
+    return np.minimum(np.array(values, dtype=np.int64), n)
 
 
 __all__ = ["BALANCE_STRATEGIES", "CLIP_STRATEGIES", "canonical_balance_strategy",
            "canonical_clip_strategy", "slide_weights", "tile_weights", "group_weights",
            "balance_weights", "normalize_weights", "check_max_tiles", "apportion",
-           "clip_to_max", "clip_slide", "clip_groups", "clip_counts", "check_clip_values"]
+           "clip_to_max", "clip_slide", "clip_groups", "clip_counts", "check_clip_values",
+           "custom_clip"]

@@ -1,4 +1,6 @@
-"""The ``tilespec`` command line: inspect, index, verify, demo.
+"""The ``tilespec`` command line: inspect, index, verify, demo (README.md, "Command
+line"; ``inspect`` and ``index`` are specified in spec/index.md, "Loading", ``verify``
+in spec/reliability.md, ``demo`` in spec/pictures.md).
 
 Errors are reported as one line, ``tilespec: error: ...``, with exit code 1
 (2 for bad usage).
@@ -14,14 +16,13 @@ from collections import Counter
 
 from . import __version__, jpeg
 from .crc32c import BACKEND
+from .dataset import TFRECORD_SUFFIXES
 from .errors import TFRecordError
 from .example import parse_example, parse_tile
 from .images import MAX_TILE_PIXELS, image_size
 from .index import IndexRebuildWarning, index_path, index_state, load_index
 from .progress import Progress  # noqa: F401  (tilespec.cli.Progress: also used by tests)
 from .records import MAX_RECORD_BYTES, read_records
-
-TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
 
 
 class CLIError(Exception):

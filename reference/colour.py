@@ -178,4 +178,5 @@ def to_uint8(rgb01) -> np.ndarray:
 
 __all__ = ["rgb_to_lab", "lab_to_rgb", "rgb_to_xyz", "xyz_to_rgb", "xyz_to_lab", "lab_to_xyz",
            "srgb_to_linear", "linear_to_srgb", "to_uint8", "D65_WHITE", "SRGB_PRIMARIES_XY",
-           "SRGB_TO_XYZ", "XYZ_TO_SRGB", "LAB_EPSILON", "LAB_KAPPA", "LAB_DELTA"]
+           "SRGB_TO_XYZ", "XYZ_TO_SRGB", "LAB_EPSILON", "LAB_KAPPA", "LAB_DELTA",
+           "SRGB_ENCODE_THRESHOLD", "SRGB_DECODE_THRESHOLD"]

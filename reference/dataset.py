@@ -1,13 +1,17 @@
 """Datasets: tfrecords matched to annotations, with balancing, clipping and splits.
 
-spec/dataset.md. A :class:`Dataset` is a sorted list of tfrecord paths, each
-matched (by file stem) to one annotation row, plus two configurations:
-balancing (probability weights per tfrecord) and clipping (records kept per
-tfrecord). ``balance`` and ``clip`` return new datasets; the original is
-never changed. A named strategy is remembered, not frozen: its weights and
-counts are derived from the dataset's current tfrecords and clip each time,
-so ``balance`` and ``clip`` compose in either order, and a train/validation
-subset re-derives them for its own tfrecords.
+Implements spec/dataset.md (the formulas are :mod:`tilespec.balance`'s). A
+:class:`Dataset` is a sorted list of tfrecord paths, each matched (by file stem)
+to one annotation row, plus two configurations: balancing (probability weights
+per tfrecord) and clipping (records kept per tfrecord). Methods (``balance``,
+``clip``, ``filter``, the splits) return new datasets and leave the original as
+it was. The one exception is assignment, as slideflow's documentation writes it:
+``dataset.prob_weights = {...}`` and ``dataset.clip_counts = {...}`` (alias
+``dataset._clip``) replace that dataset's configuration in place (spec/dataset.md,
+"Assigning weights and clip counts"). A named strategy is remembered, not frozen:
+its weights and counts are derived from the dataset's current tfrecords and clip
+each time, so ``balance`` and ``clip`` compose in either order, and a
+train/validation subset re-derives them for its own tfrecords.
 """
 
 from __future__ import annotations
@@ -79,6 +83,18 @@ def tfrecord_stem(path: str) -> str:
     return base
 
 
+def _not_a_source(source) -> DatasetError:
+    return DatasetError(f"tfrecords must be a folder, a path, or a list of them, "
+                        f"not {type(source).__name__}")
+
+
+def _source_path(item) -> str:
+    """One entry of a tfrecords list as a path, or DatasetError naming it."""
+    if not isinstance(item, (str, os.PathLike)):
+        raise DatasetError(f"tfrecords: {item!r} is not a path")
+    return os.fspath(item)
+
+
 def find_tfrecords(source) -> list:
     """Absolute paths of the tfrecords in ``source``, sorted (spec/dataset.md, "Building").
 
@@ -93,13 +109,10 @@ def find_tfrecords(source) -> list:
         if not items:
             raise DatasetError("tfrecords: the list of folders/paths is empty")
     else:
-        raise DatasetError(f"tfrecords must be a folder, a path, or a list of them, "
-                           f"not {type(source).__name__}")
+        raise _not_a_source(source)
     found = []
     for item in items:
-        if not isinstance(item, (str, os.PathLike)):
-            raise DatasetError(f"tfrecords: {item!r} is not a path")
-        p = os.path.abspath(os.fspath(item))
+        p = os.path.abspath(_source_path(item))
         if os.path.isdir(p):
             found += [os.path.join(p, f) for f in sorted(os.listdir(p))
                       if f.endswith(TFRECORD_SUFFIXES) and os.path.isfile(os.path.join(p, f))]
@@ -128,13 +141,10 @@ def tfrecord_paths(source) -> list:
     if isinstance(source, (str, os.PathLike)):
         return find_tfrecords(source)
     if not isinstance(source, (list, tuple, np.ndarray)):
-        raise DatasetError(f"tfrecords must be a folder, a path, or a list of them, "
-                           f"not {type(source).__name__}")
+        raise _not_a_source(source)
     out = []
     for item in source:
-        if not isinstance(item, (str, os.PathLike)):
-            raise DatasetError(f"tfrecords: {item!r} is not a path")
-        p = os.fspath(item)
+        p = _source_path(item)
         if os.path.isdir(p):
             out += find_tfrecords(p)
         elif os.path.isfile(p):
@@ -384,6 +394,18 @@ class Dataset:
         new._min_tiles = getattr(self, "_min_tiles", 0)
         return new
 
+    def _assign(self, *, balance_cfg=..., clip_cfg=...) -> None:
+        """The one in-place change (spec/dataset.md, "Assigning weights and clip counts"):
+        replace the balance and/or clip configuration and forget every array derived from
+        the configurations (clip counts and weights, since 'tile' weights follow the clip);
+        record counts stay. Datasets derived earlier keep their own configuration."""
+        if balance_cfg is not ...:
+            self._balance_cfg = balance_cfg
+        if clip_cfg is not ...:
+            self._clip_cfg = clip_cfg
+        for derived in ("clip", "weights"):
+            self._cache.pop(derived, None)
+
     def __copy__(self):
         return self._derive()
 
@@ -605,8 +627,10 @@ class Dataset:
         (the one place every backend's loader takes them from)."""
         return {**self._limits, **kwargs}
 
-    def _loader_labels(self, labels):
-        """A loader's ``labels``: None, a {slide: label} mapping, or header name(s)."""
+    def loader_labels(self, labels):
+        """A loader's ``labels`` argument read for this dataset: None and a
+        ``{slide: label}`` mapping as given, header name(s) as :meth:`labels` gives them
+        (spec/dataset.md, "Labels"; the one reading every backend's loader uses)."""
         if labels is None or isinstance(labels, Mapping):
             return labels
         return self.labels(labels)[0]
@@ -627,7 +651,7 @@ class Dataset:
 
         table = self.sampling_table()
         return NumpyLoader(list(table.paths), table.clip, table.weights,
-                           labels=self._loader_labels(labels), record_slides=self.record_slides,
+                           labels=self.loader_labels(labels), record_slides=self.record_slides,
                            **self._loader_options(kwargs))
 
     def torch(self, labels=None, **kwargs):
@@ -637,7 +661,7 @@ class Dataset:
         from .plugins import make_loader
 
         return make_loader("torch", self, dict(self._loader_options(kwargs),
-                                               labels=self._loader_labels(labels)))
+                                               labels=self.loader_labels(labels)))
 
     def tensorflow(self, labels=None, **kwargs):
         """A ``tf.data.Dataset`` over this dataset, from the TensorFlow adapter
@@ -647,7 +671,7 @@ class Dataset:
         from .plugins import make_loader
 
         return make_loader("tensorflow", self, dict(self._loader_options(kwargs),
-                                                    labels=self._loader_labels(labels)))
+                                                    labels=self.loader_labels(labels)))
 
     def is_float(self, header: str) -> bool:
         """True when every value of ``header`` in this dataset is a finite number.
@@ -689,9 +713,8 @@ class Dataset:
             cfg = self._clip_cfg
             if cfg is None:
                 c = n.copy()
-            elif isinstance(cfg, dict):
-                c = np.array([min(cfg.get(p, a), a) for p, a in zip(self._paths, n)],
-                             dtype=np.int64)
+            elif isinstance(cfg, dict):  # a custom clip: c_t per tfrecord (custom_clip)
+                c = np.array([cfg[p] for p in self._paths], dtype=np.int64)
             else:
                 groups = self._strategy_groups(cfg, "clip", ClipError)
                 c = bal.clip_counts(cfg.strategy, n, cfg.max_tiles, groups)
@@ -747,25 +770,20 @@ class Dataset:
         if value is None or (isinstance(value, Mapping) and not value):
             cfg = None
         elif isinstance(value, Mapping):
-            keyed = {}
-            for k, v in value.items():
-                p = self._key(k)
-                if p not in self._path_set:
-                    raise ClipError(f"clip names {k!r}, which is not a tfrecord of this "
-                                    "dataset")
-                keyed[p] = v
-            cfg = bal.check_clip_values(keyed)
+            c = bal.custom_clip(value, self._paths, self._counts())
+            cfg = dict(zip(self._paths, c.tolist()))
         else:
             raise ClipError(f"clip counts must be a dict {{tfrecord path: count}} or None, "
                             f"not {type(value).__name__}")
-        self._clip_cfg = cfg
-        self._cache.clear()
+        self._assign(clip_cfg=cfg)
 
     clip_counts = property(
         _get_clip, _set_clip,
         doc="Clip counts ``{path: c_t}`` ({} when unclipped); assigning a dict sets a custom "
-            "clip (validated: known tfrecords, integers >= 0; a value above n_t is read as "
-            "n_t; a tfrecord left out is not clipped). spec/dataset.md, 'Custom clipping'.")
+            "clip in place (read by :func:`tilespec.balance.custom_clip`: known tfrecords, "
+            "integers >= 0; a value above n_t is read as n_t; a tfrecord left out is not "
+            "clipped). spec/dataset.md, 'Custom clipping' and 'Assigning weights and clip "
+            "counts'.")
     _clip = clip_counts  # the name slideflow's documentation uses
 
     # -- balancing ------------------------------------------------------------------------------
@@ -820,8 +838,9 @@ class Dataset:
 
         Assigning a dict sets custom weights: it must have exactly the
         dataset's tfrecords as keys, finite values >= 0, a positive sum; it is
-        stored divided by its sum. Assigning None removes balancing.
-        spec/dataset.md, "Custom weights".
+        stored divided by its sum. Assigning None removes balancing. Assignment changes
+        this dataset in place (spec/dataset.md, "Custom weights" and "Assigning weights
+        and clip counts").
         """
         w = self._weights_array()
         return None if w is None else {p: float(x) for p, x in zip(self._paths, w)}
@@ -849,8 +868,7 @@ class Dataset:
         else:
             raise BalanceError(f"prob_weights must be a dict {{tfrecord path: weight}} or None, "
                                f"not {type(value).__name__}")
-        self._balance_cfg = cfg
-        self._cache.pop("weights", None)
+        self._assign(balance_cfg=cfg)
 
     # -- the sampler's view ---------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """What ``tilespec demo`` shows after writing the synthetic dataset: a dataset with
 annotations, balancing and clipping, the reference loader's stream (weights vs
-observed frequencies), augmentation and resuming from a saved state.
+observed frequencies), augmentation and resuming from a saved state (README.md, "Two
+commands"; its pictures are spec/pictures.md's, its dataset spec/records.md's "The demo
+dataset").
 """
 
 from __future__ import annotations

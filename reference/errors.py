@@ -45,8 +45,8 @@ class TFRecordError(Exception):
 
 
 class EmptyFileError(TFRecordError):
-    """Kept for code that catches it; tilespec no longer raises it: an empty (0-byte)
-    file is a valid TFRecord of zero records (spec/records.md, "Empty files")."""
+    """Defined for code that catches it, never raised: an empty (0-byte) file is a
+    valid TFRecord of zero records (spec/records.md, "Empty files")."""
 
 
 class NotATFRecordError(TFRecordError):

@@ -589,6 +589,7 @@ def _pack(im, rawmode: str, dest: np.ndarray) -> bool:
             return status > 0 and at == end
 
 
-__all__ = ["decode_image", "decode_pillow", "image_format", "image_size", "image_header", "check_image_header",
-           "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels",
+__all__ = ["decode_image", "decode_pillow", "image_format", "image_size", "image_header",
+           "check_image_header", "open_image", "MAX_TILE_PIXELS", "check_max_tile_pixels",
+           "JPEG_MAGIC",
            "decode_view", "decode_into", "decode_new", "decode_planar"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import IndexFileError, TFRecordError
 from .example import parse_example, parse_tile
-from .records import (FRAMING_BYTES, MAX_RECORD_BYTES, _create_temp, check_max_record_bytes,
+from .records import (FRAMING_BYTES, MAX_RECORD_BYTES, atomic_write, check_max_record_bytes,
                       is_gzip_file, read_header, scan_frames)
 
 INDEX_SUFFIXES = (".index.npz", ".index.npy", ".index")
@@ -62,8 +62,9 @@ def _gzip_error(path) -> IndexFileError:
                           "read_records(..., compression='GZIP') into write_records)", path=path)
 
 
-def _location(payload):
-    """(loc_x, loc_y) of a record, or None when it has no (single int64) loc_x and loc_y."""
+def tile_location(payload):
+    """(loc_x, loc_y) of a record's payload, or None when it has no (single int64) loc_x
+    and loc_y (spec/index.md, "Locations")."""
     try:
         tile = parse_tile(payload)
     except TFRecordError:  # not a tile: look at the Example's features directly
@@ -119,7 +120,7 @@ def compute_index(path, *, verify: bool = True, locations: bool = True,
         for offset, length, payload in frames:
             flat.extend((offset, FRAMING_BYTES + length))
             if locs is not None:
-                xy = None if payload is None else _location(payload)
+                xy = None if payload is None else tile_location(payload)
                 if xy is None:  # no location can be complete now: stop reading payloads
                     locs, limit = None, -1
                     start = (offset + FRAMING_BYTES + length, len(flat) // 2)
@@ -145,15 +146,8 @@ def write_index(path, offsets_and_lengths, locations=None) -> str:
         if arrays["locations"].shape != arrays["arr_0"].shape:
             raise ValueError(f"{dest}: {len(arrays['locations'])} locations for "
                              f"{len(arrays['arr_0'])} records")
-    tmp, fd = _create_temp(dest)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(dest) as fh:
+        np.savez(fh, **arrays)
     return dest
 
 
@@ -327,4 +321,4 @@ def index_state(path) -> str:
 
 __all__ = ["build_index", "load_index", "compute_index", "write_index", "read_index_file",
            "index_problem", "index_mismatch", "index_path", "existing_index", "index_state",
-           "IndexRebuildWarning"]
+           "IndexRebuildWarning", "tile_location"]

@@ -140,9 +140,11 @@ class ItemMaker:
             check_image_header(data, max_pixels=self.max_tile_pixels,
                                tile_size=self.tile_size())
 
-    def read(self, t: int, j: int, position: int, decode=None, *, source=None):
+    def read(self, t: int, j: int, position: int, decode=None, *, source=None,
+             epoch: int = 0):
         """Step 1 of an item: ``(tile, image)`` for record j of tfrecord t at stream
-        ``position``, or None when it is skipped (spec/reliability.md, "on_error").
+        ``position`` of ``epoch``, or None when it is skipped (spec/reliability.md,
+        "on_error").
 
         Reads the record by offset (from ``source``, default this maker's
         :class:`TileSource`; an adapter iterating with its own open files passes
@@ -161,7 +163,7 @@ class ItemMaker:
             e = e.located(path=source.paths[t], record=j, offset=source.offset_of(t, j))
             if self.on_error == "raise":
                 raise e from None
-            self.skip(position, source.paths[t], j, e)
+            self.skip(position, source.paths[t], j, e, epoch)
             return None
 
     def fields(self, tile, path: str, record: int) -> tuple:
@@ -193,8 +195,9 @@ class ItemMaker:
         return self.decode(data, steps)
 
     def make(self, t: int, j: int, position: int, steps, stain_z, *, owned: bool = True,
-             into: np.ndarray | None = None):
-        """The item for record j of tfrecord t at ``position``, or None when skipped:
+             into: np.ndarray | None = None, epoch: int = 0):
+        """The item for record j of tfrecord t at ``position`` of ``epoch``, or None
+        when skipped:
         :meth:`read` (with this maker's decode), the pipeline, then :meth:`fields`
         (spec/sampling.md, "Loaders"; the pipeline of spec/images.md, "Pipeline order").
 
@@ -206,7 +209,8 @@ class ItemMaker:
         when that works the item's image is ``into`` itself.
         """
         got = self.read(t, j, position,
-                        functools.partial(self._decode, steps=steps, owned=owned, into=into))
+                        functools.partial(self._decode, steps=steps, owned=owned, into=into),
+                        epoch=epoch)
         if got is None:
             return None
         tile, img = got
@@ -224,13 +228,15 @@ class ItemMaker:
             raise
         return (img,) + self.fields(tile, path, j)
 
-    def skip(self, position: int, path: str, record: int, error: TFRecordError) -> None:
-        """Count a skipped record; log and warn about the first :data:`SKIP_LOG_LIMIT`
+    def skip(self, position: int, path: str, record: int, error: TFRecordError,
+             epoch: int = 0) -> None:
+        """Count a skipped record; log (``{"epoch", "position", "path", "record",
+        "error"}``) and warn about the first :data:`SKIP_LOG_LIMIT`
         (spec/reliability.md, "on_error")."""
         self.num_skipped += 1
         if len(self.skipped) < SKIP_LOG_LIMIT:
-            self.skipped.append({"position": position, "path": path, "record": record,
-                                 "error": str(error)})
+            self.skipped.append({"epoch": epoch, "position": position, "path": path,
+                                 "record": record, "error": str(error)})
             warnings.warn(f"skipped {path} record {record} (stream position {position}): "
                           f"{error.reason}", stacklevel=4)
         elif self.num_skipped == SKIP_LOG_LIMIT + 1:

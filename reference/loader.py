@@ -16,6 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .balance import custom_clip
 from .dataset import tfrecord_paths
 from .images import MAX_TILE_PIXELS
 from .items import (AllSkippedGuard, ArrayStacker, ItemMaker, check_construction,
@@ -144,7 +145,7 @@ class NumpyLoader:
     @property
     def skipped(self) -> list:
         """The first :data:`~tilespec.items.SKIP_LOG_LIMIT` records skipped with
-        on_error='skip': dicts of position, path, record, error (spec/reliability.md,
+        on_error='skip': dicts of epoch, position, path, record, error (spec/reliability.md,
         "on_error")."""
         return self._items.skipped
 
@@ -261,7 +262,7 @@ class NumpyLoader:
             slot = batch.slot()
             item = maker.make(tk, jk, pk, draws.steps[k],
                               None if draws.stain is None else draws.stain[k],
-                              owned=owned, into=slot)
+                              owned=owned, into=slot, epoch=plan.epoch)
             if item is not None:
                 batch.add(item, slot)
         return batch.items, batch.images()
@@ -405,7 +406,7 @@ class IndexedInterleaver:
             resize_target=resize_target, resize_method=resize_method, resize_aa=resize_aa)
         counts = np.array([len(self._items.source.offsets(t)) for t in range(len(self.paths))],
                           dtype=np.int64)
-        self.clip = _clip_array(clip, self.paths, counts)
+        self.clip = custom_clip(clip, self.paths, counts)
         starts, sizes = partition(self.clip, self.num_replicas, self.rank)
         # item i -> (t, j): tfrecords in order, records in file order
         self._t = np.repeat(np.arange(len(self.paths)), sizes)
@@ -423,6 +424,13 @@ class IndexedInterleaver:
 
     def __len__(self) -> int:
         return len(self._t)
+
+    @property
+    def key(self):
+        """The stream key of the current epoch, ``stream_key(seed, rank, epoch)``: what
+        item i's augmentation draws are keyed by, with position i (spec/sampling.md,
+        "Indexed dataset"); an adapter draws with it (``Pipeline.draw(key, positions)``)."""
+        return self._key
 
     def record(self, i: int) -> tuple[int, int]:
         """(tfrecord index, record index) of item i in the current epoch."""
@@ -452,34 +460,10 @@ class IndexedInterleaver:
         draws = self.pipeline.draw(self._key, np.array([i]))
         maker = self._items if maker is None else maker
         return maker.make(t, j, i, draws.steps[0],
-                          None if draws.stain is None else draws.stain[0])
+                          None if draws.stain is None else draws.stain[0], epoch=self.epoch)
 
     def close(self):
         self._items.close()
-
-
-def _clip_array(clip, paths, counts) -> np.ndarray:
-    """clip as None, a list aligned with paths, or a dict {path: count}; values above n_t
-    read as n_t."""
-    if clip is None:
-        return counts.copy()
-    if isinstance(clip, Mapping):
-        norm = {os.path.abspath(os.fspath(k)): v for k, v in clip.items()}
-        unknown = set(norm) - {os.path.abspath(p) for p in paths}
-        if unknown:
-            raise ValueError(f"clip names tfrecords that are not in the dataset: "
-                             f"{sorted(unknown)[:5]}")
-        values = [norm.get(os.path.abspath(p), n) for p, n in zip(paths, counts)]
-    else:
-        values = list(clip)
-        if len(values) != len(paths):
-            raise ValueError(f"clip has {len(values)} entries for {len(paths)} tfrecords")
-    out = []
-    for p, v, n in zip(paths, values, counts):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"clip for {p} must be an integer >= 0, got {v!r}")
-        out.append(min(int(v), int(n)))
-    return np.array(out, dtype=np.int64)
 
 
 __all__ = ["NumpyLoader", "IndexedInterleaver"]

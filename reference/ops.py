@@ -54,7 +54,9 @@ def _check_image(img, what="image"):
     return img
 
 
-def _check_int(value, name):
+def check_int(value, name):
+    """``value`` as an int, or ValueError naming ``name``: an integer, booleans refused
+    (spec/images.md: rot90's k, crop box, JPEG quality)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(value)
@@ -124,7 +126,7 @@ def rot90(img, k) -> np.ndarray:
     ``k`` is any integer, taken modulo 4. See spec/images.md, "Rotation".
     """
     _check_image(img)
-    k = _check_int(k, "k") % 4
+    k = check_int(k, "k") % 4
     if k == 0:
         return _copy(img)
     return _pillow_transpose(img, _ROTATIONS[k])
@@ -134,8 +136,8 @@ def check_crop_box(left, width, height, img_width) -> tuple[int, int]:
     """``(left, width)`` as ints once the box rows and columns [left, left+width) is
     inside an image of ``height`` x ``img_width``; ValueError naming the box and the
     image size otherwise (spec/images.md, "Crop"). Shared by the adapters' crops."""
-    left = _check_int(left, "crop left")
-    width = _check_int(width, "crop width")
+    left = check_int(left, "crop left")
+    width = check_int(width, "crop width")
     if width <= 0:
         raise ValueError(f"crop width must be positive, got {width}")
     if left < 0 or left + width > height or left + width > img_width:
@@ -157,7 +159,9 @@ def crop(img, left, width) -> np.ndarray:
 
 # --------------------------------------------------------------------------- resize
 
-def _resize_size(size):
+def resize_size(size):
+    """``size`` (an integer n for n x n, or ``(height, width)``) as a pair of positive
+    ints, or ValueError (spec/images.md, "Resize")."""
     if isinstance(size, (bool, np.bool_)):
         raise ValueError(f"resize size must be an integer or (height, width), got {size!r}")
     if isinstance(size, numbers.Integral):
@@ -215,7 +219,7 @@ def resize_float(img, size, method="lanczos3", antialias=True) -> np.ndarray:
     Same arguments as :func:`resize`.
     """
     _check_image(img)
-    h_out, w_out = _resize_size(size)
+    h_out, w_out = resize_size(size)
     check_method(method)
     h_in, w_in = img.shape[-3], img.shape[-2]
     wh = weights_readonly(h_in, h_out, method, antialias)
@@ -233,7 +237,7 @@ def resize(img, size, method="lanczos3", antialias=True) -> np.ndarray:
     downscaling. See spec/images.md, "Resize".
     """
     _check_image(img)
-    h_out, w_out = _resize_size(size)
+    h_out, w_out = resize_size(size)
     check_method(method)
     if method == "nearest":
         rows = nearest_index(img.shape[-3], h_out)
@@ -252,14 +256,15 @@ def gaussian_kernel(sigma) -> np.ndarray:
     has weight exp(-offset^2 / (2 sigma^2)) / (sum of all such). See
     spec/images.md, "Gaussian blur".
     """
-    sigma = _check_sigma(sigma)
+    sigma = check_sigma(sigma)
     n = int(4 * sigma + 1)
     offsets = np.arange(n) - (n - 1) // 2
     g = np.exp(-(offsets.astype(np.float64) ** 2) / (2.0 * sigma * sigma))
     return g / g.sum()
 
 
-def _check_sigma(sigma):
+def check_sigma(sigma):
+    """``sigma`` as a positive finite float, or ValueError (spec/images.md, "Gaussian blur")."""
     if isinstance(sigma, (bool, np.bool_)) or not isinstance(sigma, numbers.Real):
         raise ValueError(f"blur sigma must be a positive number, got {sigma!r}")
     sigma = float(sigma)
@@ -344,7 +349,7 @@ def jpeg_encode(img, quality) -> bytes:
     _check_image(img)
     if img.ndim != 3:
         raise ValueError(f"jpeg_encode takes one HWC image, got shape {tuple(img.shape)}")
-    quality = _check_int(quality, "JPEG quality")
+    quality = check_int(quality, "JPEG quality")
     if not 0 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 0..100, got {quality}")
     buf = io.BytesIO()
@@ -428,4 +433,5 @@ def _sum_and_squares(values):
 __all__ = ["flip_left_right", "flip_up_down", "rot90", "crop", "resize", "resize_float",
            "resize_weights", "RESIZE_METHODS", "gaussian_blur", "gaussian_kernel",
            "blur_weights", "reflect_index", "jpeg", "jpeg_encode", "standardize",
-           "STANDARDIZE_MODES", "to_uint8", "FLOAT_IMAGE_HINT", "float_image_hint"]
+           "STANDARDIZE_MODES", "to_uint8", "FLOAT_IMAGE_HINT", "float_image_hint",
+           "check_int", "resize_size", "check_sigma", "check_crop_box", "check_standardize_mode"]

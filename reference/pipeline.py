@@ -13,6 +13,7 @@ written: it runs with the ops of any backend whose ops take eager images (``ops=
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,9 +23,8 @@ from . import ops as reference_ops
 from .augment import Draws, apply_steps, draw_augmentations, parse_augment
 from .images import decode_image
 
-STANDARDIZE_MODES = ("unit", "per_image")
-RESIZE_METHODS = ("lanczos3", "lanczos5", "bilinear", "bicubic", "nearest", "area",
-                  "gaussian", "mitchellcubic")
+from .ops import STANDARDIZE_MODES
+from .resize import RESIZE_METHODS
 
 
 def resolve_standardize(standardize, default: str) -> str | None:
@@ -124,19 +124,17 @@ class Pipeline:
         return draw_augmentations(self.augment, key, positions, self.stain_draws)
 
     def geometry(self, img, ops=None):
-        """Crop, then resize (uint8 -> uint8), with ``ops`` (default :mod:`tilespec.ops`)."""
-        ops = reference_ops if ops is None else ops
-        if self.crop_width is not None:
-            img = ops.crop(img, self.crop_left, self.crop_width)
-        if self.resize_target is not None:
-            img = ops.resize(img, self.resize_target, self.resize_method, self.resize_aa)
+        """Crop, then resize (uint8 -> uint8), with ``ops`` (default :mod:`tilespec.ops`):
+        the 'crop' and 'resize' stages of :meth:`apply`."""
+        for stage in ("crop", "resize"):
+            if stage in self._after_decode:
+                img = self.run_stage(stage, img, ops=ops)
         return img
 
     def apply(self, img, steps, stain_z=None, ops=None):
-        """Everything after decode, for one uint8 image and its drawn parameters, in the
-        order of spec/images.md, "Pipeline order": crop, resize, stain normalization
-        (with the perturbation of ``stain_z`` when the augmentation string has 'n'),
-        the drawn ``steps`` in string order, ``transform``, standardize.
+        """Everything after decode, for one uint8 image and its drawn parameters: the
+        stages of :meth:`stages` after 'decode', in the order of :attr:`STAGES`
+        (spec/images.md, "Pipeline order"), each run by :meth:`run_stage`.
 
         ``ops``: the image operations to run them with, an ops namespace of
         spec/adapters.md, "Hooks" (``tilespec_ops``) whose ops take and return eager
@@ -152,24 +150,62 @@ class Pipeline:
         every backend.
         """
         ops = reference_ops if ops is None else ops
-        img = self.geometry(img, ops)
-        if self.normalizer is not None:
+        for stage in self._after_decode:
+            img = self.run_stage(stage, img, steps, stain_z, ops)
+        return img
+
+    def run_stage(self, stage: str, img, steps=(), stain_z=None, ops=None):
+        """One stage of :meth:`apply` (a name of :attr:`STAGES` other than 'decode'):
+        'crop' (``ops.crop``), 'resize' (``ops.resize``), 'stain' (the normalizer, with
+        the perturbation drawn from ``stain_z`` when the augmentation string has 'n'),
+        'augment' (the drawn ``steps`` in string order), 'transform' (the user's
+        callable), 'standardize' (``ops.standardize``) (spec/images.md, "Pipeline order")."""
+        ops = reference_ops if ops is None else ops
+        if stage == "crop":
+            return ops.crop(img, self.crop_left, self.crop_width)
+        if stage == "resize":
+            return ops.resize(img, self.resize_target, self.resize_method, self.resize_aa)
+        if stage == "stain":
             delta = None
             if "n" in self.augment:
                 from .stain import draw_stain_perturbation
                 delta = draw_stain_perturbation(self.normalizer, stain_z)
             normalize = getattr(ops, "stain_normalize", stain_normalize)
-            img = normalize(self.normalizer, img, perturbation=delta)
-        img = apply_steps(img, steps, ops=ops)
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.standardize is not None:
-            img = ops.standardize(img, self.standardize)
-        return img
+            return normalize(self.normalizer, img, perturbation=delta)
+        if stage == "augment":
+            return apply_steps(img, steps, ops=ops)
+        if stage == "transform":
+            return self.transform(img)
+        if stage == "standardize":
+            return ops.standardize(img, self.standardize)
+        raise ValueError(f"unknown pipeline stage {stage!r}; stages after decode: "
+                         f"{', '.join(self.STAGES[1:])}")
+
+    @functools.cached_property
+    def _after_decode(self) -> tuple:
+        """:meth:`stages` after 'decode', computed once (the options are frozen)."""
+        return self.stages()[1:]
 
     def __call__(self, image_bytes, steps=(), stain_z=None) -> np.ndarray:
         """decode + :meth:`apply`."""
         return self.apply(decode_image(image_bytes), steps, stain_z)
+
+    #: The stages of the image pipeline, in order (spec/images.md, "Pipeline order").
+    STAGES = ("decode", "crop", "resize", "stain", "augment", "transform", "standardize")
+
+    def stages(self) -> tuple:
+        """The names of the stages this pipeline runs, in :attr:`STAGES` order
+        (spec/images.md, "Pipeline order"): 'decode' always; 'crop', 'resize',
+        'transform' and 'standardize' when their option is set; 'stain' with a
+        normalizer (its augmentation too, when ``augment`` has 'n'); 'augment' when
+        ``augment`` has a character other than 'n' (the drawn steps, in string order).
+        A backend whose image work is a graph of its own (the TensorFlow map) walks
+        these instead of writing the order again."""
+        on = {"decode": True, "crop": self.crop_width is not None,
+              "resize": self.resize_target is not None, "stain": self.normalizer is not None,
+              "augment": bool(self.augment.replace("n", "")),
+              "transform": self.transform is not None, "standardize": self.standardize is not None}
+        return tuple(s for s in self.STAGES if on[s])
 
 
 __all__ = ["Pipeline", "stain_normalize", "resolve_standardize", "check_bool", "STANDARDIZE_MODES", "RESIZE_METHODS"]

@@ -60,7 +60,10 @@ def backends() -> list[str]:
     return [i["name"] for i in adapters()]
 
 
-def _missing(backend: str, what: str) -> AdapterNotInstalledError:
+def missing_adapter(backend: str, what: str) -> AdapterNotInstalledError:
+    """The error for ``what`` (a call) needing the adapter of ``backend`` when it is not
+    installed: names the distribution, how to install it and the installed adapters
+    (spec/adapters.md, "Discovery and errors")."""
     dist = f" (distribution '{KNOWN_ADAPTERS[backend][0]}')" if backend in KNOWN_ADAPTERS else ""
     have = ", ".join(backends())
     return AdapterNotInstalledError(f"{what} needs the {backend!r} adapter{dist}, which is not "
@@ -73,7 +76,7 @@ def make_loader(backend: str, dataset, options: dict):
     loader = plugin_manager().hook.tilespec_make_loader(backend=backend, dataset=dataset,
                                                         options=dict(options))
     if loader is None:
-        raise _missing(backend, f"Dataset.{backend}()")
+        raise missing_adapter(backend, f"Dataset.{backend}()")
     return loader
 
 
@@ -82,7 +85,7 @@ def make_indexed(backend: str, tfrecords, options: dict):
     ds = plugin_manager().hook.tilespec_make_indexed(backend=backend, tfrecords=tfrecords,
                                                      options=dict(options))
     if ds is None:
-        raise _missing(backend, f"an indexed dataset for {backend!r}")
+        raise missing_adapter(backend, f"an indexed dataset for {backend!r}")
     return ds
 
 
@@ -90,7 +93,7 @@ def ops_for(backend: str):
     """The ``backend`` adapter's image ops (see hookspecs.tilespec_ops)."""
     ops = plugin_manager().hook.tilespec_ops(backend=backend)
     if ops is None:
-        raise _missing(backend, f"image ops for {backend!r}")
+        raise missing_adapter(backend, f"image ops for {backend!r}")
     return ops
 
 
@@ -99,7 +102,7 @@ def train_fold(backend: str, run):
     (spec/training.md, "Adapters")."""
     result = plugin_manager().hook.tilespec_train_fold(backend=backend, run=run)
     if result is None:
-        raise _missing(backend, f"Project.train(backend={backend!r})")
+        raise missing_adapter(backend, f"Project.train(backend={backend!r})")
     return result
 
 
@@ -110,5 +113,5 @@ def reset() -> None:
 
 
 __all__ = ["plugin_manager", "adapters", "backends", "make_loader", "make_indexed", "ops_for",
-           "train_fold", "AdapterNotInstalledError", "KNOWN_ADAPTERS", "EXTRAS", "install_hint",
+           "train_fold", "AdapterNotInstalledError", "KNOWN_ADAPTERS", "EXTRAS", "install_hint", "missing_adapter",
            "reset"]

@@ -230,8 +230,12 @@ class FoldDatasets(NamedTuple):
     val: Dataset | None
 
 
-def _apply(dts: Dataset, strategy, headers, force: bool, max_tiles: int, side: str,
-           param: str) -> Dataset:
+def balance_and_clip(dts: Dataset, strategy, headers, force: bool, max_tiles: int,
+                     side: str, param: str) -> Dataset:
+    """``dts`` balanced with ``strategy`` and clipped to ``max_tiles``, as a fold's side
+    gets them (spec/dataset.md, "Training configuration", step 3): a dataset already
+    balanced (clipped) keeps its own configuration, with a warning naming ``param``
+    (``max_tiles``) and the ``side``."""
     if strategy not in (None, "none"):
         if dts.is_balanced:
             warnings.warn(f"{side} dataset is already balanced; ignoring {param}={strategy!r}",
@@ -286,11 +290,11 @@ def fold_datasets(dataset: Dataset, outcomes, params: ModelParams, *,
         raise ProjectError(f"unknown val_strategy {val_strategy!r}; valid: 'k-fold', 'fixed', "
                            "'none'")
     for i, (train, val) in enumerate(pairs, start=1):
-        train = _apply(train, params.training_balance, bal_headers, classification, max_tiles,
-                       "training", "training_balance")
+        train = balance_and_clip(train, params.training_balance, bal_headers, classification,
+                                 max_tiles, "training", "training_balance")
         if val is not None:
-            val = _apply(val, params.validation_balance, bal_headers, classification, max_tiles,
-                         "validation", "validation_balance")
+            val = balance_and_clip(val, params.validation_balance, bal_headers, classification,
+                                   max_tiles, "validation", "validation_balance")
         yield FoldDatasets(i, train, val)
 
 
@@ -628,4 +632,5 @@ def create_project(root, annotations, tfrecords, name: str | None = None) -> Pro
 
 
 __all__ = ["ModelParams", "Project", "FoldDatasets", "fold_datasets", "load_project",
-           "create_project", "tile_size_label", "check_tile_um", "KNOWN_LOSSES"]
+           "create_project", "tile_size_label", "check_tile_um", "KNOWN_LOSSES",
+           "balance_and_clip"]

@@ -22,6 +22,7 @@ raised from the header alone, before any of the payload is read or allocated
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -39,9 +40,12 @@ HEADER_BYTES = 12  # length + its checksum
 FOOTER_BYTES = 4   # payload checksum
 FRAMING_BYTES = HEADER_BYTES + FOOTER_BYTES
 COMPRESSIONS = (None, "GZIP")
-_GZIP_MAGIC = b"\x1f\x8b"
-_HEADER = struct.Struct("<QI")
-_FOOTER = struct.Struct("<I")
+#: The two bytes a GZIP stream starts with (spec/records.md, "GZIP").
+GZIP_MAGIC = b"\x1f\x8b"
+#: A record header: the payload length and its masked checksum (spec/records.md, "Framing").
+HEADER_STRUCT = struct.Struct("<QI")
+#: A record footer: the payload's masked checksum (spec/records.md, "Framing").
+FOOTER_STRUCT = struct.Struct("<I")
 _READ_CHUNK = 1 << 24  # payloads larger than this are read piece by piece
 #: The default cap on a record's payload length (spec/reliability.md, "Size caps"):
 #: hundreds of times a real tile record (a 512 px JPEG tile is about 100 KB).
@@ -123,28 +127,39 @@ def write_records(path, records: Iterable[bytes], *, compression=None) -> int:
     """
     compression = _check_compression(compression)
     path = os.fspath(path)
-    tmp, fd = _create_temp(path)
     n = 0
+    with atomic_write(path) as raw:
+        out = (gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0)
+               if compression else raw)
+        try:
+            for payload in records:
+                if not isinstance(payload, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"{path}: record {n} is {type(payload).__name__}, "
+                                    "expected bytes")
+                out.write(frame_record(payload))
+                n += 1
+        finally:
+            if out is not raw:
+                out.close()
+    return n
+
+
+@contextlib.contextmanager
+def atomic_write(path) -> Iterator[BinaryIO]:
+    """``with atomic_write(path) as f:`` writes ``f`` (binary), a new temporary file beside
+    ``path``, and renames it onto ``path`` when the block ends; an error in the block
+    removes it and leaves ``path`` as it was (spec/records.md, "Writing": a reader sees the
+    old file or the new one, never a partial one). Every file tilespec writes (records,
+    index files) is written this way."""
+    tmp, fd = _create_temp(path)
     try:
-        with os.fdopen(fd, "wb") as raw:
-            out = (gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0)
-                   if compression else raw)
-            try:
-                for payload in records:
-                    if not isinstance(payload, (bytes, bytearray, memoryview)):
-                        raise TypeError(f"{path}: record {n} is {type(payload).__name__}, "
-                                        "expected bytes")
-                    out.write(frame_record(payload))
-                    n += 1
-            finally:
-                if out is not raw:
-                    out.close()
+        with os.fdopen(fd, "wb") as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return n
 
 
 def _create_temp(path):
@@ -214,13 +229,13 @@ def read_header(f: BinaryIO, *, path=None, record=0, offset=0, verify=True,
         raise TruncatedRecordError(f"file ends inside the record header (got {len(head)} of "
                                    f"{HEADER_BYTES} bytes)", path=path, record=record,
                                    offset=offset)
-    length, stored = _HEADER.unpack(head)
+    length, stored = HEADER_STRUCT.unpack(head)
     if verify:
         computed = masked_crc32c(head[:8])
         if computed != stored:
             if record == 0:
                 hint = (" (the file starts with the GZIP magic bytes: read it with "
-                        "compression='GZIP')" if head[:2] == _GZIP_MAGIC else "")
+                        "compression='GZIP')" if head[:2] == GZIP_MAGIC else "")
                 raise NotATFRecordError(
                     f"not a TFRecord file: the first record header fails its checksum{hint}",
                     path=path, record=record, offset=offset)
@@ -240,7 +255,7 @@ def read_payload(f: BinaryIO, length: int, *, path=None, record=0, offset=0, ver
     spec/records.md, "Reading".
     """
     payload = _read_exact(f, length, path, record, offset, "record payload")
-    (stored,) = _FOOTER.unpack(_read_exact(f, FOOTER_BYTES, path, record, offset,
+    (stored,) = FOOTER_STRUCT.unpack(_read_exact(f, FOOTER_BYTES, path, record, offset,
                                            "payload checksum"))
     if verify:
         computed = masked_crc32c(payload)
@@ -259,10 +274,16 @@ def is_gzip_file(path) -> bool:
     checksum decides.
     """
     with open(os.fspath(path), "rb") as f:
-        head = f.read(HEADER_BYTES)
-    if not head.startswith(_GZIP_MAGIC):
+        return is_gzip_head(f.read(HEADER_BYTES))
+
+
+def is_gzip_head(head: bytes) -> bool:
+    """True when a file's first bytes ``head`` (up to :data:`HEADER_BYTES`) start a GZIP
+    stream rather than TFRecord framing: the GZIP magic bytes, and no valid first record
+    header (spec/records.md, "GZIP")."""
+    if not head.startswith(GZIP_MAGIC):
         return False
-    return len(head) < HEADER_BYTES or masked_crc32c(head[:8]) != _HEADER.unpack(head)[1]
+    return len(head) < HEADER_BYTES or masked_crc32c(head[:8]) != HEADER_STRUCT.unpack(head)[1]
 
 
 def read_records(path, *, verify: bool = True, compression=None,
@@ -401,7 +422,7 @@ def scan_frames(path, *, verify: bool = False, chunk_size: int = 1 << 20,
                     crc = crc32c(chunk, crc)
                     left -= len(chunk)
                 footer = _read_exact(f, FOOTER_BYTES, path, record, offset, "payload checksum")
-                (stored,) = _FOOTER.unpack(footer)
+                (stored,) = FOOTER_STRUCT.unpack(footer)
                 if mask(crc) != stored:
                     raise CorruptDataError(
                         f"payload of {length} bytes fails its checksum (stored 0x{stored:08x}, "
@@ -413,5 +434,6 @@ def scan_frames(path, *, verify: bool = False, chunk_size: int = 1 << 20,
 
 __all__ = ["read_records", "write_records", "read_record_at", "scan_records", "scan_frames",
            "frame_record", "MAX_RECORD_BYTES", "check_max_record_bytes", "over_cap",
-           "is_gzip_file",
+           "is_gzip_file", "is_gzip_head", "atomic_write", "GZIP_MAGIC", "HEADER_STRUCT",
+           "FOOTER_STRUCT", "HEADER_BYTES", "FOOTER_BYTES",
            "read_header", "read_payload", "TFRecordError", "FRAMING_BYTES", "COMPRESSIONS"]

@@ -244,7 +244,9 @@ def nearest_index(in_size, out_size) -> np.ndarray:
 
 
 def weights_readonly(in_size, out_size, method, antialias):
-    """Cached read-only weight matrix (internal; callers must not modify it)."""
+    """The weight matrix of :func:`resize_weights`, cached and read-only: the one copy the
+    reference and the adapters share, which callers must not modify (spec/images.md,
+    "Separable form")."""
     return _weights_cached(int(in_size), int(out_size), method, bool(antialias))
 
 
@@ -286,4 +288,5 @@ def weights_bands(in_size, out_size, method, antialias):
     return _bands_cached(int(in_size), int(out_size), method, bool(antialias))
 
 
-__all__ = ["RESIZE_METHODS", "resize_weights", "nearest_index", "check_method"]
+__all__ = ["RESIZE_METHODS", "resize_weights", "nearest_index", "check_method",
+           "weights_readonly"]

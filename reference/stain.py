@@ -965,4 +965,7 @@ def _check_values(key: str, value, shape) -> np.ndarray:
 __all__ = ["StainNormalizer", "autoselect", "background_mask", "draw_stain_perturbation", "standardize_brightness",
            "lab_mean_std", "optical_density", "StainNormalizationError", "BlankImageError",
            "METHODS", "FAMILY", "BRIGHTNESS", "MASKED", "MASK_L_THRESHOLD", "FIT_SHAPES", "AUGMENT_KEYS", "NORMAL_DRAWS", "FIT_PRESETS",
-           "AUGMENT_PRESETS", "DEFAULT_FIT_PRESET", "DEFAULT_AUGMENT_PRESET"]
+           "AUGMENT_PRESETS", "DEFAULT_FIT_PRESET", "DEFAULT_AUGMENT_PRESET",
+           "BLANK_REASONS", "BRIGHTNESS_PERCENTILE", "MACENKO_ALPHA", "MACENKO_BETA", "MACENKO_IO",
+           "MACENKO_MAXC_PERCENTILE", "MACENKO_ORDER_TIE", "MIN_EIGENVALUE", "MIN_LAB_STD",
+           "MIN_TISSUE_PIXELS"]

@@ -9,7 +9,6 @@ call writes byte-identical files on any machine with the same Pillow/libjpeg.
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from .annotations import write_annotations_csv
 from .example import encode_tile
 from .records import write_records
 
@@ -123,13 +123,11 @@ def write_synthetic_dataset(root, *, slides=DEFAULT_SLIDES, tile_px: int = 64, s
         path = os.path.join(folder, f"{spec.slide}.tfrecords")
         write_records(path, slide_records(spec, tile_px=tile_px, seed=seed, quality=quality))
         paths.append(path)
-    ann = os.path.join(root, "annotations.csv")
-    with open(ann, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["patient", "slide", "category", "site", "age"])
-        for k, spec in enumerate(slides):
-            writer.writerow([spec.patient, spec.slide, spec.category, spec.site,
-                             f"{40 + 7 * (sum(map(ord, spec.patient)) % 5) + 0.5 * k:.1f}"])
+    ann = write_annotations_csv(
+        os.path.join(root, "annotations.csv"), ["patient", "slide", "category", "site", "age"],
+        [[spec.patient, spec.slide, spec.category, spec.site,
+          f"{40 + 7 * (sum(map(ord, spec.patient)) % 5) + 0.5 * k:.1f}"]
+         for k, spec in enumerate(slides)])
     return {"tfrecords": folder, "annotations": ann, "paths": paths}
 
 

@@ -12,7 +12,6 @@ hypothesis is only needed for the strategies (imported lazily).
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
@@ -148,7 +147,10 @@ def to_numpy(x):
     return arr
 
 
-def _field_names(n: int, options: Mapping | None):
+def field_names(n: int, options: Mapping | None):
+    """The names of a batch's fields (image, label, then slide and loc_x, loc_y when
+    included): from the loader ``options`` when given, else from the field count ``n``
+    (spec/adapters.md, "Conformance")."""
     if options is not None:
         names = ["image", "label"]
         if options.get("incl_slidenames"):
@@ -277,7 +279,7 @@ def assert_conforms(loader: Iterable, reference: Iterable, *, n: int | None = No
         got, ref = tuple(got), tuple(ref)
         if len(got) != len(ref):
             raise ConformanceError(f"{where}: {len(got)} fields, reference {len(ref)}")
-        names = _field_names(len(ref), options)
+        names = field_names(len(ref), options)
         for name, g, f in zip(names, got, ref):
             if name == "image":
                 _compare_image(to_numpy(g), to_numpy(f), tol, layout, where, batched)
@@ -308,6 +310,7 @@ def write_tile_dataset(layout: TileDatasetLayout, root) -> dict:
     """
     from PIL import Image
 
+    from .annotations import write_annotations_csv
     from .example import encode_tile
     from .records import write_records
 
@@ -332,12 +335,10 @@ def write_tile_dataset(layout: TileDatasetLayout, root) -> dict:
         path = os.path.join(folder, f"{slide}.tfrecords")
         write_records(path, recs)
         paths.append(path)
-    ann = os.path.join(root, "annotations.csv")
-    with open(ann, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["patient", "slide", "category"])
-        for slide, patient, category, _ in layout.slides:
-            w.writerow([patient, slide, category])
+    ann = write_annotations_csv(os.path.join(root, "annotations.csv"),
+                                ["patient", "slide", "category"],
+                                [[patient, slide, category]
+                                 for slide, patient, category, _ in layout.slides])
     return {"tfrecords": folder, "annotations": ann, "paths": paths}
 
 
@@ -525,7 +526,7 @@ def image_options(tile_px: int = 16, methods=None):
     absent is left out of the dict, so the default is tested."""
     from hypothesis import strategies as st
 
-    from .pipeline import RESIZE_METHODS
+    from .resize import RESIZE_METHODS
     from .stain import METHODS, StainNormalizer
 
     methods = tuple(METHODS if methods is None else methods)
@@ -611,7 +612,7 @@ def covering_options(tile_px: int = 16, *, indexed: bool = False,
     longest dimension (the resize methods). Given to the conformance tests as
     explicit examples beside the drawn ones, so no value depends on the draw
     (spec/adapters.md, "Conformance")."""
-    from .pipeline import RESIZE_METHODS
+    from .resize import RESIZE_METHODS
     from .stain import METHODS, StainNormalizer
 
     px = tile_px
@@ -723,4 +724,4 @@ __all__ = ["audit", "AuditReport", "Check", "assert_conforms", "image_tolerance"
            "tile_dataset_layouts", "sampling_configs", "LEVELS", "JPEG_AFTER_INEXACT",
            "JPEG_DECISION_PX", "edge_images", "EDGE_KINDS", "tie_floats", "image_options",
            "loader_options", "indexed_options", "covering_options", "resolve_labels", "LABEL_KINDS", "ABSENT",
-           "invert"]
+           "invert", "field_names"]

@@ -18,7 +18,6 @@ decodes yielded images.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops
+from .annotations import write_annotations_csv
 from .example import encode_tile, parse_tile
 from .images import decode_image
 from .records import read_records, write_records
@@ -184,17 +184,14 @@ def write_traceable_dataset(root, *, tile_px: int = 64, image_format: str = "png
         path = os.path.join(folder, f"{stem}.tfrecords")
         write_records(path, recs)
         paths.append(path)
-    ann = os.path.join(root, "annotations.csv")
-    with open(ann, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["patient", "slide", "category"])
-        # rows are matched to tfrecords by file stem (spec/dataset.md); the renamed
-        # file's row carries the *other* category, a decoy for labels by file name
-        cats = sorted({s[2] for s in slides})
-        for slide, patient, category, _t, stem in slides:
-            if stem != slide:
-                category = cats[(cats.index(category) + 1) % len(cats)]
-            w.writerow([patient, stem, category])
+    # rows are matched to tfrecords by file stem (spec/dataset.md); the renamed
+    # file's row carries the *other* category, a decoy for labels by file name
+    cats = sorted({s[2] for s in slides})
+    rows = [[patient, stem, category if stem == slide else
+             cats[(cats.index(category) + 1) % len(cats)]]
+            for slide, patient, category, _t, stem in slides]
+    ann = write_annotations_csv(os.path.join(root, "annotations.csv"),
+                                ["patient", "slide", "category"], rows)
     with open(os.path.join(root, "traceable.json"), "w") as fh:
         json.dump({"tile_px": tile_px, "image_format": image_format, "seed": seed,
                    "slides": [list(s) for s in slides]}, fh, indent=1)

@@ -417,8 +417,8 @@ def train(project, outcomes, params, *, dataset=None, val_dataset=None, max_tile
     Every input error (loss, model, outcomes, labels, a fold with one class,
     tile size) is raised before the first batch.
     """
-    from .plugins import _missing, backends, train_fold
-    from .project import ModelParams, _apply, fold_datasets
+    from .plugins import missing_adapter, backends, train_fold
+    from .project import ModelParams, balance_and_clip, fold_datasets
 
     if not isinstance(params, ModelParams):
         raise ProjectError(f"params must be a ModelParams, not {type(params).__name__}")
@@ -428,7 +428,7 @@ def train(project, outcomes, params, *, dataset=None, val_dataset=None, max_tile
         raise ProjectError("the NumPy reference loads data but does not train; use "
                            "backend='torch' or backend='tensorflow'")
     if backend not in backends():
-        raise _missing(backend, f"Project.train(backend={backend!r})")
+        raise missing_adapter(backend, f"Project.train(backend={backend!r})")
     outcomes = [outcomes] if isinstance(outcomes, str) else list(outcomes)
     if not outcomes:
         raise ProjectError("outcomes is empty; name at least one annotation header")
@@ -462,8 +462,8 @@ def train(project, outcomes, params, *, dataset=None, val_dataset=None, max_tile
         how = "given datasets"
     elif val_dataset is not None:
         bal = outcomes if balance_headers is None else balance_headers
-        tr = _apply(base.filter(filter_blank=outcomes), params.training_balance, bal,
-                    classification, max_tiles, "training", "training_balance")
+        tr = balance_and_clip(base.filter(filter_blank=outcomes), params.training_balance, bal,
+                              classification, max_tiles, "training", "training_balance")
         pairs = [(tr, val_dataset.filter(filter_blank=outcomes))]
         how = "project dataset, given val_dataset"
     else:

@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .crc32c import crc32c, mask
+from .dataset import TFRECORD_SUFFIXES
 from .errors import (ExampleParseError, ImageDecodeError, ImageTooLargeError, IndexFileError,
                      TileSchemaError)
 from .example import parse_example, parse_tile
 from .images import MAX_TILE_PIXELS, check_max_tile_pixels, decode_image
-from .index import _location, existing_index, index_stem, read_index_file
-from .records import (FRAMING_BYTES, HEADER_BYTES, MAX_RECORD_BYTES, _FOOTER, _HEADER,
-                      _GZIP_MAGIC, check_max_record_bytes, over_cap)
-
-TFRECORD_SUFFIXES = (".tfrecords", ".tfrecord")
+from .index import existing_index, index_stem, read_index_file, tile_location
+from .records import (FOOTER_STRUCT, FRAMING_BYTES, GZIP_MAGIC, HEADER_BYTES, HEADER_STRUCT,
+                      MAX_RECORD_BYTES, check_max_record_bytes, is_gzip_head, over_cap)
 
 #: Problem kinds, in the order the summary lists them (spec/reliability.md, "Checks").
 KINDS = ("missing", "io", "not-tfrecord", "length-crc", "truncated", "record-cap",
@@ -212,7 +211,7 @@ class _Scan:
                         ok = self._tile_size(record, offset, img.shape)
                 else:
                     parse_example(payload)
-                    loc = _location(payload)
+                    loc = tile_location(payload)
                     xy, state = (loc, 1) if loc is not None else ((0, 0), 0)
             except ExampleParseError as e:
                 self.problem("example", record, offset, e.reason)
@@ -221,7 +220,7 @@ class _Scan:
                 self.problem("tile", record, offset, e.reason)
                 ok = False
                 if state == -1:
-                    loc = _location(payload)
+                    loc = tile_location(payload)
                     xy, state = (loc, 1) if loc is not None else ((0, 0), 0)
             except ImageTooLargeError as e:
                 self.problem("image-cap", record, offset, e.reason)
@@ -271,13 +270,13 @@ def _walk(f, scan: _Scan, size: int | None):
                          f"file ends inside a record header ({len(head)} of {HEADER_BYTES} "
                          f"bytes); {len(head)} bytes left unread")
             return offset, False
-        length, stored = _HEADER.unpack(head)
+        length, stored = HEADER_STRUCT.unpack(head)
         computed = mask(crc32c(head[:8]))
         if computed != stored:
             unread = "" if left is None else f"; {left} bytes left unread"
             if record == 0:
                 hint = (" (it starts with the GZIP magic bytes but is not a GZIP stream "
-                        "either)" if head[:2] == _GZIP_MAGIC else "")
+                        "either)" if head[:2] == GZIP_MAGIC else "")
                 scan.problem("not-tfrecord", 0, 0, "not a TFRecord file: the first record "
                              f"header fails its checksum{hint}{unread}")
             else:
@@ -335,7 +334,7 @@ def _walk(f, scan: _Scan, size: int | None):
                          f"stream ends inside the record ({got} of {length} payload bytes"
                          f"{', footer missing' if got == length else ''})")
             return offset, False
-        (stored,) = _FOOTER.unpack(footer)
+        (stored,) = FOOTER_STRUCT.unpack(footer)
         if mask(crc) != stored:
             scan.problem("payload-crc", record, offset,
                          f"payload of {length} bytes fails its checksum (stored "
@@ -450,9 +449,7 @@ def verify_file(path, *, level: str = "images", index: bool = True,
         report.size = size = os.path.getsize(path)
         with open(path, "rb") as raw:
             head = raw.read(HEADER_BYTES)
-        gz = (head[:2] == _GZIP_MAGIC and (len(head) < HEADER_BYTES or
-                                           mask(crc32c(head[:8])) != _HEADER.unpack(head)[1]))
-        if gz:
+        if is_gzip_head(head):
             report.compression = "GZIP"
             with gzip.open(path, "rb") as f:
                 try:

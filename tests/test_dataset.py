@@ -463,6 +463,64 @@ def test_custom_clip(demo):
         ds.balance(strategy="tile")
 
 
+def test_assignment_cache_rule(demo):
+    """spec/dataset.md, "Assigning weights and clip counts": an assignment forgets the
+    derived clip counts and weights together; n_t stays; earlier derived datasets and
+    loaders keep theirs."""
+    ds = demo.balance(strategy="tile")
+    paths = ds.tfrecords()
+    before = ds.prob_weights                      # cached 'tile' weights of the unclipped counts
+    table_before = ds.sampling_table()
+    child = ds.clip(5)
+    loader = ds.numpy(batch_size=4, infinite=False, seed=0)
+    ds._clip = {p: 1 for p in paths}              # every c_t = 1: 'tile' weights become 1/6
+    assert ds.prob_weights == {p: 1 / 6 for p in paths} != before
+    assert ds.sampling_table().weights.tolist() == [1 / 6] * 6
+    assert ds.num_tiles == 6 and ds.manifest()[paths[0]] == {"total": 40, "clipped": 1}
+    ds.clip_counts = None                         # back to n_t: the weights follow again
+    assert ds.prob_weights == before
+    ds.prob_weights = {p: 1 if i == 0 else 0 for i, p in enumerate(paths)}
+    assert ds.sampling_table().weights.tolist() == [1, 0, 0, 0, 0, 0]
+    assert ds.sampling_table().counts.tolist() == table_before.counts.tolist()
+    ds.prob_weights = None                        # unbalanced: the 'slide' weights
+    assert ds.sampling_table().weights.tolist() == [1 / 6] * 6
+    # what was derived or built before the assignments is unchanged
+    assert child.clip_counts == {p: 5 for p in paths}
+    assert child.prob_weights == {p: 1 / 6 for p in paths}
+    assert loader.weights.tolist() == table_before.weights.tolist()
+    assert loader.clip.tolist() == table_before.clip.tolist() == table_before.counts.tolist()
+
+
+def test_custom_clip_one_rule(demo):
+    """The dataset's clip_counts and the indexed loader's clip= are one rule
+    (tilespec.balance.custom_clip), with one exception type."""
+    from tilespec.balance import custom_clip
+    from tilespec.loader import IndexedInterleaver
+
+    paths = demo.tfrecords()
+    n = demo.sampling_table().counts
+    got = custom_clip({paths[0]: 1000, os.path.relpath(paths[1]): 3}, paths, n)
+    assert got.tolist() == [40, 3] + n[2:].tolist()
+    assert custom_clip([0, 100, 1, 2, 3, 4], paths, n).tolist() == [0, 16, 1, 2, 3, 4]
+    assert custom_clip(None, paths, n).tolist() == n.tolist()
+    ds = demo.clip(10)
+    ds._clip = {paths[0]: 1000, paths[1]: 3}
+    assert list(ds.clip_counts.values()) == got.tolist()
+    assert len(IndexedInterleaver(paths, clip={paths[0]: 1000, paths[1]: 3})) == sum(got)
+    for bad in ({"/no/such.tfrecords": 1}, {paths[0]: -1}, {paths[0]: 1.5}):
+        with pytest.raises(ClipError) as e1:
+            custom_clip(bad, paths, n)
+        with pytest.raises(ClipError) as e2:
+            IndexedInterleaver(paths, clip=bad)
+        with pytest.raises(ClipError) as e3:
+            ds._clip = bad
+        assert str(e1.value) == str(e2.value) == str(e3.value)
+    with pytest.raises(ClipError, match="clip has 1 entries for 6 tfrecords"):
+        IndexedInterleaver(paths, clip=[1])
+    with pytest.raises(ClipError, match=r"clip\['.*'\] = True is not an integer"):
+        custom_clip([True] * 6, paths, n)
+
+
 # -- property tests over random datasets --------------------------------------------------------
 
 tables = st.lists(st.tuples(st.sampled_from("pqrs"), st.sampled_from("AB"), st.integers(1, 30)),

@@ -410,6 +410,82 @@ def test_indexed_dataset_equals_indexed_interleaver(datasets):
     assert tt.assert_conforms(d, (ref[i] for i in range(len(ref))), options=opts) == len(ref)
 
 
+def _tile_file(path, n, *, bad=(), no_loc=()):
+    """n small JPEG tiles; records in ``bad`` hold bytes that are neither JPEG nor PNG,
+    those in ``no_loc`` have no loc_x/loc_y."""
+    from tilespec.synthetic import encode_jpeg
+    recs = [tilespec.encode_tile(b"BAD: not an image" if i in bad else
+                                 encode_jpeg(np.full((8, 8, 3), i * 20, np.uint8)),
+                                 "s", *(() if i in no_loc else (i, 2 * i))) for i in range(n)]
+    tilespec.write_records(path, recs)
+    return str(path)
+
+
+def test_indexed_dataset_skips_like_the_indexed_interleaver(tmp_path):
+    """spec/adapter_tf.md, "The indexed dataset": on_error as the reference's item rule."""
+    path = _tile_file(tmp_path / "s.tfrecords", 6, bad={1, 4})
+    opts = dict(on_error="skip", standardize=False, incl_loc=True, seed=0, augment="xy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = plugins.make_indexed("tensorflow", [path], dict(opts, epoch=2))
+        ref = tilespec.IndexedInterleaver([path], **opts)
+        ref.set_epoch(2)
+        want = [ref[i] for i in range(len(ref))]
+        got = list(d)
+    assert [i for i, item in enumerate(want) if item is None] == [1, 4]
+    assert tt.assert_conforms(got, [w for w in want if w is not None], options=opts) == 4
+    assert d.skipped == ref.item_maker.skipped  # the same log: epoch, position, ..., error
+    assert [(s["epoch"], s["record"]) for s in d.skipped] == [(2, 1), (2, 4)]
+    assert d.skipped[0]["error"].startswith(f"{path}, record 1, byte offset ")
+    # on_error='raise': the reference's error, naming the file and the record
+    with pytest.raises(tilespec.ImageDecodeError, match=r"record 1"):
+        ref_raise = tilespec.IndexedInterleaver([path], **dict(opts, on_error="raise"))
+        ref_raise[1]
+    d = plugins.make_indexed("tensorflow", [path], dict(opts, on_error="raise"))
+    with pytest.raises(Exception, match=rf"{path}, record 1, byte offset"):
+        list(d)
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_incl_loc_on_a_record_without_location_is_an_error(tmp_path, indexed):
+    """spec/sampling.md, "Loaders": incl_loc=True needs loc_x/loc_y in every record read
+    (the reference's ItemMaker.fields), in the loader and in the indexed dataset."""
+    path = _tile_file(tmp_path / "s.tfrecords", 5, no_loc={3})
+    msg = rf"{path}, record 3: incl_loc=True but the record has no loc_x/loc_y"
+    if indexed:
+        ref = tilespec.IndexedInterleaver([path], incl_loc=True, standardize=False)
+        with pytest.raises(LabelError, match=msg):
+            ref[3]
+        d = plugins.make_indexed("tensorflow", [path], {"incl_loc": True,
+                                                        "standardize": False})
+    else:
+        ds = tilespec.Dataset(tfrecords=[path])
+        with pytest.raises(LabelError, match=msg):
+            list(ds.numpy(infinite=False, seed=0, incl_loc=True, standardize=False))
+        d = ds.tensorflow(infinite=False, seed=0, incl_loc=True)
+    with pytest.raises(Exception, match=msg):
+        list(d)
+    # without incl_loc the same records are read
+    d = (plugins.make_indexed("tensorflow", [path], {"standardize": False}) if indexed else
+         tilespec.Dataset(tfrecords=[path]).tensorflow(infinite=False, seed=0))
+    assert len(list(d)) == 5
+
+
+def test_skip_log_is_the_reference_log_across_epochs(corrupt):
+    """One skip rule and log (spec/reliability.md, "on_error"): the same entries, epoch
+    included, as the reference loader over two finite epochs."""
+    opts = dict(infinite=False, seed=6, on_error="skip", shuffle=True, standardize=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = corrupt.tensorflow(**opts)
+        ref = corrupt.numpy(**opts)
+        for _ in range(2):
+            list(d)
+            list(ref)
+    assert [s["epoch"] for s in ref.skipped] == [0, 1]
+    assert d.skipped == ref.skipped and d.tilespec.num_skipped == ref.num_skipped == 2
+
+
 def test_two_iterators_of_one_dataset_read_independently(datasets):
     ds = datasets[0]
     opts = dict(infinite=False, seed=12, standardize=False, incl_loc=True)

@@ -1,11 +1,11 @@
-"""TensorFlow adapter for tilespec (spec/adapter_tf.md).
+"""The TensorFlow adapter's hooks (spec/adapter_tf.md, "Hooks"; spec/adapters.md).
 
 Registered under the entry-point group ``tilespec.adapters`` as the backend
-``"tensorflow"``: ``Dataset.tensorflow(**options)`` returns a ``tf.data.Dataset``
-yielding the reference's stream (:mod:`tilespec_tf.loader`), and
-``tilespec_ops("tensorflow")`` the TensorFlow image ops (:mod:`tilespec_tf.ops`).
-TensorFlow is imported only when a hook for this backend is called, so
-discovering adapters stays fast.
+``"tensorflow"``: ``Dataset.tensorflow(**options)`` and the indexed dataset
+(:mod:`tilespec_tf.loader`), the image ops (:mod:`tilespec_tf.ops`, stain
+normalization in :mod:`tilespec_tf.stain`) and the Keras trainer
+(:mod:`tilespec_tf.train`). TensorFlow is imported only when a hook for this backend
+is called, so discovering adapters stays fast.
 """
 
 from __future__ import annotations

@@ -1,39 +1,38 @@
-"""The tf.data loader of ``Dataset.tensorflow()`` (spec/adapter_tf.md, "The loader").
+"""The tf.data loader of ``Dataset.tensorflow()`` and the TensorFlow indexed dataset
+(spec/adapter_tf.md, "The loader", "The indexed dataset").
 
 What is read, in which order, with which label and which augmentation comes
-from the reference, unchanged: :class:`tilespec.loader.NumpyLoader` validates
-the options and gives the rank's :class:`~tilespec.sampling.StreamPlan`,
-:meth:`tilespec.pipeline.Pipeline.draw` the drawn steps of every position, and
-:class:`tilespec.loader.TileSource` reads the records. A Python generator walks
-the plan a chunk of positions at a time and yields the raw image bytes, label,
-slide, location and the drawn parameters as tensors; TensorFlow does the image
-work (:mod:`tilespec_tf.ops`) in a parallel ``map`` whose order is
-deterministic, then batches and prefetches.
+from the reference, unchanged: :class:`tilespec.loader.NumpyLoader` (or
+:class:`tilespec.loader.IndexedInterleaver`) validates the options and gives the
+rank's :class:`~tilespec.sampling.RankStream` (the indexed items' records),
+:meth:`tilespec.pipeline.Pipeline.draw` the drawn steps of every position, and the
+reference's :class:`~tilespec.items.ItemMaker` reads each record
+(:meth:`~tilespec.items.ItemMaker.read`: header checks, errors, the skip rule and
+log) and gives its label, slide and location
+(:meth:`~tilespec.items.ItemMaker.fields`). A Python generator walks the plan a
+chunk of positions at a time and yields the raw image bytes, label, slide, location
+and the drawn parameters as tensors; TensorFlow does the image work
+(:func:`image_fn`, the reference's stages in :mod:`tilespec_tf.ops`) in a parallel
+``map`` whose order is deterministic, then batches and prefetches.
 """
 
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from tilespec.annotations import LabelError
-from tilespec.errors import TFRecordError
+from tilespec.augment import OP_OF_CHAR
 from tilespec.images import decode_image, image_format
-from tilespec import items as ref_items
-from tilespec.items import AllSkippedGuard
-from tilespec.loader import NumpyLoader
+from tilespec.items import AllSkippedGuard, ItemMaker
+from tilespec.loader import IndexedInterleaver, NumpyLoader
 from tilespec.pipeline import check_bool
 from tilespec.sampling import check_rank
 
 from . import ops as tfops
 from . import stain as tfstain
 
-#: The augmentation character -> the reference op its drawn step names.
-OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "jpeg",
-              "b": "gaussian_blur"}
 #: Positions planned, read and drawn per generator step (rounded up to whole batches).
 CHUNK = 256
 
@@ -50,21 +49,24 @@ class LoaderInfo:
     """What a loader exposes besides its elements: ``seed`` (drawn when not given),
     ``epoch`` (of the next finite iteration), ``skipped`` (the first
     ``SKIP_LOG_LIMIT`` records skipped with ``on_error='skip'``: dicts of epoch,
-    position, path, record, error), ``num_skipped`` (every skip), ``base``
-    (the reference loader holding the options), ``len`` (items or batches per
-    epoch, the same on every shard) and ``num_padded``, ``num_dropped`` (per finite
-    epoch of this shard: spec/sampling.md, "Equal steps")."""
+    position, path, record, error; the reference's log, :meth:`ItemMaker.skip`),
+    ``num_skipped`` (every skip), ``base`` (the reference loader holding the options),
+    ``len`` (items or batches per epoch, the same on every shard) and ``num_padded``,
+    ``num_dropped`` (per finite epoch of this shard: spec/sampling.md, "Equal steps")."""
 
     def __init__(self, base: NumpyLoader, length: int):
         self.base = base
         self.seed = base.seed
-        self.skipped: list = []
-        self.num_skipped = 0
+        self.skipped: list = base.item_maker.skipped  # the item maker logs every skip
         self.len = length
         self.num_padded = base.num_padded      # spec/sampling.md, "Equal steps"
         self.num_dropped = base.num_dropped
         self._epochs = itertools.count()
         self.epoch = 0
+
+    @property
+    def num_skipped(self) -> int:
+        return self.base.item_maker.num_skipped
 
     def next_epoch(self) -> int:
         e = 0 if self.base.infinite else next(self._epochs)
@@ -141,7 +143,8 @@ class _Generator:
     def __init__(self, base: NumpyLoader, info: LoaderInfo, label_dtype, *, keep_invalid):
         self.base = base
         self.info = info
-        self.items = base.item_maker        # labels, TileSource, incl_* flags, on_error
+        self.items = base.item_maker        # reading, skips, labels, incl_* flags
+        self.check = decode_check(self.items)
         self.pipeline = base.pipeline
         self.label_dtype = label_dtype
         self.keep_invalid = keep_invalid    # batched + skip: hold skipped slots, see below
@@ -170,64 +173,20 @@ class _Generator:
         finally:
             source.close()
 
-    def read(self, source, t, j, position, epoch):
-        """The tile of record j of tfrecord t, or None when skipped."""
-        path = source.paths[t]
-        try:
-            tile = source.read(t, j)
-            self.items.check_image(tile.image_raw)  # size caps and tile size, before decoding
-            cap = self.items.max_tile_pixels
-            if self.items.on_error == "skip":
-                decode_image(tile.image_raw, max_pixels=cap)  # the reference's decodability,
-                # so the same skips
-            elif image_format(tile.image_raw) is None:
-                decode_image(tile.image_raw)  # raises the reference's error for these bytes
-            return tile
-        except TFRecordError as e:
-            e = e.located(path=path, record=j, offset=source.offset_of(t, j))
-            if self.items.on_error == "raise":
-                raise e from None
-            info = self.info
-            info.num_skipped += 1
-            if len(info.skipped) < ref_items.SKIP_LOG_LIMIT:  # the reference's bounded log
-                info.skipped.append({"epoch": epoch, "position": position, "path": path,
-                                     "record": j, "error": str(e)})
-                warnings.warn(f"skipped {path} record {j} (stream position {position}): {e}",
-                              stacklevel=2)
-            return None
-
     def chunk(self, source, plan, epoch, start, stop, guard=None):
         t, j = plan.records(start, stop)
         positions = plan.positions(start, start + len(t))
         draws = self.pipeline.draw(plan.key, positions)
-        aug = self.pipeline.augment
         targets = _stain_targets(self.pipeline, draws)
-        rows = []
-        for k in range(len(t)):
-            tk, jk = int(t[k]), int(j[k])
-            tile = self.read(source, tk, jk, int(positions[k]), epoch)
-            if tile is None:
-                rows.append(None)
-                continue
-            path = self.items.source.paths[tk]
-            row = {"raw": tile.image_raw, "params": encode_steps(aug, draws.steps[k])}
-            if self.items.labels is not None:
-                row["label"] = self.items.label(tile.slide, path)
-            if self.items.incl_slidenames:
-                row["slide"] = tile.slide.encode("utf-8")
-            if self.items.incl_loc:
-                if tile.loc_x is None or tile.loc_y is None:
-                    raise LabelError(f"{path}, record {jk}: incl_loc=True but the record has "
-                                     "no loc_x/loc_y")
-                row["loc_x"], row["loc_y"] = tile.loc_x, tile.loc_y
-            if targets is not None:
-                row["stain"] = targets[min(k, len(targets) - 1)]
-            rows.append(row)
+        rows = [_row(self.items, source, int(t[k]), int(j[k]), int(positions[k]), epoch,
+                     self.check, self.pipeline.augment, draws.steps[k],
+                     None if targets is None else targets[min(k, len(targets) - 1)])
+                for k in range(len(t))]
         if guard is not None:  # every owned record skipped without a yield: raise
             if any(r is not None for r in rows):
                 guard.reset()
             else:
-                guard.skipped(t, j, self.info.skipped)
+                guard.skipped(t, j, self.items.skipped)
         if self.keep_invalid:
             # Batched with on_error='skip': a batch is one item shorter per skipped record.
             # A skipped slot holds a copy of a valid item of its batch, flagged invalid and
@@ -244,23 +203,61 @@ class _Generator:
             rows = [r for r in rows if r is not None]
         if not rows:
             return None
-        return self.stack(rows)
+        return stack_rows(rows, self.label_dtype)
 
-    def stack(self, rows):
-        out = {"raw": np.array([r["raw"] for r in rows], dtype=object),
-               "params": np.stack([r["params"] for r in rows]).reshape(len(rows), -1)}
-        if "label" in rows[0]:
-            out["label"] = np.array([r["label"] for r in rows], dtype=self.label_dtype)
-        if "slide" in rows[0]:
-            out["slide"] = np.array([r["slide"] for r in rows], dtype=object)
-        if "loc_x" in rows[0]:
-            out["loc_x"] = np.array([r["loc_x"] for r in rows], dtype=np.int64)
-            out["loc_y"] = np.array([r["loc_y"] for r in rows], dtype=np.int64)
-        if "stain" in rows[0]:
-            out["stain"] = np.stack([r["stain"] for r in rows]).astype(np.float64)
-        if "valid" in rows[0]:
-            out["valid"] = np.array([r["valid"] for r in rows], dtype=bool)
-        return out
+
+def decode_check(items: ItemMaker):
+    """The ``decode`` the generator hands :meth:`ItemMaker.read` for each tile's bytes
+    (TensorFlow decodes the image in the map): with ``on_error='skip'`` the
+    reference's :func:`~tilespec.images.decode_image`, so exactly the reference's
+    records are skipped; with ``'raise'`` it only raises the reference's error for
+    bytes that are neither JPEG nor PNG (spec/adapter_tf.md, "on_error='skip'")."""
+    if items.on_error == "skip":
+        cap = items.max_tile_pixels
+        return lambda raw: decode_image(raw, max_pixels=cap)
+    return lambda raw: decode_image(raw) if image_format(raw) is None else None
+
+
+def _row(items: ItemMaker, source, t: int, j: int, position: int, epoch: int, check,
+         augment: str, steps, target):
+    """Record j of tfrecord t at ``position`` of ``epoch`` as one generator row, or None
+    when it is skipped: read and checked by :meth:`ItemMaker.read`, the fields by
+    :meth:`ItemMaker.fields`; the raw bytes, the drawn parameters
+    (:func:`encode_steps`) and the stain target vector (or None) go to the map."""
+    got = items.read(t, j, position, check, source=source, epoch=epoch)
+    if got is None:
+        return None
+    tile = got[0]
+    fields = items.fields(tile, source.paths[t], j)  # (label[, slide][, loc_x, loc_y])
+    row = {"raw": tile.image_raw, "params": encode_steps(augment, steps)}
+    if items.labels is not None:
+        row["label"] = fields[0]
+    if items.incl_slidenames:
+        row["slide"] = fields[1].encode("utf-8")
+    if items.incl_loc:
+        row["loc_x"], row["loc_y"] = fields[-2:]
+    if target is not None:
+        row["stain"] = target
+    return row
+
+
+def stack_rows(rows: list, label_dtype) -> dict:
+    """Generator rows (:func:`_row`, plus ``valid`` when skipped slots are held) -> one
+    array per column, as :func:`_signature` declares them."""
+    out = {"raw": np.array([r["raw"] for r in rows], dtype=object),
+           "params": np.stack([r["params"] for r in rows]).reshape(len(rows), -1)}
+    if "label" in rows[0]:
+        out["label"] = np.array([r["label"] for r in rows], dtype=label_dtype)
+    if "slide" in rows[0]:
+        out["slide"] = np.array([r["slide"] for r in rows], dtype=object)
+    if "loc_x" in rows[0]:
+        out["loc_x"] = np.array([r["loc_x"] for r in rows], dtype=np.int64)
+        out["loc_y"] = np.array([r["loc_y"] for r in rows], dtype=np.int64)
+    if "stain" in rows[0]:
+        out["stain"] = np.stack([r["stain"] for r in rows]).astype(np.float64)
+    if "valid" in rows[0]:
+        out["valid"] = np.array([r["valid"] for r in rows], dtype=bool)
+    return out
 
 
 def _signature(base, label_spec, keep_invalid):
@@ -308,8 +305,10 @@ def image_fn(pipeline, static_hw=None):
     """The TensorFlow image pipeline of ``pipeline`` (a :class:`tilespec.pipeline.Pipeline`):
     (raw bytes, per-character params, stain target vector) -> the yielded image.
 
-    spec/images.md, "Pipeline order": decode, crop, resize, stain normalization,
-    augmentations in string order, transform, standardize. Stain normalization is in
+    spec/images.md, "Pipeline order": the stages are the reference's,
+    :meth:`Pipeline.stages`, each run here by its TensorFlow form; the augmentation
+    stage applies each character's op (:data:`tilespec.augment.OP_OF_CHAR`) with its
+    drawn parameter (:func:`tilespec_tf.ops.drawn`). Stain normalization is in
     graph ops (:func:`tilespec_tf.stain.graph_one`), with the image's target vector
     (:func:`_stain_targets`, made by the generator from the reference's draws).
     ``static_hw``, the (H, W) every image has before the transform
@@ -317,53 +316,63 @@ def image_fn(pipeline, static_hw=None):
     (``tf.ensure_shape``)."""
     aug = pipeline.augment
     normalizer = pipeline.normalizer
+    stages = pipeline.stages()
+    ops_of_chars = [(k, OP_OF_CHAR[c]) for k, c in enumerate(aug) if c in OP_OF_CHAR]
+    # Before a normalizer, crop and resize run by the reference: stain normalization
+    # amplifies a one-level difference of its input (TensorFlow's float32 resize differs
+    # from the reference's at rounding ties, as spec/images.md allows) by up to 9 grey
+    # levels after Macenko on 16-pixel tiles; on the reference's input the graph ops are
+    # within spec/stain.md's bounds. The one Python step of such a pipeline
+    # (spec/adapter_tf.md, "Stain"); it runs at the resize stage (the crop comes first).
+    by_reference = normalizer is not None and pipeline.resize_target is not None
 
     def reference_geometry(img):
         return np.asarray(pipeline.geometry(np.asarray(img)), dtype=np.uint8)
 
-    def fn(raw, params, z=None):
-        img = tfops.decode(raw)
-        if normalizer is not None and pipeline.resize_target is not None:
-            # Before a normalizer, crop and resize run by the reference: stain
-            # normalization amplifies a one-level difference of its input (TensorFlow's
-            # float32 resize differs from the reference's at rounding ties, as
-            # spec/images.md allows) by up to 9 grey levels after Macenko on 16-pixel
-            # tiles; on the reference's input the graph ops are within spec/stain.md's
-            # bounds. The one Python step of such a pipeline (spec/adapter_tf.md, "Stain").
+    def crop(img):
+        if by_reference:
+            return img
+        return tfops.crop(img, pipeline.crop_left, pipeline.crop_width)  # exact (a slice)
+
+    def resize(img):
+        if by_reference:
             side = pipeline.resize_target
             img = tf.numpy_function(reference_geometry, [img], tf.uint8, stateful=False)
             img.set_shape([side, side, 3])
-        else:
-            if pipeline.crop_width is not None:   # exact in TensorFlow (a slice)
-                img = tfops.crop(img, pipeline.crop_left, pipeline.crop_width)
-            if pipeline.resize_target is not None:
-                img = tfops.resize(img, pipeline.resize_target, pipeline.resize_method,
-                                   pipeline.resize_aa)
-        if normalizer is not None:
-            shape = img.shape
-            if z is None:       # a caller without target vectors: the fit
-                z = tf.constant(tfstain.target_vectors(normalizer)[0])
-            img = tfstain.graph_one(normalizer, img, z)
-            img.set_shape(shape)
-        for k, c in enumerate(aug):
-            p = params[k]
-            if c == "x":
-                img = tf.cond(p > 0, lambda i=img: tf.reverse(i, [1]), lambda i=img: i)
-            elif c == "y":
-                img = tf.cond(p > 0, lambda i=img: tf.reverse(i, [0]), lambda i=img: i)
-            elif c == "r":
-                img = tf.image.rot90(img, tf.cast(p, tf.int32))
-            elif c == "j":
-                img = tf.cond(p > 0, lambda i=img, q=p: tfops.jpeg_variable(i, q),
-                              lambda i=img: i)
-            elif c == "b":
-                img = tfops.blur_drawn(img, p)
-        if static_hw is not None:
-            img = tf.ensure_shape(img, (static_hw[0], static_hw[1], 3))
-        if pipeline.transform is not None:
-            img = pipeline.transform(img)
-        if pipeline.standardize is not None:
-            img = tfops.standardize(img, pipeline.standardize)
+            return img
+        return tfops.resize(img, pipeline.resize_target, pipeline.resize_method,
+                            pipeline.resize_aa)
+
+    def stain(img, z):
+        shape = img.shape
+        if z is None:       # a caller without target vectors: the fit
+            z = tf.constant(tfstain.target_vectors(normalizer)[0])
+        img = tfstain.graph_one(normalizer, img, z)
+        img.set_shape(shape)
+        return img
+
+    def augment(img, params):
+        for k, op in ops_of_chars:
+            img = tfops.drawn(op, img, params[k])
+        return img
+
+    def shaped(img):
+        if static_hw is None:
+            return img
+        return tf.ensure_shape(img, (static_hw[0], static_hw[1], 3))
+
+    def fn(raw, params, z=None):
+        run = {"decode": tfops.decode, "crop": crop, "resize": resize,
+               "stain": lambda img: stain(img, z), "augment": lambda img: augment(img, params),
+               "transform": pipeline.transform,
+               "standardize": lambda img: tfops.standardize(img, pipeline.standardize)}
+        img = raw
+        for name in stages:
+            if name == "transform":  # the static shape holds up to the transform
+                img = shaped(img)
+            img = run[name](img)
+        if "transform" not in stages:
+            img = shaped(img)
         return img
 
     return fn
@@ -384,7 +393,7 @@ def make_dataset(dataset, options: dict):
                          "pipeline shows progress through Keras (model.fit(verbose=1)) or "
                          "tf.keras.utils.Progbar")
     rank, num_replicas = _shard(options)
-    labels = dataset._loader_labels(options.pop("labels", None))
+    labels = dataset.loader_labels(options.pop("labels", None))
     table = dataset.sampling_table()
     base = _PlanLoader(list(table.paths), table.clip, table.weights, labels=labels,
                        rank=rank, num_replicas=num_replicas,
@@ -452,9 +461,10 @@ def _expose(ds, info: LoaderInfo):
 
 def make_indexed(tfrecords, options: dict):
     """A finite ``tf.data.Dataset`` of :class:`tilespec.IndexedInterleaver`'s items in
-    index order (epoch ``options['epoch']``, default 0), images by TensorFlow ops."""
-    from tilespec.loader import IndexedInterleaver
-
+    index order (epoch ``options['epoch']``, default 0), images by TensorFlow ops
+    (spec/adapter_tf.md, "Indexed dataset"). Items are read and checked by the
+    reference's :class:`ItemMaker` as in the loader; with ``on_error='skip'`` a skipped
+    item (None in the reference) is left out and logged in ``dataset.skipped``."""
     options = dict(options)
     deterministic = check_bool("deterministic", options.pop("deterministic", True))
     epoch = options.pop("epoch", 0)
@@ -465,45 +475,31 @@ def make_indexed(tfrecords, options: dict):
     n = len(ref)
     label_dtype, label_spec = _label_spec(ref.item_maker.labels)
     items = ref.item_maker
-    aug = ref.pipeline.augment
+    check = decode_check(items)
+    key = ref.key  # the indexed draws' key (spec/sampling.md, "Indexed dataset")
     sig = _signature(ref, label_spec, False)
 
     def gen():
         source = items.source.reopened()
         try:
-            yield from chunks(source)
+            for a in range(0, n, CHUNK):
+                idx = np.arange(a, min(n, a + CHUNK))
+                draws = ref.pipeline.draw(key, idx)
+                targets = _stain_targets(ref.pipeline, draws)
+                rows = []
+                for k, i in enumerate(idx.tolist()):
+                    t, j = ref.record(i)
+                    row = _row(items, source, t, j, i, ref.epoch, check, ref.pipeline.augment,
+                               draws.steps[k],
+                               None if targets is None else targets[min(k, len(targets) - 1)])
+                    if row is not None:
+                        rows.append(row)
+                if rows:
+                    yield stack_rows(rows, label_dtype)
         finally:
             source.close()
 
-    def chunks(source):
-        for a in range(0, n, CHUNK):
-            idx = np.arange(a, min(n, a + CHUNK))
-            draws = ref.pipeline.draw(ref._key, idx)
-            targets = _stain_targets(ref.pipeline, draws)
-            rows = []
-            for k, i in enumerate(idx):
-                t, j = ref.record(int(i))
-                path = source.paths[t]
-                try:
-                    tile = source.read(t, j)
-                    items.check_image(tile.image_raw)  # size caps and tile size
-                    if image_format(tile.image_raw) is None:
-                        decode_image(tile.image_raw)
-                except TFRecordError as e:
-                    raise e.located(path=path, record=j, offset=source.offset_of(t, j)) from None
-                row = {"raw": tile.image_raw, "params": encode_steps(aug, draws.steps[k])}
-                if items.labels is not None:
-                    row["label"] = items.label(tile.slide, path)
-                if items.incl_slidenames:
-                    row["slide"] = tile.slide.encode("utf-8")
-                if items.incl_loc:
-                    row["loc_x"], row["loc_y"] = tile.loc_x, tile.loc_y
-                if targets is not None:
-                    row["stain"] = targets[min(k, len(targets) - 1)]
-                rows.append(row)
-            yield _Generator.stack(_StackView(label_dtype), rows)
-
-    size = ref.item_maker.tile_size()
+    size = items.tile_size()
     images = image_fn(ref.pipeline, output_shape(ref.pipeline,
                                                   None if size is None else size[:2]))
     has_label = label_spec is not None
@@ -518,19 +514,17 @@ def make_indexed(tfrecords, options: dict):
 
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig).unbatch()
     ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(n)).prefetch(tf.data.AUTOTUNE)
+    if items.on_error == "raise":  # with skips the count is not known in advance
+        ds = ds.apply(tf.data.experimental.assert_cardinality(n))
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     try:
         ds.tilespec = ref
         ds.seed = ref.seed
+        ds.skipped = items.skipped
     except (AttributeError, TypeError):  # pragma: no cover
         pass
     return ds
 
 
-class _StackView:
-    def __init__(self, label_dtype):
-        self.label_dtype = label_dtype
-
-
 __all__ = ["make_dataset", "make_indexed", "build", "image_fn", "encode_steps", "LoaderInfo",
-           "output_shape"]
+           "output_shape", "decode_check", "stack_rows"]

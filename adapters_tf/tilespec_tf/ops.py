@@ -15,7 +15,8 @@ nearest, ties to even, then clip): TensorFlow's bare cast truncates and wraps.
 The ops work eagerly and inside ``tf.function``/``tf.data`` maps. ``rot90``'s
 ``k``, ``jpeg``'s ``quality`` and ``gaussian_blur``'s ``sigma`` may be Python
 numbers (eager use, the conformance suite) or, for the loader, scalar tensors
-(:func:`jpeg_variable`, :func:`blur_drawn`).
+(:func:`jpeg_variable`, :func:`blur_drawn`, and :func:`drawn`: a drawn step by its
+op's name).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import tensorflow as tf
 
 from tilespec import ops as _ref
 from tilespec.augment import BLUR_SIGMAS
+from tilespec.images import JPEG_MAGIC
 
 layout = "HWC"
 STANDARDIZE_MODES = _ref.STANDARDIZE_MODES
 RESIZE_METHODS = _ref.RESIZE_METHODS
-JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 # --------------------------------------------------------------------------- boundary
@@ -51,7 +52,7 @@ def to_numpy(img) -> np.ndarray:
     return np.asarray(img)
 
 
-def _check_image(img, what="image") -> tf.Tensor:
+def check_image(img, what="image") -> tf.Tensor:
     img = tf.convert_to_tensor(img)
     if img.shape.rank is not None and (img.shape.rank not in (3, 4) or
                                        img.shape[-1] not in (None, 3)):
@@ -97,13 +98,13 @@ def decode(data) -> tf.Tensor:
 
 def flip_left_right(img) -> tf.Tensor:
     """Mirror the columns (spec/images.md, "Flips")."""
-    img = _check_image(img)
+    img = check_image(img)
     return tf.reverse(img, axis=[-2])
 
 
 def flip_up_down(img) -> tf.Tensor:
     """Mirror the rows (spec/images.md, "Flips")."""
-    img = _check_image(img)
+    img = check_image(img)
     return tf.reverse(img, axis=[-3])
 
 
@@ -111,9 +112,9 @@ def rot90(img, k) -> tf.Tensor:
     """Rotate k * 90 degrees counter-clockwise, ``tf.image.rot90`` (spec/images.md, "Rotation").
 
     ``k`` is an integer (taken modulo 4) or an int32 scalar tensor."""
-    img = _check_image(img)
+    img = check_image(img)
     if not tf.is_tensor(k):
-        k = _ref._check_int(k, "k") % 4
+        k = _ref.check_int(k, "k") % 4
     return tf.image.rot90(img, k)
 
 
@@ -122,8 +123,8 @@ def crop(img, left, width) -> tf.Tensor:
 
     A box outside the image raises ValueError (eager) or InvalidArgumentError
     (in a graph) naming the box and the image height and width."""
-    img = _check_image(img)
-    left, width = _ref._check_int(left, "crop left"), _ref._check_int(width, "crop width")
+    img = check_image(img)
+    left, width = _ref.check_int(left, "crop left"), _ref.check_int(width, "crop width")
     if width <= 0 or left < 0:
         raise ValueError(f"crop needs left >= 0 and width > 0, got left={left}, width={width}")
     shape = tf.shape(img)
@@ -149,7 +150,7 @@ def _size_pair(size):
     if isinstance(size, numbers.Integral):
         pair = (int(size), int(size))
     else:
-        pair = tuple(int(_ref._check_int(v, "resize size")) for v in size)
+        pair = tuple(int(_ref.check_int(v, "resize size")) for v in size)
         if len(pair) != 2:
             raise ValueError(f"resize size must be an integer or (height, width), got {size!r}")
     if min(pair) <= 0:
@@ -159,7 +160,7 @@ def _size_pair(size):
 
 def resize_float(img, size, method="lanczos3", antialias=True) -> tf.Tensor:
     """``tf.image.resize`` as float32 before rounding (spec/images.md, "Resize")."""
-    img = _check_image(img)
+    img = check_image(img)
     if method not in RESIZE_METHODS:
         raise ValueError(f"unknown resize method {method!r}; valid: {', '.join(RESIZE_METHODS)}")
     out = tf.image.resize(img, _size_pair(size), method=method, antialias=bool(antialias))
@@ -170,7 +171,7 @@ def resize(img, size, method="lanczos3", antialias=True) -> tf.Tensor:
     """``tf.image.resize``, rounded to nearest and clipped to uint8 (spec/images.md, "Resize").
 
     'nearest' returns the input's pixels (uint8, nothing rounded)."""
-    img = _check_image(img)
+    img = check_image(img)
     if method not in RESIZE_METHODS:
         raise ValueError(f"unknown resize method {method!r}; valid: {', '.join(RESIZE_METHODS)}")
     out = tf.image.resize(img, _size_pair(size), method=method, antialias=bool(antialias))
@@ -213,7 +214,7 @@ def _blur_float(img, kernel: np.ndarray) -> tf.Tensor:
 def gaussian_blur(img, sigma) -> tf.Tensor:
     """Separable Gaussian blur with mirror padding, rounded to uint8
     (spec/images.md, "Gaussian blur"); the reference's kernel."""
-    img = _check_image(img)
+    img = check_image(img)
     kernel = _ref.gaussian_kernel(sigma)
     return to_uint8(_blur_float(img, kernel))
 
@@ -238,10 +239,10 @@ def jpeg(img, quality) -> tf.Tensor:
     """JPEG round trip: ``tf.io.encode_jpeg`` at ``quality`` (baseline, 4:2:0, standard
     tables: the same scan as Pillow's), decoded with the exact IDCT
     (spec/images.md, "JPEG")."""
-    img = _check_image(img)
+    img = check_image(img)
     if tf.is_tensor(quality):
         return jpeg_variable(img, quality)
-    quality = _ref._check_int(quality, "JPEG quality")
+    quality = _ref.check_int(quality, "JPEG quality")
     if not 0 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 0..100, got {quality}")
     if img.shape.rank == 4:
@@ -262,12 +263,32 @@ def jpeg_variable(img, quality) -> tf.Tensor:
     return out
 
 
+# --------------------------------------------------------------------------- drawn steps
+
+def drawn(op: str, img, p) -> tf.Tensor:
+    """The step of reference op ``op`` (the name a drawn :class:`tilespec.augment.Step`
+    carries) applied with its drawn parameter ``p``, a float32 scalar tensor: 1 for an
+    applied flip, k for ``rot90``, the quality for ``jpeg``, sigma for
+    ``gaussian_blur``; 0 for no step (spec/adapter_tf.md, "The loader"). The loader's
+    map applies each augmentation character's op this way."""
+    if op == "rot90":
+        return tf.image.rot90(img, tf.cast(p, tf.int32))
+    if op == "gaussian_blur":
+        return blur_drawn(img, p)
+    if op == "jpeg":
+        return tf.cond(p > 0, lambda: jpeg_variable(img, p), lambda: img)
+    if op in ("flip_left_right", "flip_up_down"):
+        flip = flip_left_right if op == "flip_left_right" else flip_up_down
+        return tf.cond(p > 0, lambda: flip(img), lambda: img)
+    raise ValueError(f"no drawn form of op {op!r}")
+
+
 # --------------------------------------------------------------------------- standardize
 
 def standardize(img, mode) -> tf.Tensor:
     """Standardize to float32 (spec/images.md, "Standardization"): 'unit' is
     x / 127.5 - 1; 'per_image' is ``tf.image.per_image_standardization``."""
-    img = _check_image(img)
+    img = check_image(img)
     _ref.check_standardize_mode(mode)
     if mode == "unit":
         return tf.cast(img, tf.float32) / tf.constant(127.5, tf.float32) - 1.0
@@ -295,4 +316,4 @@ class TFOps:
 
 __all__ = ["from_numpy", "to_numpy", "to_uint8", "decode", "flip_left_right", "flip_up_down",
            "rot90", "crop", "resize", "resize_float", "gaussian_blur", "blur_drawn", "jpeg",
-           "jpeg_variable", "standardize", "TFOps", "layout"]
+           "jpeg_variable", "drawn", "standardize", "TFOps", "layout"]

@@ -45,7 +45,7 @@ from tilespec import colour as _colour
 from tilespec import stain as _stain
 from tilespec.stain import StainNormalizationError
 
-from .ops import _check_image
+from .ops import check_image
 
 F64 = tf.float64
 _LEVELS = np.arange(256, dtype=np.float64)
@@ -304,7 +304,7 @@ def transform(normalizer, img, *, perturbation=None) -> tf.Tensor:
     if not isinstance(normalizer, _stain.StainNormalizer):
         raise StainNormalizationError(f"normalizer must be a tilespec.StainNormalizer; got "
                                       f"{type(normalizer).__name__}")
-    img = _check_image(img, f"{normalizer.method!r} input")
+    img = check_image(img, f"{normalizer.method!r} input")
     if img.shape.rank is None:
         raise StainNormalizationError(f"{normalizer.method!r} input must have a known rank "
                                       "(HWC or NHWC)")

@@ -1,5 +1,5 @@
 """The Keras trainer of ``Project.train(backend='tensorflow')`` (spec/training.md,
-"Adapters"; spec/adapter_tf.md, "Training").
+"Adapters"; spec/adapter_tf.md, "Hooks": ``tilespec_train_fold``).
 
 :func:`train_fold` is this adapter's ``tilespec_train_fold`` hook body, the same loop
 as the PyTorch trainer's: the fold's infinite training stream from

@@ -92,7 +92,7 @@ def rot90(img, k) -> torch.Tensor:
     "Rotation"). torch.rot90 over (H, W) turns from the first axis towards the second,
     the same direction."""
     _check_image(img)
-    k = _ref._check_int(k, "k") % 4
+    k = _ref.check_int(k, "k") % 4
     return torch.rot90(img, k, dims=(-2, -1)) if k else img.clone()  # flip: a new tensor
 
 
@@ -121,7 +121,7 @@ def resize(img, size, method="lanczos3", antialias=True) -> torch.Tensor:
     """Resize like tf.image.resize with the reference's weight matrices, rounded to uint8
     (spec/images.md, "Resize")."""
     _check_image(img)
-    h_out, w_out = _ref._resize_size(size)
+    h_out, w_out = _ref.resize_size(size)
     check_method(method)
     h_in, w_in = img.shape[-2], img.shape[-1]
     if method == "nearest":
@@ -152,7 +152,7 @@ def gaussian_blur(img, sigma) -> torch.Tensor:
     "Gaussian blur"). Padding indexes with the reference's reflect rule, so images
     smaller than the kernel fold the same way."""
     _check_image(img)
-    sigma = _ref._check_sigma(sigma)
+    sigma = _ref.check_sigma(sigma)
     kern = _blur_kernel(sigma)
     n = kern.shape[-1]
     before, after = (n - 1) // 2, n - 1 - (n - 1) // 2   # tap j sits at offset j - before

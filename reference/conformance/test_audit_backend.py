@@ -15,7 +15,7 @@ def _layout(backend):
 def factory(backend):
     """``make_loader(dataset, **options)`` of a backend, for :func:`tilespec.testing.audit`."""
     def make(ds, labels=None, **options):
-        return plugins.make_loader(backend, ds, dict(options, labels=ds._loader_labels(labels)))
+        return plugins.make_loader(backend, ds, dict(options, labels=ds.loader_labels(labels)))
     return make
 
 

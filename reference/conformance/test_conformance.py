@@ -24,7 +24,7 @@ import tilespec
 from tilespec import ops as ref_ops
 from tilespec import plugins, testing as tt
 from tilespec.augment import BLUR_SIGMAS
-from tilespec.pipeline import RESIZE_METHODS
+from tilespec.resize import RESIZE_METHODS
 from tilespec.stain import METHODS, StainNormalizer
 
 #: the plugin parametrizes ``backend`` in this module (--tilespec-backend)
@@ -234,7 +234,7 @@ def _conforms_or_fails_alike(make_loader, make_reference, opts, layout, n):
     return tt.assert_conforms(make_loader(), ref_items, n=n, layout=layout, options=opts)
 
 
-#: Every stain method without 'n' (the TF adapter crashed there: issue 13) and with it.
+#: Every stain method without 'n' (a normalizer with no stain draws) and with it.
 STAIN_EXAMPLES = ([dict(normalizer=m, infinite=False, seed=1) for m in METHODS] +
                   [dict(normalizer=StainNormalizer(m), augment="xn", infinite=False, seed=2)
                    for m in METHODS])
