@@ -5,12 +5,16 @@ Writes ``--records`` tile records (256x256 JPEG, quality 90, drawn with
 
 * **bare**: a plain loop over the JPEG bytes held in memory doing only the
   decode and the same torch ops (the reference's drawn 'xyr' steps with
-  ``tilespec_torch.ops``, then 'unit' standardization), one torch thread, one
-  process: tiles/s per core, median of ``--repeats`` runs; once with the decode
-  the loader uses (Pillow) and once with each faster decoder that imports and
-  gives Pillow's pixels on these tiles (``common.exact_decoders``: simplejpeg);
-  the fastest of those is the limit below (issue 18);
-* **loader**: ``Dataset.torch(batch_size=64, augment='xyr', standardize=True,
+  ``tilespec_torch.ops``, then, for float32, 'unit' standardization), one torch
+  thread, one process: tiles/s per core, median of ``--repeats`` runs; once with
+  Pillow's decode and once with each faster decoder that imports and gives
+  Pillow's pixels on these tiles (``common.exact_decoders``: simplejpeg); the
+  fastest of those is the limit below (issue 18);
+* **dtypes** (``--dtypes``, default both): every bare and loader row is run for
+  uint8 batches (``standardize=False``, the default; bare loop: decode + ops) and
+  for float32 ones (``standardize=True``; bare loop: decode + ops + 'unit'),
+  interleaved within each repeat;
+* **loader**: ``Dataset.torch(batch_size=64, augment='xyr', standardize=...,
   infinite=True, num_workers=W)`` for each W of ``--workers``: tiles/s over
   ``--batches`` batches after a warm-up of 2 batches, plus 7 per worker (worker
   start and the first use of each of a worker's 5 shared-memory batch slots are
@@ -24,7 +28,11 @@ Writes ``--records`` tile records (256x256 JPEG, quality 90, drawn with
   in CPU time: bare CPU seconds per tile over the loader's (main process and
   workers), per repeat, median: the cost that reading, parsing, sampling,
   batching and worker transport add, which other work on a shared machine
-  moves far less than wall time; for W > 1 also W bare loops run
+  moves far less than wall time; beside it the CPU microseconds per tile of the
+  loader (main + workers) and of the main process alone (what the main process
+  spends per batch on receiving, slot bookkeeping and the caller's loop, its
+  share of the two cores with workers), and for W > 0 the rate over the
+  num_workers=0 rate of the same repeat (target 1.7x for W=2); for W > 1 also W bare loops run
   at the same time in W processes (what the machine gives W processes at that
   moment, which on a shared machine can be far below W cores), and the main
   process's CPU use while the loader runs;
@@ -60,6 +68,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 import tilespec  # noqa: E402
+import tilespec.jpeg  # noqa: E402
 from tilespec.augment import draw_augmentations  # noqa: E402
 from tilespec.rng import stream_key  # noqa: E402
 from tilespec.synthetic import encode_jpeg, tissue_tile  # noqa: E402
@@ -102,9 +111,9 @@ def write_dataset(folder: str, n_records: int, pool: list) -> tilespec.Dataset:
 
 
 # ------------------------------------------------------------------ workloads
-def bare_loop(jpegs: list, steps: list, decode=None) -> None:
-    """Decode (default: the loader's Pillow decode) + the torch ops of each tile's drawn
-    steps + standardize."""
+def bare_loop(jpegs: list, steps: list, decode=None, standardize: bool = True) -> None:
+    """Decode (default: Pillow's) + the torch ops of each tile's drawn steps (+ 'unit'
+    standardize when ``standardize``: the float32 rows)."""
     decode = decode or _decode
     for data, st in zip(jpegs, steps):
         arr = decode(data)
@@ -117,7 +126,8 @@ def bare_loop(jpegs: list, steps: list, decode=None) -> None:
         x = x.permute(2, 0, 1)
         for s in st:
             x = getattr(ops, s.op)(x, *s.args)
-        ops.standardize(x, "unit")
+        if standardize:
+            ops.standardize(x, "unit")
 
 
 def decoders(jpegs: list) -> tuple:
@@ -129,22 +139,23 @@ def decoders(jpegs: list) -> tuple:
 
 
 def _bare_worker(args):
-    jpegs, steps, name = args
+    jpegs, steps, name, standardize = args
     torch.set_num_threads(1)
     decode = decoders(jpegs[:1])[0][name]
-    bare_loop(jpegs[:BATCH], steps[:BATCH], decode)
+    bare_loop(jpegs[:BATCH], steps[:BATCH], decode, standardize)
     t0 = time.perf_counter()
-    bare_loop(jpegs, steps, decode)
+    bare_loop(jpegs, steps, decode, standardize)
     return time.perf_counter() - t0
 
 
-def bare_parallel(jpegs: list, steps: list, processes: int, decoder: str = "pillow") -> float:
+def bare_parallel(jpegs: list, steps: list, processes: int, decoder: str = "pillow",
+                  standardize: bool = True) -> float:
     """Aggregate tiles/s of ``processes`` bare loops running at the same time (forked
     processes): what the machine gives W processes right now."""
     import multiprocessing as mp
 
     with mp.get_context("fork").Pool(processes) as pool:
-        times = pool.map(_bare_worker, [(jpegs, steps, decoder)] * processes)
+        times = pool.map(_bare_worker, [(jpegs, steps, decoder, standardize)] * processes)
     return processes * len(jpegs) / max(times)
 
 
@@ -171,10 +182,10 @@ def cpu_tree() -> float:
     return total
 
 
-def loader_run(ds, workers: int, batches: int) -> tuple:
+def loader_run(ds, workers: int, batches: int, standardize: bool = True) -> tuple:
     """(seconds for ``batches`` batches after warm-up, peak RSS of the process tree,
     CPU seconds of the main process, CPU seconds of the main process and its workers)."""
-    L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=True, infinite=True,
+    L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=standardize, infinite=True,
                  num_workers=workers, seed=0)
     it = iter(L)
     for _ in range(WARM_UP + (WORKER_SLOTS + 2) * workers):
@@ -194,13 +205,14 @@ def loader_run(ds, workers: int, batches: int) -> tuple:
     return dt, peak, main_cpu, tree
 
 
-def paired_run(ds, jpegs: list, steps: list, pairs: int, chunk: int, decode=None) -> list:
+def paired_run(ds, jpegs: list, steps: list, pairs: int, chunk: int, decode=None,
+               standardize: bool = True) -> list:
     """In-process loader (num_workers=0) against the bare loop, alternating: ``pairs``
     times, ``chunk`` batches' worth of bare loop then ``chunk`` loader batches (about
     half a second each). Returns each pair's loader/bare tiles/s ratio: runs moments
     apart, so the machine's drifting speed cancels out of each ratio."""
     n = chunk * BATCH
-    L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=True, infinite=True,
+    L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=standardize, infinite=True,
                  num_workers=0, seed=0)
     it = iter(L)
     next(it)
@@ -208,7 +220,7 @@ def paired_run(ds, jpegs: list, steps: list, pairs: int, chunk: int, decode=None
     for p in range(pairs):
         a = (p * n) % max(1, len(jpegs) - n)
         t0 = time.perf_counter()
-        bare_loop(jpegs[a:a + n], steps[a:a + n], decode)
+        bare_loop(jpegs[a:a + n], steps[a:a + n], decode, standardize)
         bare = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(chunk):
@@ -218,8 +230,8 @@ def paired_run(ds, jpegs: list, steps: list, pairs: int, chunk: int, decode=None
     return ratios
 
 
-def long_run(ds, workers: int, tiles: int, log=None) -> dict:
-    L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=True, infinite=True,
+def long_run(ds, workers: int, tiles: int, log=None, standardize: bool = True) -> dict:
+    L = ds.torch(batch_size=BATCH, augment=AUGMENT, standardize=standardize, infinite=True,
                  num_workers=workers, seed=1)
     n_batches = -(-tiles // BATCH)
     samples = []
@@ -242,6 +254,13 @@ def long_run(ds, workers: int, tiles: int, log=None) -> dict:
 
 
 # ------------------------------------------------------------------ main
+DTYPES = {"uint8": False, "float32": True}   # name -> standardize
+
+
+def _median_share(xs) -> str:
+    return f"{100 * statistics.median(xs):.0f}% ({100 * min(xs):.0f}-{100 * max(xs):.0f})"
+
+
 def run(args) -> dict:
     torch.set_num_threads(1)
     log = sys.stderr if args.verbose else None
@@ -250,7 +269,7 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.dir or os.path.join(tmp, "tfrecords")
         ds = write_dataset(folder, args.records, pool)
-        n_bare = args.batches * BATCH
+        n_bare = n_tiles = args.batches * BATCH   # bare loop and loader: the same count
         jpegs = [pool[i % len(pool)] for i in range(n_bare)]
         steps = draw_augmentations(AUGMENT, stream_key(0, 0, 0), np.arange(n_bare)).steps
         decode, inexact = decoders(pool)
@@ -258,95 +277,117 @@ def run(args) -> dict:
             print(f"decoder {name}: NOT exact ({why}): not a limit")
         for d in decode.values():
             bare_loop(jpegs[:BATCH], steps[:BATCH], d)                # warm-up
-        # Repeats interleave the bare loop and the loaders, so each repeat's fraction
-        # compares runs made moments apart (the machine's speed drifts by 20-50%).
-        bare_all = {name: ([], []) for name in decode}   # wall, CPU times per decoder
-        runs = {w: [] for w in args.workers}
+        # Repeats interleave the bare loops and the loaders of every dtype, so each
+        # repeat's fraction compares runs made moments apart (the machine's speed
+        # drifts by 20-50%).
+        bare_all = {(dt, name): ([], []) for dt in args.dtypes for name in decode}
+        runs = {(dt, w): [] for dt in args.dtypes for w in args.workers}
         for _ in range(args.repeats):
-            for name, d in decode.items():
-                c0 = time.process_time()
-                t0 = time.perf_counter()
-                bare_loop(jpegs, steps, d)
-                bare_all[name][0].append(time.perf_counter() - t0)
-                bare_all[name][1].append(time.process_time() - c0)
+            for dt in args.dtypes:
+                std = DTYPES[dt]
+                for name, d in decode.items():
+                    c0 = time.process_time()
+                    t0 = time.perf_counter()
+                    bare_loop(jpegs, steps, d, std)
+                    bare_all[dt, name][0].append(time.perf_counter() - t0)
+                    bare_all[dt, name][1].append(time.process_time() - c0)
+                for w in args.workers:
+                    runs[dt, w].append(loader_run(ds, w, args.batches, std))
+                    if log:
+                        print(f"  {dt} workers={w}: {n_tiles / runs[dt, w][-1][0]:,.0f} tiles/s",
+                              file=log)
+        rows, results = [], {"inexact_decoders": inexact}
+        header = ["workload", "tiles/s", "limit", "of limit (range)",
+                  "CPU/tile bare:loader (range)", "CPU us/tile all | main",
+                  "x num_workers=0", "W bare loops at once", "main CPU", "peak RSS MiB",
+                  "spread"]
+        for dt in args.dtypes:
+            std = DTYPES[dt]
+            # the limit: the fastest exact decoder's bare loop of this dtype
+            best = min(decode, key=lambda k: statistics.median(bare_all[dt, k][0]))
+            bare_times, bare_cpu = bare_all[dt, best]
+            bare_rate = n_bare / statistics.median(bare_times)
+            res = results[dt] = {
+                "standardize": std, "bare_tiles_per_s_per_core": bare_rate,
+                "bare_times_s": bare_times, "limit_decoder": best,
+                "bare_by_decoder": {
+                    k: {"tiles_per_s": n_bare / statistics.median(bare_all[dt, k][0]),
+                        "times_s": bare_all[dt, k][0],
+                        "cpu_us_per_tile": 1e6 * statistics.median(bare_all[dt, k][1]) / n_bare}
+                    for k in decode}}
+            for k, name in enumerate(decode):
+                t, c = bare_all[dt, name]
+                rows.append([f"{dt}: bare {name} decode+ops, 1 core" + (" (limit)" if name == best
+                                                                         else ""),
+                             f"{n_bare / statistics.median(t):,.0f}", "-", "-", "-",
+                             f"{1e6 * statistics.median(c) / n_bare:.0f}", "-", "-", "-", "-",
+                             f"{(max(t) - min(t)) / statistics.median(t) * 100:.0f}%"])
             for w in args.workers:
-                runs[w].append(loader_run(ds, w, args.batches))
-                if log:
-                    print(f"  workers={w}: {args.batches * BATCH / runs[w][-1][0]:,.0f} tiles/s "
-                          f"(bare {n_bare / min(t[-1] for t, _ in bare_all.values()):,.0f})",
-                          file=log)
-        # the limit: the fastest exact decoder's bare loop
-        best = min(bare_all, key=lambda k: statistics.median(bare_all[k][0]))
-        bare_times, bare_cpu = bare_all[best]
-        bare_rate = n_bare / statistics.median(bare_times)
-        rows, results = [], {"bare_tiles_per_s_per_core": bare_rate, "bare_times_s": bare_times,
-                             "limit_decoder": best, "inexact_decoders": inexact,
-                             "bare_by_decoder": {k: {"tiles_per_s": n_bare / statistics.median(t),
-                                                     "times_s": t, "cpu_times_s": c}
-                                                 for k, (t, c) in bare_all.items()}}
-        for w in args.workers:
-            times = [r[0] for r in runs[w]]
-            peaks = [r[1] for r in runs[w]]
-            cpus = [r[2] / r[0] for r in runs[w]]
-            # each repeat: loader tiles/s over (that repeat's bare tiles/s x workers)
-            fractions = [(args.batches * BATCH / dt) / (n_bare / bt * max(1, w))
-                         for dt, bt in zip(times, bare_times)]
-            rate = args.batches * BATCH / statistics.median(times)
-            limit = bare_rate * max(1, w)
-            par = bare_parallel(jpegs, steps, w, best) if w > 1 else None
-            frac = statistics.median(fractions)
-            # CPU: bare CPU seconds per tile over the loader's (main + workers), per
-            # repeat: what reading, parsing, sampling, batching and transport add,
-            # much less sensitive than wall time to other work on the machine
-            cpu_fracs = [(bc / n_bare) / (r[3] / (args.batches * BATCH))
-                         for bc, r in zip(bare_cpu, runs[w])]
-            cpu_frac = statistics.median(cpu_fracs)
-            results[f"workers_{w}"] = {"tiles_per_s": rate, "limit": limit,
-                                       "fraction": frac, "fractions": fractions,
-                                       "cpu_fraction": cpu_frac, "cpu_fractions": cpu_fracs,
-                                       "times_s": times,
-                                       "peak_rss": max(peaks), "bare_parallel": par,
-                                       "main_cpu_fraction": statistics.median(cpus)}
-            rows.append([f"loader num_workers={w}", f"{rate:,.0f}", f"{limit:,.0f}",
-                         f"{100 * frac:.0f}% ({100 * min(fractions):.0f}-"
-                         f"{100 * max(fractions):.0f})",
-                         f"{100 * cpu_frac:.0f}% ({100 * min(cpu_fracs):.0f}-"
-                         f"{100 * max(cpu_fracs):.0f})",
-                         "-" if par is None else f"{par:,.0f} ({100 * rate / par:.0f}%)",
-                         f"{100 * statistics.median(cpus):.0f}%", f"{max(peaks) / MiB:.0f}",
-                         f"{(max(times) - min(times)) / statistics.median(times) * 100:.0f}%"])
-        for k, name in enumerate(bare_all):
-            t = bare_all[name][0]
-            rows.insert(k, [f"bare {name} decode+ops, 1 core" + (" (limit)" if name == best
-                                                                 else ""),
-                            f"{n_bare / statistics.median(t):,.0f}", "-", "-", "-", "-", "-",
-                            "-", f"{(max(t) - min(t)) / statistics.median(t) * 100:.0f}%"])
-        print(f"{args.records} records, 256x256 JPEG q{QUALITY} (mean {np.mean(sizes) / 1e3:.1f} kB,"
-              f" {min(sizes) / 1e3:.1f}-{max(sizes) / 1e3:.1f}), batch {BATCH}, augment "
-              f"'{AUGMENT}' + standardize 'unit', {args.batches} batches per run, median of "
-              f"{args.repeats}; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
-        print(format_table(["workload", "tiles/s", "limit", "of limit (range)",
-                            "CPU/tile bare:loader (range)",
-                            "W bare loops at once", "main CPU", "peak RSS MiB", "spread"],
-                           rows))
+                rs = runs[dt, w]
+                times = [r[0] for r in rs]
+                peaks = [r[1] for r in rs]
+                cpus = [r[2] / r[0] for r in rs]
+                # each repeat: loader tiles/s over (that repeat's bare tiles/s x workers)
+                fractions = [(n_tiles / t) / (n_bare / bt * max(1, w))
+                             for t, bt in zip(times, bare_times)]
+                rate = n_tiles / statistics.median(times)
+                limit = bare_rate * max(1, w)
+                par = bare_parallel(jpegs, steps, w, best, std) if w > 1 else None
+                # CPU: bare CPU seconds per tile over the loader's (main + workers), per
+                # repeat: what reading, parsing, sampling, batching and transport add,
+                # much less sensitive than wall time to other work on the machine
+                cpu_fracs = [(bc / n_bare) / (r[3] / n_tiles) for bc, r in zip(bare_cpu, rs)]
+                all_us = statistics.median(1e6 * r[3] / n_tiles for r in rs)
+                main_us = statistics.median(1e6 * r[2] / n_tiles for r in rs)
+                speedup = None
+                if w and 0 in args.workers:   # over num_workers=0 in the same repeat
+                    speedup = [t0[0] / t for t0, t in zip(runs[dt, 0], times)]
+                res[f"workers_{w}"] = {
+                    "tiles_per_s": rate, "limit": limit, "fraction": statistics.median(fractions),
+                    "fractions": fractions, "cpu_fraction": statistics.median(cpu_fracs),
+                    "cpu_fractions": cpu_fracs, "cpu_us_per_tile": all_us,
+                    "main_cpu_us_per_tile": main_us, "times_s": times, "peak_rss": max(peaks),
+                    "bare_parallel": par, "main_cpu_fraction": statistics.median(cpus),
+                    "over_workers_0": speedup}
+                rows.append([f"{dt}: loader num_workers={w}", f"{rate:,.0f}", f"{limit:,.0f}",
+                             _median_share(fractions), _median_share(cpu_fracs),
+                             f"{all_us:.0f} | {main_us:.0f}",
+                             "-" if speedup is None else
+                             f"{statistics.median(speedup):.2f}x ({min(speedup):.2f}-"
+                             f"{max(speedup):.2f})",
+                             "-" if par is None else f"{par:,.0f} ({100 * rate / par:.0f}%)",
+                             f"{100 * statistics.median(cpus):.0f}%", f"{max(peaks) / MiB:.0f}",
+                             f"{(max(times) - min(times)) / statistics.median(times) * 100:.0f}%"])
+        print(f"{args.records} records, 256x256 JPEG q{QUALITY} (mean "
+              f"{np.mean(sizes) / 1e3:.1f} kB, {min(sizes) / 1e3:.1f}-{max(sizes) / 1e3:.1f}), "
+              f"batch {BATCH}, augment "
+              f"'{AUGMENT}' (float32: + standardize 'unit'), {args.batches} batches per run, "
+              f"median of {args.repeats}; loader decode {tilespec.jpeg.DECODER}; cpus "
+              f"{os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+        print(format_table(header, rows))
         if args.pairs and 0 in args.workers:
-            ratios = paired_run(ds, jpegs, steps, args.pairs, args.chunk, decode[best])
-            q = np.percentile(ratios, [25, 75])
-            results["paired_workers_0"] = {"ratios": ratios, "median": statistics.median(ratios)}
-            print(f"num_workers=0 paired with the bare loop ({args.pairs} pairs of {args.chunk} "
-                  f"batches, alternating): loader/bare median {100 * statistics.median(ratios):.0f}%"
-                  f", quartiles {100 * q[0]:.0f}-{100 * q[1]:.0f}%, range "
-                  f"{100 * min(ratios):.0f}-{100 * max(ratios):.0f}%")
+            for dt in args.dtypes:
+                best = results[dt]["limit_decoder"]
+                ratios = paired_run(ds, jpegs, steps, args.pairs, args.chunk, decode[best],
+                                    DTYPES[dt])
+                q = np.percentile(ratios, [25, 75])
+                results[dt]["paired_workers_0"] = {"ratios": ratios,
+                                                   "median": statistics.median(ratios)}
+                print(f"{dt} num_workers=0 paired with the bare loop ({args.pairs} pairs of "
+                      f"{args.chunk} batches, alternating): loader/bare median "
+                      f"{100 * statistics.median(ratios):.0f}%, quartiles {100 * q[0]:.0f}-"
+                      f"{100 * q[1]:.0f}%, range {100 * min(ratios):.0f}-{100 * max(ratios):.0f}%")
         if args.long_tiles:
-            lr = long_run(ds, args.long_workers, args.long_tiles, log)
+            lr = long_run(ds, args.long_workers, args.long_tiles, log,
+                          DTYPES[args.long_dtype])
             results["long_run"] = lr
-            print(f"long run: {lr['tiles']:,} tiles, num_workers={lr['workers']}, "
-                  f"{lr['tiles_per_s']:,.0f} tiles/s; RSS (main + workers) first "
+            print(f"long run: {lr['tiles']:,} tiles, {args.long_dtype}, num_workers="
+                  f"{lr['workers']}, {lr['tiles_per_s']:,.0f} tiles/s; RSS (main + workers) first "
                   f"{lr['rss_first'] / MiB:.0f} MiB, after 10% {lr['rss_at_10pct'] / MiB:.0f} MiB,"
                   f" peak {lr['rss_peak'] / MiB:.0f} MiB, end {lr['rss_end'] / MiB:.0f} MiB "
                   f"({lr['samples']} samples)")
     results["environment"] = dict(environment(), torch=torch.__version__,
-                                  load=os.getloadavg())
+                                  load=os.getloadavg(), decoder=tilespec.jpeg.DECODER)
     results["args"] = vars(args)
     write_json(args.json, results)
     return results
@@ -366,6 +407,10 @@ def parse_args(argv=None):
                     help="tiles in the long infinite run (default 200000; 2000 with --quick; "
                          "0 skips it)")
     ap.add_argument("--long-workers", type=int, default=2)
+    ap.add_argument("--long-dtype", choices=list(DTYPES), default="float32",
+                    help="batches of the long run (default float32: the larger)")
+    ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES),
+                    help="batch dtypes measured (default: uint8 float32)")
     ap.add_argument("--pairs", type=int, default=None,
                     help="alternating bare/loader pairs for num_workers=0 (default 30; 4 with "
                          "--quick; 0 skips them)")
