@@ -322,7 +322,9 @@ def test_the_listed_surface_exists_and_is_public():
                 defined.add(node.name)
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                for t in targets:
+                names = [e for t in targets
+                         for e in (t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t])]
+                for t in names:
                     if isinstance(t, ast.Name):
                         defined.add(t.id)
                         if t.id == "__all__":

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 import tilespec
 from tilespec import jpeg
-from tilespec.images import MAX_TILE_PIXELS, decode_planar
+from tilespec.images import MAX_TILE_PIXELS, decode_planar, decode_view
 from tilespec.items import AllSkippedGuard, ItemMaker
 from tilespec.loader import NumpyLoader
 from tilespec.pipeline import check_bool
@@ -112,7 +112,7 @@ def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS, decoder=None):
     ``decode_image`` gives (spec/images.md, "Decode", "The JPEG decoder"), by the
     decoder chosen at import (``decoder``: default :data:`tilespec.jpeg.DECODER`).
 
-    With the fast decoder (simplejpeg) it is :func:`tilespec.jpeg.decode_jpeg`, pixel
+    With the fast decoder (simplejpeg) it is :func:`tilespec.images.decode_view`, pixel
     by pixel: simplejpeg writes only that layout, and its decode is so much cheaper
     than Pillow's that changing the layout later (when the tile goes into its batch
     row) costs less than Pillow's plane-by-plane packing saves (bench/torch_loader.py).
@@ -124,7 +124,7 @@ def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS, decoder=None):
     applies (spec/reliability.md, "Size caps")."""
     if (jpeg.DECODER if decoder is None else decoder) != "pillow":
         def decode_fast(data, steps):
-            return jpeg.decode_jpeg(data, max_pixels=max_pixels)
+            return decode_view(data, max_pixels)
 
         return decode_fast
     plain = (pipeline.crop_width is None and pipeline.resize_target is None and
