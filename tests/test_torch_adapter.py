@@ -357,15 +357,10 @@ def test_a_dropped_worker_batch_frees_its_buffer_slot():
     assert not flags.any()
 
 
-@pytest.mark.parametrize("decoder", ["pillow", "simplejpeg"])
-def test_decode_layout_follows_the_drawn_steps(ds, decoder):
-    """With Pillow, tiles are decoded plane by plane, and those that will only be
-    flipped and turned by an odd multiple of 90 degrees transposed, so the turned CHW
-    tensor is contiguous; with the fast decoder (simplejpeg), pixel by pixel whatever
-    the steps. The pixels are decode_image's either way, and the ops give the
-    reference's image."""
-    if decoder == "simplejpeg":
-        pytest.importorskip("simplejpeg")
+def test_decode_layout_follows_the_drawn_steps(ds):
+    """Tiles that will only be flipped and turned by an odd multiple of 90 degrees
+    are decoded transposed, so the turned CHW tensor is contiguous; the pixels are
+    decode_image's either way, and the ops give the reference's image."""
     from tilespec.augment import Step
     from tilespec.pipeline import Pipeline
     from tilespec_torch import ops
@@ -377,9 +372,8 @@ def test_decode_layout_follows_the_drawn_steps(ds, decoder):
     ref = tilespec.decode_image(data)
     flip, r1, r2, r3 = (Step("flip_left_right"), Step("rot90", (1,)), Step("rot90", (2,)),
                         Step("rot90", (3,)))
-    plain = _decode_for(Pipeline.from_options(augment="xyr"), decoder=decoder)
-    cropped = _decode_for(Pipeline.from_options(augment="xyr", crop_left=0, crop_width=8),
-                          decoder=decoder)
+    plain = _decode_for(Pipeline.from_options(augment="xyr"))
+    cropped = _decode_for(Pipeline.from_options(augment="xyr", crop_left=0, crop_width=8))
     cases = [(plain, (), False), (plain, (flip,), False), (plain, (flip, r1), True),
              (plain, (r3,), True), (plain, (r2,), False), (plain, (Step("jpeg", (50,)), r1), False),
              (cropped, (r1,), False)]
@@ -387,11 +381,7 @@ def test_decode_layout_follows_the_drawn_steps(ds, decoder):
         img = decode(data, steps)
         np.testing.assert_array_equal(img, ref)
         chw = torch.from_numpy(img).permute(2, 0, 1)
-        if decoder == "simplejpeg":   # pixel by pixel: HWC C-contiguous, CHW view strided
-            assert img.flags.c_contiguous and not chw.is_contiguous(), steps
-            transposed = False
-        else:
-            assert chw.is_contiguous() == (not transposed), steps
+        assert chw.is_contiguous() == (not transposed), steps
         x = chw
         for s in steps:
             x = getattr(ops, s.op)(x, *s.args)
@@ -401,11 +391,6 @@ def test_decode_layout_follows_the_drawn_steps(ds, decoder):
         np.testing.assert_array_equal(ops.to_numpy(x), want)
         if transposed:
             assert x.is_contiguous()
-    # the default is the decoder tilespec chose at import
-    from tilespec import jpeg
-    img = _decode_for(Pipeline.from_options(augment="xyr"))(data, ())
-    np.testing.assert_array_equal(img, ref)
-    assert img.flags.c_contiguous == (jpeg.DECODER != "pillow")
 
 
 def test_the_main_process_keeps_slot_mappings_and_releases_unused_slots(ds):

@@ -29,8 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 import tilespec
-from tilespec import jpeg
-from tilespec.images import MAX_TILE_PIXELS, decode_planar, decode_view
+from tilespec.images import MAX_TILE_PIXELS, decode_planar
 from tilespec.items import AllSkippedGuard, ItemMaker
 from tilespec.loader import NumpyLoader
 from tilespec.pipeline import check_bool
@@ -107,26 +106,14 @@ def _torch_items(ref_items: ItemMaker, pipeline, batched: bool = False) -> ItemM
 _MOVES = ("flip_left_right", "flip_up_down", "rot90")
 
 
-def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS, decoder=None):
-    """The torch item maker's decode (bytes, drawn steps) -> HWC image, the pixels
-    ``decode_image`` gives (spec/images.md, "Decode", "The JPEG decoder"), by the
-    decoder chosen at import (``decoder``: default :data:`tilespec.jpeg.DECODER`).
-
-    With the fast decoder (simplejpeg) it is :func:`tilespec.images.decode_view`, pixel
-    by pixel: simplejpeg writes only that layout, and its decode is so much cheaper
-    than Pillow's that changing the layout later (when the tile goes into its batch
-    row) costs less than Pillow's plane-by-plane packing saves (bench/torch_loader.py).
-    With Pillow it is plane by plane (the reference's ``decode_planar``); transposed
-    when the tile's steps only flip and turn it by an odd multiple of 90 degrees and
-    nothing comes before them (crop, resize, stain), so that ``torch.rot90`` of its CHW
-    view is contiguous and the batch is filled without reading a transposed tile.
+def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS):
+    """The torch item maker's decode (bytes, drawn steps) -> HWC image: plane by plane
+    (the reference's ``decode_planar``, spec/images.md); transposed when the tile's steps only
+    flip and turn it by an odd multiple of 90 degrees and nothing comes before them
+    (crop, resize, stain), so that ``torch.rot90`` of its CHW view is contiguous and
+    the batch is filled without reading a transposed tile (bench/torch_loader.py).
     ``max_pixels``: the item maker's ``max_tile_pixels``, which every decode variant
     applies (spec/reliability.md, "Size caps")."""
-    if (jpeg.DECODER if decoder is None else decoder) != "pillow":
-        def decode_fast(data, steps):
-            return decode_view(data, max_pixels)
-
-        return decode_fast
     plain = (pipeline.crop_width is None and pipeline.resize_target is None and
              pipeline.normalizer is None)
 
