@@ -273,3 +273,18 @@ def test_errors_name_file_and_record(datasets, tmp_path):
             items(loader)
         with pytest.raises(Exception, match=msg):
             list(d.numpy(infinite=False, seed=0, **opts))
+
+
+def test_many_tfrecords_keep_the_python_reader(datasets, monkeypatch):
+    """Each tfrecord the C++ path reads holds an open file and a read buffer: above
+    MAX_CXX_TFRECORDS live tfrecords the Python reader (a bounded set of open files)."""
+    from tilespec_tf import loader as tfl
+
+    ds = datasets[0]
+    monkeypatch.setattr(tfl, "MAX_CXX_TFRECORDS", 2)
+    d = ds.tensorflow(infinite=False, seed=1)
+    assert d.tilespec.reader == "python" and "MAX_CXX_TFRECORDS" in d.tilespec.python_reason
+    assert ds.tensorflow(infinite=False, seed=1, shard_idx=0, num_shards=1).tilespec.reader \
+        == "python"
+    monkeypatch.setattr(tfl, "MAX_CXX_TFRECORDS", 3)
+    assert ds.tensorflow(infinite=False, seed=1).tilespec.reader == "c++"

@@ -41,6 +41,8 @@ from . import stain as tfstain
 CHUNK = 256
 #: The ``reader`` option: 'auto' (the C++ path where the plan allows it) or 'python'.
 READERS = ("auto", "python")
+#: Live tfrecords (of positive weight, owning records) the C++ path reads at most.
+MAX_CXX_TFRECORDS = 256
 
 class _PlanLoader(NumpyLoader):
     """The reference loader with TensorFlow's standardization for standardize=True
@@ -408,13 +410,16 @@ def make_dataset(dataset, options: dict):
     return build(base, deterministic=deterministic, reader=reader)
 
 
-def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "auto"):
+def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "auto", *,
+             merged: bool = False):
     """What the image map receives: one dict per loader position (``raw``,
     ``params``, and ``label``, ``slide``, ``loc_x``/``loc_y``, ``stain``, ``valid`` as
     the options ask, the columns of :func:`stack_rows`), read by the C++ path where
     :func:`reader_for` allows it (``reader='auto'``) or by the Python reader
     (``'python'``); sets ``info.reader`` and ``info.python_reason``
-    (spec/adapter_tf.md, "Two readers"). Both readers give the same elements."""
+    (spec/adapter_tf.md, "Two readers"). Both readers give the same elements.
+    ``merged=True`` (for :func:`build`) returns the C++ path's ``(pairs, merge)``
+    (:func:`_cxx_dataset`) so the image map runs ``merge`` itself."""
     if reader not in READERS:
         raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     info = LoaderInfo(base, len(base)) if info is None else info
@@ -424,7 +429,10 @@ def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "a
     info.reader = "c++" if route is None else "python"
     info.python_reason = route
     if route is None:  # TFRecordDataset per tfrecord, chosen by the reference's plan
-        return _cxx_dataset(base, info, label_dtype)
+        pairs, merge = _cxx_dataset(base, info, label_dtype)
+        if not merged:
+            return pairs.map(lambda rec, m: merge(rec, m), num_parallel_calls=tf.data.AUTOTUNE)
+        return pairs, merge
     gen = _Generator(base, info, label_dtype, keep_invalid=keep_invalid)
     # The generator makes a chunk of positions per call; prefetching chunks keeps the
     # Python side (reading, draws) running beside the parallel image map.
@@ -443,7 +451,10 @@ def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "auto"
     keep_invalid = B is not None and base.item_maker.on_error == "skip"
     length = len(base)
     info = LoaderInfo(base, length)
-    ds = elements(base, info, reader)
+    ds = elements(base, info, reader, merged=True)
+    merge = None
+    if isinstance(ds, tuple):  # the C++ path: its per-element checks run in the image map
+        ds, merge = ds
     size = base.item_maker.tile_size()  # the dataset's tile size, the reference's one rule
     images = image_fn(base.pipeline, output_shape(base.pipeline,
                                                   None if size is None else size[:2]))
@@ -461,7 +472,11 @@ def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "auto"
             out.append(e["valid"])
         return tuple(out)
 
-    ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if merge is None:
+        ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    else:
+        ds = ds.map(lambda rec, m: item(merge(rec, m)), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=deterministic)
     if B is not None:
         ds = ds.batch(B, drop_remainder=base.drop_last)
         if keep_invalid:
@@ -568,7 +583,8 @@ def reader_for(base: NumpyLoader) -> str | None:
     (spec/sampling.md, "Streams": ``shuffle=False``, no elastic cut across ranks)
     and no per-record Python decision (``on_error='raise'``), and every owned record
     within ``max_record_bytes`` by its index (the reference raises that record's
-    error at its turn)."""
+    error at its turn), and at most :data:`MAX_CXX_TFRECORDS` tfrecords to read (each
+    is held open with its read buffer; the Python reader keeps a bounded set open)."""
     items = base.item_maker
     if items.on_error != "raise":
         return "on_error='skip' (a per-record Python decision: the reference's skip rule)"
@@ -577,6 +593,10 @@ def reader_for(base: NumpyLoader) -> str | None:
     if base.elastic and base.num_replicas > 1:
         return "elastic=True with num_replicas > 1 (a rank reads every R-th global batch)"
     plan = base.plan(0)
+    live = int(plan.live.sum())
+    if live > MAX_CXX_TFRECORDS:
+        return (f"{live} tfrecords to read, more than MAX_CXX_TFRECORDS="
+                f"{MAX_CXX_TFRECORDS} (the C++ path keeps each one open with its buffer)")
     cap = items.max_record_bytes
     for t in np.flatnonzero(plan.live).tolist():
         try:
@@ -632,6 +652,7 @@ class _CxxPlan:
             draws = pipeline.draw(plan.key, positions)
             out = {"t": t.astype(np.int64), "j": j.astype(np.int64),
                    "position": positions.astype(np.int64),
+                   "epoch": np.full(len(t), epoch, np.int64),
                    "params": np.stack([encode_steps(aug, s) for s in draws.steps])
                    .reshape(len(t), -1)}
             targets = _stain_targets(pipeline, draws)
@@ -677,12 +698,15 @@ def _located(items: ItemMaker, check):
     return run
 
 
-_MISSING = b"\x00tilespec: missing\x00"
+_MISSING = b"\x00tilespec: missing\x00"  # a parsed feature's default: not in the record
+_NO_LOC = -2 ** 63
 
 
 def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
-    """The C++ reading path's elements (the dict :func:`stack_rows` makes, one per
-    position, unbatched): per tfrecord t a ``TFRecordDataset`` of the rank's part
+    """The C++ reading path: ``(pairs, merge)``, a dataset of (record read, plan)
+    pairs and the graph function making each pair the element of :func:`elements`
+    (the dict :func:`stack_rows` makes, one per position; :func:`build` runs it in
+    the image map, so one parallel map does both): per tfrecord t a ``TFRecordDataset`` of the rank's part
     (skip start_t, take size_t, each read zipped with its record index, parsed by
     ``tf.io.parse_single_example``), repeated pass after pass in file order, chosen
     position by position by the reference's choice sequence
@@ -716,17 +740,19 @@ def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
     gen = _CxxPlan(base, info)
 
     def parse(payload, j):
+        # Missing features take values no record holds in practice; an element that holds
+        # them goes to the reference (which raises, or passes a record that really has
+        # them). A feature of another kind or with another number of values fails the
+        # parse: the record is dropped, and the record index check below sees it.
         f = tf.io.parse_single_example(payload, {
-            "image_raw": tf.io.VarLenFeature(tf.string), "slide": tf.io.VarLenFeature(tf.string),
-            "loc_x": tf.io.VarLenFeature(tf.int64), "loc_y": tf.io.VarLenFeature(tf.int64)})
-        counts = tf.stack([tf.size(f[k].values) for k in ("image_raw", "slide", "loc_x",
-                                                          "loc_y")])
-        raw = tf.concat([f["image_raw"].values, [b""]], 0)[0]
-        slide = tf.concat([f["slide"].values, [_MISSING]], 0)[0]
-        with tf.control_dependencies([tf.strings.unicode_decode(slide, "UTF-8")]):
-            slide = tf.identity(slide)  # not UTF-8: dropped, so the reference raises
-        loc_x = tf.concat([f["loc_x"].values, [tf.constant(0, tf.int64)]], 0)[0]
-        loc_y = tf.concat([f["loc_y"].values, [tf.constant(0, tf.int64)]], 0)[0]
+            "image_raw": tf.io.FixedLenFeature([], tf.string, default_value=_MISSING),
+            "slide": tf.io.FixedLenFeature([], tf.string, default_value=_MISSING),
+            "loc_x": tf.io.FixedLenFeature([], tf.int64, default_value=_NO_LOC),
+            "loc_y": tf.io.FixedLenFeature([], tf.int64, default_value=_NO_LOC)})
+        raw, slide = f["image_raw"], f["slide"]
+        if labels is None:  # (with labels, a slide found in the table is UTF-8)
+            with tf.control_dependencies([tf.strings.unicode_decode(slide, "UTF-8")]):
+                slide = tf.identity(slide)  # not UTF-8: dropped, so the reference raises
         is_jpeg = tf.equal(tf.strings.substr(raw, 0, 3), JPEG_MAGIC)
         is_png = tf.equal(tf.strings.substr(raw, 0, 8), PNG_MAGIC)
 
@@ -741,13 +767,13 @@ def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
                      lambda: tf.cond(tf.logical_and(is_png, tf.strings.length(raw) >= 24),
                                      png_hw, lambda: tf.constant([-1, -1], tf.int64)))
         return {"j_file": j, "plen": tf.cast(tf.strings.length(payload), tf.int64),
-                "raw": raw, "slide": slide, "loc_x": loc_x, "loc_y": loc_y,
-                "counts": counts, "hw": hw}
+                "raw": raw, "slide": slide, "loc_x": f["loc_x"], "loc_y": f["loc_y"],
+                "hw": hw}
 
     sentinel = {"j_file": tf.constant(-1, tf.int64), "plen": tf.constant(-1, tf.int64),
-                "raw": tf.constant(b""), "slide": tf.constant(_MISSING),
-                "loc_x": tf.constant(0, tf.int64), "loc_y": tf.constant(0, tf.int64),
-                "counts": tf.zeros([4], tf.int32), "hw": tf.constant([-1, -1], tf.int64)}
+                "raw": tf.constant(_MISSING), "slide": tf.constant(_MISSING),
+                "loc_x": tf.constant(_NO_LOC, tf.int64), "loc_y": tf.constant(_NO_LOC, tf.int64),
+                "hw": tf.constant([-1, -1], tf.int64)}
 
     def file_dataset(t):
         s, n = int(starts[t]), int(sizes[t])
@@ -777,11 +803,11 @@ def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
         agreed = tf.logical_and(tf.equal(rec["j_file"], m["j"]),
                                 tf.equal(rec["plen"], tf.gather(lengths, bases_t(m["t"]) + m["j"]
                                                                 - starts_t(m["t"]))))
-        schema = tf.logical_and(tf.equal(rec["counts"][0], 1), tf.equal(rec["counts"][1], 1))
+        schema = tf.logical_and(tf.not_equal(rec["raw"], _MISSING),
+                                tf.not_equal(rec["slide"], _MISSING))
         if incl_loc:
-            schema = tf.logical_and(schema, tf.reduce_all(tf.equal(rec["counts"][2:], 1)))
-        else:  # optional, but one value when present
-            schema = tf.logical_and(schema, tf.reduce_all(rec["counts"][2:] <= 1))
+            schema = tf.logical_and(schema, tf.logical_and(tf.not_equal(rec["loc_x"], _NO_LOC),
+                                                           tf.not_equal(rec["loc_y"], _NO_LOC)))
         hw = rec["hw"]
         header = tf.logical_and(tf.reduce_all(hw >= 0), hw[0] * hw[1] <= max_px)
         if not resize:
@@ -819,6 +845,7 @@ def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
     k = max(1, len(base.pipeline.augment))
     meta_sig = {"t": tf.TensorSpec([None], tf.int64), "j": tf.TensorSpec([None], tf.int64),
                 "position": tf.TensorSpec([None], tf.int64),
+                "epoch": tf.TensorSpec([None], tf.int64),
                 "params": tf.TensorSpec([None, k], tf.float32)}
     if base.pipeline.normalizer is not None:
         meta_sig["stain"] = tf.TensorSpec(
@@ -830,17 +857,16 @@ def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
             output_signature=tf.TensorSpec([None], tf.int64)).unbatch()
         meta = tf.data.Dataset.from_generator(gen.meta, args=(epoch,),
                                               output_signature=meta_sig).unbatch()
-        meta = meta.map(lambda m: dict(m, epoch=epoch))
         recs = tf.data.Dataset.choose_from_datasets(
             [file_dataset(t) for t in range(len(paths))], choice)
-        return tf.data.Dataset.zip((recs, meta)).map(
-            merge, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return tf.data.Dataset.zip((recs, meta))
 
     epochs = tf.data.Dataset.from_generator(gen.epochs,
                                             output_signature=tf.TensorSpec([], tf.int64))
-    return epochs.flat_map(one_epoch)
+    return epochs.flat_map(one_epoch), merge
 
 
-__all__ = ["make_dataset", "make_indexed", "build", "elements", "reader_for", "READERS", "image_fn",
+__all__ = ["make_dataset", "make_indexed", "build", "elements", "reader_for", "READERS",
+           "MAX_CXX_TFRECORDS", "image_fn",
            "encode_steps", "LoaderInfo",
            "output_shape", "decode_check", "stack_rows"]
