@@ -158,10 +158,10 @@ def test_cxx_reader_equals_python_reader_drawn(datasets, opts, clip, balance, un
     dict(infinite=False, seed=7, shard_idx=0, num_shards=4, uneven="pad", batch_size=3),
     dict(infinite=False, seed=7, shard_idx=3, num_shards=4, uneven="drop"),
 ])
-def test_cxx_reader_on_png_ranks_pads_and_the_reference(datasets, opts):
-    """PNG tiles (header from IHDR), ranks with pads or drops, elastic with one replica;
-    also against the reference itself."""
-    ds = datasets[1]
+def test_cxx_reader_on_ranks_pads_and_the_reference(datasets, opts):
+    """Ranks with pads or drops, elastic with one replica, the images too; also against
+    the reference itself."""
+    ds = datasets[0]
     if opts.get("labels") == "category":
         opts = dict(opts, labels="category")
     with warnings.catch_warnings():
@@ -190,6 +190,8 @@ def test_the_routing_rule(datasets):
             assert d.tilespec.reader == "python" and why in d.tilespec.python_reason
         assert ds.tensorflow(infinite=False, seed=1).tilespec.reader == "c++"
         assert ds.tensorflow(infinite=False, elastic=True, batch_size=2).tilespec.reader == "c++"
+        png = datasets[1].tensorflow(infinite=False)
+        assert png.tilespec.reader == "python" and "PNG tiles" in png.tilespec.python_reason
         with pytest.raises(ValueError, match="reader must be one of"):
             ds.tensorflow(reader="cxx")
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from tilespec.augment import OP_OF_CHAR
 from tilespec.errors import TFRecordError
-from tilespec.images import JPEG_MAGIC, PNG_MAGIC, decode_image, image_format
+from tilespec.images import JPEG_MAGIC, decode_image, image_format
 from tilespec.index import load_index
 from tilespec.items import AllSkippedGuard, ItemMaker
 from tilespec.loader import IndexedInterleaver, NumpyLoader
@@ -592,6 +592,10 @@ def reader_for(base: NumpyLoader) -> str | None:
         return "shuffle=True (a per-pass permutation of each tfrecord's part: random access)"
     if base.elastic and base.num_replicas > 1:
         return "elastic=True with num_replicas > 1 (a rank reads every R-th global batch)"
+    first = _first_format(items)
+    if first not in (None, "jpeg"):
+        return (f"{first.upper()} tiles (their headers are checked by the reference, record "
+                "by record)")
     plan = base.plan(0)
     live = int(plan.live.sum())
     if live > MAX_CXX_TFRECORDS:
@@ -608,6 +612,27 @@ def reader_for(base: NumpyLoader) -> str | None:
         if len(part) != n or (len(part) and int(part.max()) > cap):
             return (f"{items.source.paths[t]}: a record over max_record_bytes (its error "
                     "is raised at its turn)")
+    return None
+
+
+def _first_format(items: ItemMaker):
+    """The image format of the tile the dataset's tile size comes from (None when there
+    is none): :meth:`ItemMaker.tile_size`'s record, read by the reference."""
+    size = items.tile_size()
+    if size is None:
+        return None
+    source = items.source.reopened()
+    try:
+        for t in range(len(source.paths)):
+            for j in range(len(source.offsets(t))):
+                try:
+                    return image_format(source.read(t, j).image_raw)
+                except (TFRecordError, IndexError):
+                    continue
+    except TFRecordError:
+        return None
+    finally:
+        source.close()
     return None
 
 
@@ -714,7 +739,7 @@ def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
     position and draws (:class:`_CxxPlan`). Every element is checked in graph against
     the plan (tfrecord, record index, payload length from the index), the schema (one
     image and one slide; one loc_x, loc_y with ``incl_loc``), the label lookup and the
-    header (JPEG or PNG of the dataset's tile size within ``max_tile_pixels``); an
+    header (a JPEG of the dataset's tile size within ``max_tile_pixels``); an
     element failing a check is run by the reference (:func:`_located`), which raises
     its error naming file and record, or passes it when the fast check was only
     conservative (spec/adapter_tf.md, "Two readers")."""
@@ -754,18 +779,9 @@ def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
             with tf.control_dependencies([tf.strings.unicode_decode(slide, "UTF-8")]):
                 slide = tf.identity(slide)  # not UTF-8: dropped, so the reference raises
         is_jpeg = tf.equal(tf.strings.substr(raw, 0, 3), JPEG_MAGIC)
-        is_png = tf.equal(tf.strings.substr(raw, 0, 8), PNG_MAGIC)
-
-        def png_hw():
-            wh = tf.io.decode_raw(tf.strings.substr(raw, 16, 8), tf.uint8)
-            wh = tf.cast(tf.reshape(wh, [2, 4]), tf.int64)
-            v = wh[:, 0] * 2 ** 24 + wh[:, 1] * 2 ** 16 + wh[:, 2] * 2 ** 8 + wh[:, 3]
-            return tf.stack([v[1], v[0]])
-
-        hw = tf.cond(is_jpeg,
+        hw = tf.cond(is_jpeg,  # another format: the reference checks its header
                      lambda: tf.cast(tf.image.extract_jpeg_shape(raw)[:2], tf.int64),
-                     lambda: tf.cond(tf.logical_and(is_png, tf.strings.length(raw) >= 24),
-                                     png_hw, lambda: tf.constant([-1, -1], tf.int64)))
+                     lambda: tf.constant([-1, -1], tf.int64))
         return {"j_file": j, "plen": tf.cast(tf.strings.length(payload), tf.int64),
                 "raw": raw, "slide": slide, "loc_x": f["loc_x"], "loc_y": f["loc_y"],
                 "hw": hw}
