@@ -5,10 +5,12 @@ temporary folder, then times, each as the median of ``--repeats`` runs of
 ``--batches`` batches of 64 (a fresh iterator per run, so start-up is included
 in both):
 
-* ``tilespec tf``: ``Dataset.tensorflow(infinite=True, batch_size=64,
-  augment='xyr', standardize='per_image')``: the reference's plan, record
-  reading (Python, CRC-checked) and draws, TensorFlow image ops in a parallel
-  deterministic map;
+* ``tilespec tf (C++ reader)``: ``Dataset.tensorflow(infinite=True, batch_size=64,
+  augment='xyr', standardize='per_image')``: the reference's plan and draws, records
+  read by a ``TFRecordDataset`` per file chosen by the plan (spec/adapter_tf.md,
+  "Two readers"), TensorFlow image ops in a parallel deterministic map;
+* ``tilespec tf (Python reader)``: the same with ``reader='python'``: records read
+  by offset by the reference (Python, CRC-checked) in a generator;
 * ``plain tf.data``: one ``TFRecordDataset`` per file (repeated),
   ``sample_from_datasets`` with equal weights, ``parse_single_example``, and
   the same ops (exact-IDCT decode, flips and rot90 drawn with stateless TF
@@ -155,13 +157,17 @@ def run(args) -> dict:
               f"{TILE_PX} JPEG q{QUALITY}, {size / 1e6:.1f} MB ({time.perf_counter() - t0:.1f} s"
               " to write)")
         ds = tilespec.Dataset(tfrecords=folder)
-        ours = ds.tensorflow(infinite=True, batch_size=BATCH, augment=AUGMENT,
-                             standardize="per_image", seed=1, incl_slidenames=True)
+        mine = dict(infinite=True, batch_size=BATCH, augment=AUGMENT,
+                    standardize="per_image", seed=1, incl_slidenames=True)
+        ours = ds.tensorflow(**mine)
+        assert ours.tilespec.reader == "c++", ours.tilespec.python_reason
+        ours_py = ds.tensorflow(reader="python", **mine)
         plain = plain_pipeline(paths, seed=1)
         tiles = args.batches * BATCH
         results = []
         # interleave the workloads' runs so all see the same machine load
-        order = [("plain tf.data", plain), ("tilespec tf", ours)]
+        order = [("plain tf.data", plain), ("tilespec tf (C++ reader)", ours),
+                 ("tilespec tf (Python reader)", ours_py)]
         if args.normalizer:
             norm = tilespec.StainNormalizer(args.normalizer, on_blank="passthrough")
             opts = dict(infinite=True, batch_size=BATCH, augment=AUGMENT,
@@ -185,16 +191,21 @@ def run(args) -> dict:
     plain_rate = results[0].items_per_s
     for r in results:
         rows.append([r.name, f"{r.items_per_s:,.0f}", f"{r.items_per_s / plain_rate:.2f}",
-                     f"{r.wall * 1e3:.0f}", f"{r.cpu * 1e3:.0f}", f"{r.spread * 100:.0f}%",
+                     f"{r.wall * 1e3:.0f}", f"{r.cpu * 1e3:.0f}",
+                     f"{r.cpu / tiles * 1e6:.0f}", f"{r.spread * 100:.0f}%",
                      "-" if r.rss_delta is None else f"{r.rss_delta / 2**20:.0f}"])
     print(f"\n{tiles} tiles per run ({args.batches} batches of {BATCH}), augment {AUGMENT!r} + "
           f"per_image, median of {len(results[0].times)} runs")
-    print(format_table(["pipeline", "tiles/s", "vs plain", "wall ms", "cpu ms", "spread",
-                        "RSS +MiB"], rows))
+    print(format_table(["pipeline", "tiles/s", "vs plain", "wall ms", "cpu ms",
+                        "cpu us/tile", "spread", "RSS +MiB"], rows))
     out = {"environment": env, "results": [r.as_dict() for r in results],
-           "ratio": results[1].items_per_s / plain_rate}
-    if len(results) == 4:
-        out["stain_graph_vs_numpy_function"] = results[2].items_per_s / results[3].items_per_s
+           "ratio": results[1].items_per_s / plain_rate,
+           "ratio_python_reader": results[2].items_per_s / plain_rate,
+           "cpu_per_tile_cxx_vs_python": results[1].cpu / results[2].cpu}
+    print(f"CPU per tile, C++ reader / Python reader: {out['cpu_per_tile_cxx_vs_python']:.2f} "
+          "(same run, interleaved)")
+    if len(results) == 5:
+        out["stain_graph_vs_numpy_function"] = results[3].items_per_s / results[4].items_per_s
         print(f"stain step in graph ops vs tf.numpy_function: "
               f"{out['stain_graph_vs_numpy_function']:.2f}x the tiles/s (same run)")
     return out

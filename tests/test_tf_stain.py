@@ -273,8 +273,11 @@ def test_loader_stain_step_is_graph_ops(small, method, augment):
     without 'n'); the stain ops are there; the Python op of from_generator is found, so the
     inspection does see such ops."""
     norm = StainNormalizer(method, on_blank="passthrough")
+    # The Python reader: the image map is the same function with either reader, and the
+    # C++ reader's map also holds the reference's slow path for records failing its
+    # checks (a numpy_function run only then; spec/adapter_tf.md, "Two readers").
     ds = small.tensorflow(normalizer=norm, augment=augment, seed=1, standardize=False,
-                          infinite=False)
+                          infinite=False, reader="python")
     ops, every = _map_ops(ds)
     assert not ops & PY_OPS, ops & PY_OPS
     assert ("SelfAdjointEigV2" in ops) == (FAMILY[method] == "macenko")

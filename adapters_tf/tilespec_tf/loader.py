@@ -19,15 +19,19 @@ and the drawn parameters as tensors; TensorFlow does the image work
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 import tensorflow as tf
 
 from tilespec.augment import OP_OF_CHAR
-from tilespec.images import decode_image, image_format
+from tilespec.errors import TFRecordError
+from tilespec.images import JPEG_MAGIC, decode_image, image_format
+from tilespec.index import load_index
 from tilespec.items import AllSkippedGuard, ItemMaker
 from tilespec.loader import IndexedInterleaver, NumpyLoader
 from tilespec.pipeline import check_bool
+from tilespec.records import FRAMING_BYTES
 from tilespec.sampling import check_rank
 
 from . import ops as tfops
@@ -35,6 +39,10 @@ from . import stain as tfstain
 
 #: Positions planned, read and drawn per generator step (rounded up to whole batches).
 CHUNK = 256
+#: The ``reader`` option: 'auto' (the C++ path where the plan allows it) or 'python'.
+READERS = ("auto", "python")
+#: Live tfrecords (of positive weight, owning records) the C++ path reads at most.
+MAX_CXX_TFRECORDS = 256
 
 class _PlanLoader(NumpyLoader):
     """The reference loader with TensorFlow's standardization for standardize=True
@@ -392,28 +400,61 @@ def make_dataset(dataset, options: dict):
         raise ValueError("progress=True is for the numpy and torch loaders; a tf.data "
                          "pipeline shows progress through Keras (model.fit(verbose=1)) or "
                          "tf.keras.utils.Progbar")
+    reader = options.pop("reader", "auto")
     rank, num_replicas = _shard(options)
     labels = dataset.loader_labels(options.pop("labels", None))
     table = dataset.sampling_table()
     base = _PlanLoader(list(table.paths), table.clip, table.weights, labels=labels,
                        rank=rank, num_replicas=num_replicas,
                        record_slides=dataset.record_slides, **options)
-    return build(base, deterministic=deterministic)
+    return build(base, deterministic=deterministic, reader=reader)
 
 
-def build(base: NumpyLoader, *, deterministic: bool = True):
+def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "auto", *,
+             merged: bool = False):
+    """What the image map receives: one dict per loader position (``raw``,
+    ``params``, and ``label``, ``slide``, ``loc_x``/``loc_y``, ``stain``, ``valid`` as
+    the options ask, the columns of :func:`stack_rows`), read by the C++ path where
+    :func:`reader_for` allows it (``reader='auto'``) or by the Python reader
+    (``'python'``); sets ``info.reader`` and ``info.python_reason``
+    (spec/adapter_tf.md, "Two readers"). Both readers give the same elements.
+    ``merged=True`` (for :func:`build`) returns the C++ path's ``(pairs, merge)``
+    (:func:`_cxx_dataset`) so the image map runs ``merge`` itself."""
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+    info = LoaderInfo(base, len(base)) if info is None else info
+    label_dtype, label_spec = _label_spec(base.item_maker.labels)
+    keep_invalid = base.batch_size is not None and base.item_maker.on_error == "skip"
+    route = reader_for(base) if reader == "auto" else "reader='python'"
+    info.reader = "c++" if route is None else "python"
+    info.python_reason = route
+    if route is None:  # TFRecordDataset per tfrecord, chosen by the reference's plan
+        pairs, merge = _cxx_dataset(base, info, label_dtype)
+        if not merged:
+            return pairs.map(lambda rec, m: merge(rec, m), num_parallel_calls=tf.data.AUTOTUNE)
+        return pairs, merge
+    gen = _Generator(base, info, label_dtype, keep_invalid=keep_invalid)
+    # The generator makes a chunk of positions per call; prefetching chunks keeps the
+    # Python side (reading, draws) running beside the parallel image map.
+    return tf.data.Dataset.from_generator(gen, output_signature=_signature(
+        base, label_spec, keep_invalid)).prefetch(2).unbatch()
+
+
+def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "auto"):
     """The tf.data pipeline over a validated reference loader ``base`` (its plan,
-    draws, labels and reading), with TensorFlow image ops."""
+    draws, labels and reading), with TensorFlow image ops. ``reader='auto'`` reads
+    by the C++ path where :func:`reader_for` allows it, ``'python'`` always by the
+    Python reader (spec/adapter_tf.md, "Two readers"); ``ds.tilespec.reader`` says
+    which ('c++' or 'python') and ``ds.tilespec.python_reason`` why."""
     label_dtype, label_spec = _label_spec(base.item_maker.labels)
     B = base.batch_size
     keep_invalid = B is not None and base.item_maker.on_error == "skip"
     length = len(base)
     info = LoaderInfo(base, length)
-    gen = _Generator(base, info, label_dtype, keep_invalid=keep_invalid)
-    # The generator makes a chunk of positions per call; prefetching chunks keeps the
-    # Python side (reading, draws) running beside the parallel image map.
-    ds = tf.data.Dataset.from_generator(gen, output_signature=_signature(
-        base, label_spec, keep_invalid)).prefetch(2).unbatch()
+    ds = elements(base, info, reader, merged=True)
+    merge = None
+    if isinstance(ds, tuple):  # the C++ path: its per-element checks run in the image map
+        ds, merge = ds
     size = base.item_maker.tile_size()  # the dataset's tile size, the reference's one rule
     images = image_fn(base.pipeline, output_shape(base.pipeline,
                                                   None if size is None else size[:2]))
@@ -431,7 +472,11 @@ def build(base: NumpyLoader, *, deterministic: bool = True):
             out.append(e["valid"])
         return tuple(out)
 
-    ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if merge is None:
+        ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    else:
+        ds = ds.map(lambda rec, m: item(merge(rec, m)), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=deterministic)
     if B is not None:
         ds = ds.batch(B, drop_remainder=base.drop_last)
         if keep_invalid:
@@ -526,5 +571,318 @@ def make_indexed(tfrecords, options: dict):
     return ds
 
 
-__all__ = ["make_dataset", "make_indexed", "build", "image_fn", "encode_steps", "LoaderInfo",
+
+# ----------------------------------------------------------------- the C++ reading path
+
+def reader_for(base: NumpyLoader) -> str | None:
+    """Which reader :func:`build` uses for ``base``: None for the C++ reading path
+    (:func:`_cxx_dataset`), else why the Python reader (:class:`_Generator`) is kept
+    (spec/adapter_tf.md, "Two readers"). The one rule, applied once when the loader
+    is built: the C++ path reads each tfrecord's part in file order, so it needs a
+    plan whose k-th read of tfrecord t is record ``start_t + (k mod size_t)``
+    (spec/sampling.md, "Streams": ``shuffle=False``, no elastic cut across ranks)
+    and no per-record Python decision (``on_error='raise'``), and every owned record
+    within ``max_record_bytes`` by its index (the reference raises that record's
+    error at its turn), and at most :data:`MAX_CXX_TFRECORDS` tfrecords to read (each
+    is held open with its read buffer; the Python reader keeps a bounded set open)."""
+    items = base.item_maker
+    if items.on_error != "raise":
+        return "on_error='skip' (a per-record Python decision: the reference's skip rule)"
+    if base.shuffle:
+        return "shuffle=True (a per-pass permutation of each tfrecord's part: random access)"
+    if base.elastic and base.num_replicas > 1:
+        return "elastic=True with num_replicas > 1 (a rank reads every R-th global batch)"
+    first = _first_format(items)
+    if first not in (None, "jpeg"):
+        return (f"{first.upper()} tiles (their headers are checked by the reference, record "
+                "by record)")
+    plan = base.plan(0)
+    live = int(plan.live.sum())
+    if live > MAX_CXX_TFRECORDS:
+        return (f"{live} tfrecords to read, more than MAX_CXX_TFRECORDS="
+                f"{MAX_CXX_TFRECORDS} (the C++ path keeps each one open with its buffer)")
+    cap = items.max_record_bytes
+    for t in np.flatnonzero(plan.live).tolist():
+        try:
+            arr = load_index(items.source.paths[t], max_record_bytes=cap)[0]
+        except TFRecordError as e:
+            return f"{items.source.paths[t]}: no index ({e.reason}; raised at its turn)"
+        s, n = int(plan.starts[t]), int(plan.sizes[t])
+        part = arr[s:s + n, 1] - FRAMING_BYTES
+        if len(part) != n or (len(part) and int(part.max()) > cap):
+            return (f"{items.source.paths[t]}: a record over max_record_bytes (its error "
+                    "is raised at its turn)")
+    return None
+
+
+def _first_format(items: ItemMaker):
+    """The image format of the tile the dataset's tile size comes from (None when there
+    is none): :meth:`ItemMaker.tile_size`'s record, read by the reference."""
+    size = items.tile_size()
+    if size is None:
+        return None
+    source = items.source.reopened()
+    try:
+        for t in range(len(source.paths)):
+            for j in range(len(source.offsets(t))):
+                try:
+                    return image_format(source.read(t, j).image_raw)
+                except (TFRecordError, IndexError):
+                    continue
+    except TFRecordError:
+        return None
+    finally:
+        source.close()
+    return None
+
+
+class _CxxPlan:
+    """The Python side of the C++ reading path: per chunk of loader positions the
+    reference's choices (tfrecord index t), the record j the plan reads there, the
+    stream position, the drawn parameters and stain targets. Nothing is read here."""
+
+    def __init__(self, base: NumpyLoader, info: LoaderInfo):
+        self.base = base
+        self.info = info
+        self.B = base.batch_size or 1
+
+    def epochs(self):
+        yield np.int64(self.info.next_epoch())
+
+    def _ranges(self, plan):
+        total = None if self.base.infinite else len(plan)
+        if total is not None and self.base.drop_last:
+            total = (total // self.B) * self.B
+        chunk = -(-CHUNK // self.B) * self.B
+        start = 0
+        while total is None or start < total:
+            stop = start + chunk if total is None else min(start + chunk, total)
+            yield start, stop
+            start = stop
+
+    def choices(self, epoch):
+        plan = self.base.plan(int(epoch))
+        for start, stop in self._ranges(plan):
+            t, _ = plan.records(start, stop)
+            yield t.astype(np.int64)
+
+    def meta(self, epoch):
+        epoch = int(epoch)
+        plan = self.base.plan(epoch)
+        pipeline = self.base.pipeline
+        aug = pipeline.augment
+        for start, stop in self._ranges(plan):
+            t, j = plan.records(start, stop)
+            positions = plan.positions(start, start + len(t))
+            draws = pipeline.draw(plan.key, positions)
+            out = {"t": t.astype(np.int64), "j": j.astype(np.int64),
+                   "position": positions.astype(np.int64),
+                   "epoch": np.full(len(t), epoch, np.int64),
+                   "params": np.stack([encode_steps(aug, s) for s in draws.steps])
+                   .reshape(len(t), -1)}
+            targets = _stain_targets(pipeline, draws)
+            if targets is not None:  # (N, k), or the fit alone (1, k): as _Generator
+                pick = np.minimum(np.arange(len(t)), len(targets) - 1)
+                out["stain"] = np.asarray(targets, np.float64)[pick]
+            yield out
+
+
+def _located(items: ItemMaker, check):
+    """The slow path of one element of the C++ path, run by the reference:
+    ``(t, j, position, epoch, agreed)`` -> True when the reference reads record j of
+    tfrecord t, checks its header and gives its fields without error (the element
+    is then the record's, as the fast checks were only conservative), else the
+    reference's error, naming file, record and offset. With ``agreed`` False
+    TensorFlow's reader did not give that record (damaged, or a schema its parser
+    refuses): the reference's error is raised, or, when the reference reads it,
+    an error naming the file and record and saying so."""
+    lock = threading.Lock()
+    sources: list = []
+
+    def run(t, j, position, epoch, agreed):
+        t, j, position = int(t), int(j), int(position)
+        with lock:
+            if not sources:
+                sources.append(items.source.reopened())
+            source = sources[0]
+            got = items.read(t, j, position, check, source=source, epoch=int(epoch))
+            items.fields(got[0], source.paths[t], j)
+            if not bool(agreed):
+                for k in range(j):  # a damaged record before it ends TensorFlow's read
+                    try:
+                        source.read(t, k)
+                    except TFRecordError as e:
+                        raise e.located(path=source.paths[t], record=k,
+                                        offset=source.offset_of(t, k)) from None
+                raise TFRecordError(
+                    "TensorFlow's reader did not give this record (the reference reads "
+                    "it); read this dataset with on_error='skip' or the numpy loader",
+                    path=source.paths[t], record=j, offset=source.offset_of(t, j))
+        return np.bool_(True)
+
+    return run
+
+
+_MISSING = b"\x00tilespec: missing\x00"  # a parsed feature's default: not in the record
+_NO_LOC = -2 ** 63
+
+
+def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
+    """The C++ reading path: ``(pairs, merge)``, a dataset of (record read, plan)
+    pairs and the graph function making each pair the element of :func:`elements`
+    (the dict :func:`stack_rows` makes, one per position; :func:`build` runs it in
+    the image map, so one parallel map does both): per tfrecord t a ``TFRecordDataset`` of the rank's part
+    (skip start_t, take size_t, each read zipped with its record index, parsed by
+    ``tf.io.parse_single_example``), repeated pass after pass in file order, chosen
+    position by position by the reference's choice sequence
+    (``tf.data.Dataset.choose_from_datasets``), zipped with the plan's record, stream
+    position and draws (:class:`_CxxPlan`). Every element is checked in graph against
+    the plan (tfrecord, record index, payload length from the index), the schema (one
+    image and one slide; one loc_x, loc_y with ``incl_loc``), the label lookup and the
+    header (a JPEG of the dataset's tile size within ``max_tile_pixels``); an
+    element failing a check is run by the reference (:func:`_located`), which raises
+    its error naming file and record, or passes it when the fast check was only
+    conservative (spec/adapter_tf.md, "Two readers")."""
+    items = base.item_maker
+    paths = items.source.paths
+    plan0 = base.plan(0)
+    starts, sizes = plan0.starts, plan0.sizes
+    cap = items.max_record_bytes
+    lengths, bases = [], np.zeros(len(paths), np.int64)
+    for t in range(len(paths)):
+        bases[t] = sum(len(x) for x in lengths)
+        if plan0.live[t]:
+            arr = load_index(paths[t], max_record_bytes=cap)[0]
+            lengths.append(arr[starts[t]:starts[t] + sizes[t], 1] - FRAMING_BYTES)
+    lengths = np.concatenate(lengths).astype(np.int64)
+    size = items.tile_size()
+    resize = base.pipeline.resize_target is not None
+    max_px = items.max_tile_pixels
+    labels = items.labels
+    incl_loc = items.incl_loc
+    check = decode_check(items)
+    located = _located(items, check)
+    gen = _CxxPlan(base, info)
+
+    def parse(payload, j):
+        # Missing features take values no record holds in practice; an element that holds
+        # them goes to the reference (which raises, or passes a record that really has
+        # them). A feature of another kind or with another number of values fails the
+        # parse: the record is dropped, and the record index check below sees it.
+        f = tf.io.parse_single_example(payload, {
+            "image_raw": tf.io.FixedLenFeature([], tf.string, default_value=_MISSING),
+            "slide": tf.io.FixedLenFeature([], tf.string, default_value=_MISSING),
+            "loc_x": tf.io.FixedLenFeature([], tf.int64, default_value=_NO_LOC),
+            "loc_y": tf.io.FixedLenFeature([], tf.int64, default_value=_NO_LOC)})
+        raw, slide = f["image_raw"], f["slide"]
+        if labels is None:  # (with labels, a slide found in the table is UTF-8)
+            with tf.control_dependencies([tf.strings.unicode_decode(slide, "UTF-8")]):
+                slide = tf.identity(slide)  # not UTF-8: dropped, so the reference raises
+        is_jpeg = tf.equal(tf.strings.substr(raw, 0, 3), JPEG_MAGIC)
+        hw = tf.cond(is_jpeg,  # another format: the reference checks its header
+                     lambda: tf.cast(tf.image.extract_jpeg_shape(raw)[:2], tf.int64),
+                     lambda: tf.constant([-1, -1], tf.int64))
+        return {"j_file": j, "plen": tf.cast(tf.strings.length(payload), tf.int64),
+                "raw": raw, "slide": slide, "loc_x": f["loc_x"], "loc_y": f["loc_y"],
+                "hw": hw}
+
+    sentinel = {"j_file": tf.constant(-1, tf.int64), "plen": tf.constant(-1, tf.int64),
+                "raw": tf.constant(_MISSING), "slide": tf.constant(_MISSING),
+                "loc_x": tf.constant(_NO_LOC, tf.int64), "loc_y": tf.constant(_NO_LOC, tf.int64),
+                "hw": tf.constant([-1, -1], tf.int64)}
+
+    def file_dataset(t):
+        s, n = int(starts[t]), int(sizes[t])
+        fill = tf.data.Dataset.from_tensors(sentinel)
+        if not plan0.live[t]:
+            return fill.repeat()  # never chosen (the plan never picks it)
+        # A record TensorFlow cannot read ends its file's read there, one it cannot parse
+        # is dropped: the pass is filled up with sentinels and the check below sees a
+        # record index other than the plan's at that very position.
+        part = tf.data.Dataset.zip((tf.data.TFRecordDataset(paths[t]).skip(s).take(n),
+                                    tf.data.Dataset.range(s, s + n)))
+        part = part.map(parse).ignore_errors()
+        return part.concatenate(fill.repeat(n)).take(n).repeat()
+
+    if labels is not None and not labels:
+        labels = None  # pragma: no cover - the reference refuses labels without a slide
+    if labels is not None:
+        keys = list(labels)
+        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant([k.encode("utf-8") for k in keys], tf.string),
+            tf.range(len(keys), dtype=tf.int64)), default_value=-1)
+        label_values = tf.constant(np.asarray([labels[k] for k in keys], dtype=label_dtype))
+    if size is not None:
+        want_hw = tf.constant([size[0], size[1]], tf.int64)
+
+    def merge(rec, m):
+        agreed = tf.logical_and(tf.equal(rec["j_file"], m["j"]),
+                                tf.equal(rec["plen"], tf.gather(lengths, bases_t(m["t"]) + m["j"]
+                                                                - starts_t(m["t"]))))
+        schema = tf.logical_and(tf.not_equal(rec["raw"], _MISSING),
+                                tf.not_equal(rec["slide"], _MISSING))
+        if incl_loc:
+            schema = tf.logical_and(schema, tf.logical_and(tf.not_equal(rec["loc_x"], _NO_LOC),
+                                                           tf.not_equal(rec["loc_y"], _NO_LOC)))
+        hw = rec["hw"]
+        header = tf.logical_and(tf.reduce_all(hw >= 0), hw[0] * hw[1] <= max_px)
+        if not resize:
+            header = tf.logical_and(header, tf.constant(False) if size is None
+                                    else tf.reduce_all(tf.equal(hw, want_hw)))
+        ok = tf.logical_and(tf.logical_and(agreed, schema), header)
+        out = {"raw": rec["raw"], "params": m["params"]}
+        if labels is not None:
+            idx = table.lookup(rec["slide"])
+            ok = tf.logical_and(ok, idx >= 0)
+            out["label"] = tf.gather(label_values, tf.maximum(idx, 0))
+        def slow():  # the reference runs this element: raises its error, or passes it
+            done = tf.numpy_function(located, [m["t"], m["j"], m["position"], m["epoch"],
+                                               agreed], tf.bool, stateful=True)
+            with tf.control_dependencies([done]):
+                return tf.identity(rec["raw"])
+
+        out["raw"] = tf.cond(ok, lambda: rec["raw"], slow)
+        if items.incl_slidenames:
+            out["slide"] = rec["slide"]
+        if incl_loc:
+            out["loc_x"], out["loc_y"] = rec["loc_x"], rec["loc_y"]
+        if "stain" in m:
+            out["stain"] = m["stain"]
+        return out
+
+    bases_c, starts_c = tf.constant(bases), tf.constant(starts.astype(np.int64))
+
+    def bases_t(t):
+        return tf.gather(bases_c, t)
+
+    def starts_t(t):
+        return tf.gather(starts_c, t)
+
+    k = max(1, len(base.pipeline.augment))
+    meta_sig = {"t": tf.TensorSpec([None], tf.int64), "j": tf.TensorSpec([None], tf.int64),
+                "position": tf.TensorSpec([None], tf.int64),
+                "epoch": tf.TensorSpec([None], tf.int64),
+                "params": tf.TensorSpec([None, k], tf.float32)}
+    if base.pipeline.normalizer is not None:
+        meta_sig["stain"] = tf.TensorSpec(
+            [None, tfstain.target_size(base.pipeline.normalizer.method)], tf.float64)
+
+    def one_epoch(epoch):
+        choice = tf.data.Dataset.from_generator(
+            gen.choices, args=(epoch,),
+            output_signature=tf.TensorSpec([None], tf.int64)).unbatch()
+        meta = tf.data.Dataset.from_generator(gen.meta, args=(epoch,),
+                                              output_signature=meta_sig).unbatch()
+        recs = tf.data.Dataset.choose_from_datasets(
+            [file_dataset(t) for t in range(len(paths))], choice)
+        return tf.data.Dataset.zip((recs, meta))
+
+    epochs = tf.data.Dataset.from_generator(gen.epochs,
+                                            output_signature=tf.TensorSpec([], tf.int64))
+    return epochs.flat_map(one_epoch), merge
+
+
+__all__ = ["make_dataset", "make_indexed", "build", "elements", "reader_for", "READERS",
+           "MAX_CXX_TFRECORDS", "image_fn",
+           "encode_steps", "LoaderInfo",
            "output_shape", "decode_check", "stack_rows"]
