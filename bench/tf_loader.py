@@ -5,11 +5,11 @@ temporary folder, then times, each as the median of ``--repeats`` runs of
 ``--batches`` batches of 64 (a fresh iterator per run, so start-up is included
 in both):
 
-* ``tilespec tf (C++ reader)``: ``Dataset.tensorflow(infinite=True, batch_size=64,
+* ``tilespec tf (C++ reader)``: ``Dataset.tensorflow(reader="auto", infinite=True, batch_size=64,
   augment='xyr', standardize='per_image')``: the reference's plan and draws, records
   read by a ``TFRecordDataset`` per file chosen by the plan (spec/adapter_tf.md,
   "Two readers"), TensorFlow image ops in a parallel deterministic map;
-* ``tilespec tf (Python reader)``: the same with ``reader='python'``: records read
+* ``tilespec tf (Python reader)``: the same with ``reader='python'`` (the default): records read
   by offset by the reference (Python, CRC-checked) in a generator;
 * ``plain tf.data``: one ``TFRecordDataset`` per file (repeated),
   ``sample_from_datasets`` with equal weights, ``parse_single_example``, and
@@ -159,7 +159,7 @@ def run(args) -> dict:
         ds = tilespec.Dataset(tfrecords=folder)
         mine = dict(infinite=True, batch_size=BATCH, augment=AUGMENT,
                     standardize="per_image", seed=1, incl_slidenames=True)
-        ours = ds.tensorflow(**mine)
+        ours = ds.tensorflow(reader="auto", **mine)
         assert ours.tilespec.reader == "c++", ours.tilespec.python_reason
         ours_py = ds.tensorflow(reader="python", **mine)
         plain = plain_pipeline(paths, seed=1)

@@ -4,8 +4,8 @@ reader's stream bit for bit, on every option set routed to it; the routing rule;
 errors that still name file and record.
 
 The Python reader (``reader='python'``) is itself checked against the reference in
-tests/test_tf_adapter.py; with ``reader='auto'`` (the default) those tests run the
-C++ path wherever the rule routes them there.
+tests/test_tf_adapter.py (the default reader); here every loader asks for
+``reader='auto'``, the C++ path wherever the rule routes it there.
 """
 
 import os
@@ -105,7 +105,7 @@ def compare(ds, opts, n=9, images=False):
     options whose TensorFlow image ops are deterministic, i.e. uint8 without a
     normalizer: TensorFlow's float reductions may differ in the last bit from run to
     run, whichever reader fed them)."""
-    cxx = ds.tensorflow(**opts)
+    cxx = ds.tensorflow(reader="auto", **opts)
     py = ds.tensorflow(reader="python", **opts)
     assert cxx.tilespec.reader == "c++", cxx.tilespec.python_reason
     assert py.tilespec.reader == "python"
@@ -171,7 +171,7 @@ def test_cxx_reader_on_ranks_pads_and_the_reference(datasets, opts):
         if "shard_idx" in ref:
             ref["rank"], ref["num_replicas"] = ref.pop("shard_idx"), ref.pop("num_shards")
         n = None if not opts["infinite"] else 9
-        tt.assert_conforms(ds.tensorflow(**dict(opts, standardize=False)), ds.numpy(**ref),
+        tt.assert_conforms(ds.tensorflow(reader="auto", **dict(opts, standardize=False)), ds.numpy(**ref),
                            n=n, options=ref)
 
 
@@ -186,11 +186,11 @@ def test_the_routing_rule(datasets):
                  "elastic=True with num_replicas > 1": dict(elastic=True, shard_idx=0,
                                                             num_shards=2, batch_size=2)}
         for why, opts in cases.items():
-            d = ds.tensorflow(infinite=False, seed=1, **opts)
+            d = ds.tensorflow(reader="auto", infinite=False, seed=1, **opts)
             assert d.tilespec.reader == "python" and why in d.tilespec.python_reason
-        assert ds.tensorflow(infinite=False, seed=1).tilespec.reader == "c++"
-        assert ds.tensorflow(infinite=False, elastic=True, batch_size=2).tilespec.reader == "c++"
-        png = datasets[1].tensorflow(infinite=False)
+        assert ds.tensorflow(reader="auto", infinite=False, seed=1).tilespec.reader == "c++"
+        assert ds.tensorflow(reader="auto", infinite=False, elastic=True, batch_size=2).tilespec.reader == "c++"
+        png = datasets[1].tensorflow(reader="auto", infinite=False)
         assert png.tilespec.reader == "python" and "PNG tiles" in png.tilespec.python_reason
         with pytest.raises(ValueError, match="reader must be one of"):
             ds.tensorflow(reader="cxx")
@@ -215,7 +215,7 @@ def test_a_record_over_the_cap_keeps_the_python_reader(datasets, tmp_path):
     biggest = max(int(load_index(str(p))[0][:, 1].max()) for p in folder.glob("*.tfrecords"))
     from tilespec.records import FRAMING_BYTES
 
-    loader = d.tensorflow(infinite=False, max_record_bytes=biggest - FRAMING_BYTES - 1)
+    loader = d.tensorflow(reader="auto", infinite=False, max_record_bytes=biggest - FRAMING_BYTES - 1)
     assert loader.tilespec.reader == "python"
     assert "max_record_bytes" in loader.tilespec.python_reason
     with pytest.raises(Exception, match=r"tfrecords, record \d+, byte offset"):
@@ -243,7 +243,7 @@ def test_errors_name_file_and_record(datasets, tmp_path):
     load_index(path)
     _corrupt_payload(path, 2)
     d = tilespec.Dataset(tfrecords=str(folder))
-    loader = d.tensorflow(infinite=False, seed=6)
+    loader = d.tensorflow(reader="auto", infinite=False, seed=6)
     assert loader.tilespec.reader == "c++"
     with pytest.raises(Exception, match=r"s1.tfrecords, record 2, byte offset"):
         items(loader)
@@ -269,7 +269,7 @@ def test_errors_name_file_and_record(datasets, tmp_path):
     }
     for name, (recs, opts, msg) in cases.items():
         d, p = one_file(name, recs)
-        loader = d.tensorflow(infinite=False, seed=0, **opts)
+        loader = d.tensorflow(reader="auto", infinite=False, seed=0, **opts)
         assert loader.tilespec.reader == "c++"
         with pytest.raises(Exception, match=rf"{p}, {msg}"):
             items(loader)
@@ -284,9 +284,9 @@ def test_many_tfrecords_keep_the_python_reader(datasets, monkeypatch):
 
     ds = datasets[0]
     monkeypatch.setattr(tfl, "MAX_CXX_TFRECORDS", 2)
-    d = ds.tensorflow(infinite=False, seed=1)
+    d = ds.tensorflow(reader="auto", infinite=False, seed=1)
     assert d.tilespec.reader == "python" and "MAX_CXX_TFRECORDS" in d.tilespec.python_reason
-    assert ds.tensorflow(infinite=False, seed=1, shard_idx=0, num_shards=1).tilespec.reader \
+    assert ds.tensorflow(reader="auto", infinite=False, seed=1, shard_idx=0, num_shards=1).tilespec.reader \
         == "python"
     monkeypatch.setattr(tfl, "MAX_CXX_TFRECORDS", 3)
-    assert ds.tensorflow(infinite=False, seed=1).tilespec.reader == "c++"
+    assert ds.tensorflow(reader="auto", infinite=False, seed=1).tilespec.reader == "c++"

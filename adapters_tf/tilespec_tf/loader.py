@@ -39,8 +39,10 @@ from . import stain as tfstain
 
 #: Positions planned, read and drawn per generator step (rounded up to whole batches).
 CHUNK = 256
-#: The ``reader`` option: 'auto' (the C++ path where the plan allows it) or 'python'.
-READERS = ("auto", "python")
+#: The ``reader`` option: 'python' (the default: the reference's reader, measured the
+#: cheaper of the two on a 2-core machine, spec/adapter_tf.md "Two readers") or 'auto'
+#: (the C++ path where the plan allows it, else the Python reader).
+READERS = ("python", "auto")
 #: Live tfrecords (of positive weight, owning records) the C++ path reads at most.
 MAX_CXX_TFRECORDS = 256
 
@@ -400,7 +402,7 @@ def make_dataset(dataset, options: dict):
         raise ValueError("progress=True is for the numpy and torch loaders; a tf.data "
                          "pipeline shows progress through Keras (model.fit(verbose=1)) or "
                          "tf.keras.utils.Progbar")
-    reader = options.pop("reader", "auto")
+    reader = options.pop("reader", "python")
     rank, num_replicas = _shard(options)
     labels = dataset.loader_labels(options.pop("labels", None))
     table = dataset.sampling_table()
@@ -410,7 +412,7 @@ def make_dataset(dataset, options: dict):
     return build(base, deterministic=deterministic, reader=reader)
 
 
-def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "auto", *,
+def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "python", *,
              merged: bool = False):
     """What the image map receives: one dict per loader position (``raw``,
     ``params``, and ``label``, ``slide``, ``loc_x``/``loc_y``, ``stain``, ``valid`` as
@@ -425,7 +427,7 @@ def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "a
     info = LoaderInfo(base, len(base)) if info is None else info
     label_dtype, label_spec = _label_spec(base.item_maker.labels)
     keep_invalid = base.batch_size is not None and base.item_maker.on_error == "skip"
-    route = reader_for(base) if reader == "auto" else "reader='python'"
+    route = reader_for(base) if reader == "auto" else "reader='python' (the default)"
     info.reader = "c++" if route is None else "python"
     info.python_reason = route
     if route is None:  # TFRecordDataset per tfrecord, chosen by the reference's plan
@@ -440,7 +442,7 @@ def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "a
         base, label_spec, keep_invalid)).prefetch(2).unbatch()
 
 
-def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "auto"):
+def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "python"):
     """The tf.data pipeline over a validated reference loader ``base`` (its plan,
     draws, labels and reading), with TensorFlow image ops. ``reader='auto'`` reads
     by the C++ path where :func:`reader_for` allows it, ``'python'`` always by the
