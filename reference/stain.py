@@ -95,8 +95,9 @@ BLANK_REASONS = {
                      f"L*a*b* std <= {MIN_LAB_STD:g}",
     "few_tissue": f"the image is blank or background: fewer than {MIN_TISSUE_PIXELS} tissue "
                   f"pixels (optical density >= {MACENKO_BETA} in every channel)",
-    "no_plane": f"a single stain colour: the tissue pixels' optical densities do not span a "
-                f"plane (second eigenvalue <= {MIN_EIGENVALUE:g})",
+    # (no apostrophe in these reasons: TensorFlow escapes one in an assertion's message)
+    "no_plane": f"a single stain colour: the optical densities of the tissue pixels do not "
+                f"span a plane (second eigenvalue <= {MIN_EIGENVALUE:g})",
     "no_stain": "the image has no measurable stain: its 99th-percentile stain concentrations "
                 "are not positive",
 }

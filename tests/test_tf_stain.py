@@ -306,3 +306,27 @@ def test_loader_reads_the_fit_when_iterated(small):
     d = small.tensorflow(**opts)
     norm.fit_preset("v1")
     tt.assert_conforms(d, small.numpy(**opts), options=opts)
+
+
+def test_graph_blank_messages_carry_the_reference_reasons_verbatim():
+    """The graph assertion of a blank image (``tilespec_tf.stain``) raises an error
+    whose text holds each reference reason as written (tilespec.stain.BLANK_REASONS),
+    so the conformance rule "same item, the reference's message" holds: TensorFlow
+    escapes some characters (an apostrophe) when it prints an assertion's strings."""
+    import tensorflow as tf
+
+    from tilespec.stain import BLANK_REASONS
+
+    @tf.function
+    def fail(code):
+        message = tf.gather(tf.constant(list(stain.BLANK_MESSAGES)), code)
+        check = tf.debugging.Assert(tf.equal(code, 0), ["blank:", message])
+        with tf.control_dependencies([check]):
+            return tf.identity(code)
+
+    for code in range(1, len(stain.BLANK_MESSAGES)):
+        reason = stain.BLANK_MESSAGES[code]
+        assert reason in BLANK_REASONS.values()
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            fail(tf.constant(code))
+        assert reason in str(info.value), (reason, str(info.value))
