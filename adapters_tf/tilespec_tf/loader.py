@@ -457,23 +457,7 @@ def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "pytho
     merge = None
     if isinstance(ds, tuple):  # the C++ path: its per-element checks run in the image map
         ds, merge = ds
-    size = base.item_maker.tile_size()  # the dataset's tile size, the reference's one rule
-    images = image_fn(base.pipeline, output_shape(base.pipeline,
-                                                  None if size is None else size[:2]))
-    has_label = label_spec is not None
-    incl_slide, incl_loc = base.item_maker.incl_slidenames, base.item_maker.incl_loc
-
-    def item(e):
-        img = images(e["raw"], e["params"], e.get("stain"))
-        out = [img, e["label"] if has_label else None]
-        if incl_slide:
-            out.append(e["slide"])
-        if incl_loc:
-            out += [e["loc_x"], e["loc_y"]]
-        if keep_invalid:
-            out.append(e["valid"])
-        return tuple(out)
-
+    item = _item_fn(base.pipeline, base.item_maker, label_spec, keep_invalid)
     if merge is None:
         ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     else:
@@ -492,16 +476,42 @@ def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "pytho
     elif base.item_maker.on_error == "raise":
         ds = ds.apply(tf.data.experimental.assert_cardinality(length))
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    _expose(ds, info)
+    _expose(ds, info, info.skipped)
     return ds
 
 
-def _expose(ds, info: LoaderInfo):
-    """Attach the loader's seed and skipped records to the returned dataset object."""
+def _item_fn(pipeline, items: ItemMaker, label_spec, keep_invalid: bool = False):
+    """The image map's function, element dict -> item tuple ``(image, label[, slide][,
+    loc_x, loc_y][, valid])``, shared by the loader and the indexed dataset: the image
+    by :func:`image_fn` with the static shape of the dataset's tile size (the
+    reference's one rule, :meth:`ItemMaker.tile_size`), the other columns as the
+    options ask."""
+    size = items.tile_size()
+    images = image_fn(pipeline, output_shape(pipeline, None if size is None else size[:2]))
+    has_label = label_spec is not None
+    incl_slide, incl_loc = items.incl_slidenames, items.incl_loc
+
+    def item(e):
+        out = [images(e["raw"], e["params"], e.get("stain")), e["label"] if has_label else None]
+        if incl_slide:
+            out.append(e["slide"])
+        if incl_loc:
+            out += [e["loc_x"], e["loc_y"]]
+        if keep_invalid:
+            out.append(e["valid"])
+        return tuple(out)
+
+    return item
+
+
+def _expose(ds, info, skipped: list):
+    """Attach ``info`` (the loader's :class:`LoaderInfo`, or the indexed dataset's
+    :class:`tilespec.IndexedInterleaver`), its seed and the skip log ``skipped`` to
+    the returned dataset object."""
     try:
         ds.tilespec = info
         ds.seed = info.seed
-        ds.skipped = info.skipped
+        ds.skipped = skipped
     except (AttributeError, TypeError):  # pragma: no cover - a future tf.data may forbid it
         pass
 
@@ -546,30 +556,13 @@ def make_indexed(tfrecords, options: dict):
         finally:
             source.close()
 
-    size = items.tile_size()
-    images = image_fn(ref.pipeline, output_shape(ref.pipeline,
-                                                  None if size is None else size[:2]))
-    has_label = label_spec is not None
-
-    def item(e):
-        out = [images(e["raw"], e["params"], e.get("stain")), e["label"] if has_label else None]
-        if items.incl_slidenames:
-            out.append(e["slide"])
-        if items.incl_loc:
-            out += [e["loc_x"], e["loc_y"]]
-        return tuple(out)
-
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig).unbatch()
-    ds = ds.map(item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(_item_fn(ref.pipeline, items, label_spec), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=deterministic)
     if items.on_error == "raise":  # with skips the count is not known in advance
         ds = ds.apply(tf.data.experimental.assert_cardinality(n))
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    try:
-        ds.tilespec = ref
-        ds.seed = ref.seed
-        ds.skipped = items.skipped
-    except (AttributeError, TypeError):  # pragma: no cover
-        pass
+    _expose(ds, ref, items.skipped)
     return ds
 
 
