@@ -10,34 +10,27 @@ is met exactly (u0 = 0.5, u1 = 3/4, quality boundaries q / 51, ...).
 """
 
 import json
-import os
-import runpy
 import struct
 
 import numpy as np
 import pytest
 
 from tilespec import augment, ops, plugins, resize, rng
+from vector_files import assert_rebuilds, chapter, load
 
-HERE = os.path.join(os.path.dirname(__file__), os.pardir, "spec", "vectors", "images")
-PLAIN = runpy.run_path(os.path.join(HERE, "make_vectors.py"))
+HERE, PLAIN = chapter("images")
 BACKENDS = plugins.backends()
 
 
 def vectors(name):
-    with open(os.path.join(HERE, name), encoding="utf-8") as f:
-        return json.load(f)["vectors"]
+    return load(HERE, name)
 
 
 IMAGES = {k: np.array(v, dtype=np.uint8) for k, v in vectors("images.json")[0].items()}
 
 
 def test_make_vectors_rebuilds_the_committed_files():
-    files = PLAIN["build"]()
-    assert {n for n in os.listdir(HERE) if n.endswith(".json")} == set(files)
-    for name, text in files.items():
-        with open(os.path.join(HERE, name), encoding="utf-8") as f:
-            assert f.read() == text, f"{name} differs from what make_vectors.py writes"
+    assert_rebuilds(HERE, PLAIN)
 
 
 def as_lists(steps):

@@ -8,22 +8,18 @@ so the planner meets ties, u = 0 and u just below 1 at the positions where it cu
 vectorized windows. See spec/vectors.md for which formula each file pins.
 """
 
-import json
-import os
-import runpy
 
 import numpy as np
 import pytest
 
 from tilespec import rng, sampling
+from vector_files import assert_rebuilds, chapter, load
 
-HERE = os.path.join(os.path.dirname(__file__), os.pardir, "spec", "vectors", "sampling")
-PLAIN = runpy.run_path(os.path.join(HERE, "make_vectors.py"))
+HERE, PLAIN = chapter("sampling")
 
 
 def vectors(name):
-    with open(os.path.join(HERE, name), encoding="utf-8") as f:
-        return json.load(f)["vectors"]
+    return load(HERE, name)
 
 
 def key_of(v):
@@ -31,12 +27,7 @@ def key_of(v):
 
 
 def test_make_vectors_rebuilds_the_committed_files():
-    files = PLAIN["build"]()
-    committed = {n for n in os.listdir(HERE) if n.endswith(".json")}
-    assert committed == set(files)
-    for name, text in files.items():
-        with open(os.path.join(HERE, name), encoding="utf-8") as f:
-            assert f.read() == text, f"{name} differs from what make_vectors.py writes"
+    assert_rebuilds(HERE, PLAIN)
 
 
 def test_plain_philox_gives_random123_answers():

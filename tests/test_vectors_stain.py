@@ -13,22 +13,20 @@ import inspect
 import json
 import os
 import re
-import runpy
 
 import numpy as np
 import pytest
 
 from tilespec import colour, plugins, stain
+from vector_files import assert_rebuilds, chapter, load
 
-HERE = os.path.join(os.path.dirname(__file__), os.pardir, "spec", "vectors", "stain")
+HERE, PLAIN = chapter("stain")
 SPEC = os.path.join(os.path.dirname(__file__), os.pardir, "spec", "stain.md")
-PLAIN = runpy.run_path(os.path.join(HERE, "make_vectors.py"))
 BACKENDS = plugins.backends()
 
 
 def vectors(name):
-    with open(os.path.join(HERE, name), encoding="utf-8") as f:
-        return json.load(f)["vectors"]
+    return load(HERE, name)
 
 
 def adapter_stain_modules():
@@ -51,11 +49,7 @@ ADAPTERS = adapter_stain_modules()
 
 
 def test_make_vectors_rebuilds_the_committed_files():
-    files = PLAIN["build"]()
-    assert {n for n in os.listdir(HERE) if n.endswith(".json")} == set(files)
-    for name, text in files.items():
-        with open(os.path.join(HERE, name), encoding="utf-8") as f:
-            assert f.read() == text, f"{name} differs from what make_vectors.py writes"
+    assert_rebuilds(HERE, PLAIN)
 
 
 def test_companding():
