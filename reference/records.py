@@ -322,20 +322,36 @@ def read_records(path, *, verify: bool = True, compression=None,
 
 
 def read_record_at(f_or_path, offset: int, *, verify: bool = True, record=None,
-                   path=None, max_record_bytes: int = MAX_RECORD_BYTES) -> bytes:
+                   path=None, max_record_bytes: int = MAX_RECORD_BYTES,
+                   length: int | None = None) -> bytes:
     """Read the single record whose framing starts at byte ``offset``.
 
     spec/records.md, "Random access". ``f_or_path`` is a path or an open binary
     file (uncompressed files only). ``record`` and ``path`` only label errors.
     A length over ``max_record_bytes`` is a :class:`RecordTooLargeError`
     (spec/reliability.md, "Size caps").
+
+    ``length``, the record's framed size where an index gives it (payload + 16
+    bytes, as in index files), lets a real file's record be read in one read
+    (:func:`read_frame`); where the bytes read do not bear it out, the record is
+    read as without it, so the payload and every error are the same either way.
     """
     if isinstance(f_or_path, (str, bytes, os.PathLike)):
         with open(f_or_path, "rb") as f:
             return read_record_at(f, offset, verify=verify, record=record,
                                   path=os.fspath(f_or_path),
-                                  max_record_bytes=max_record_bytes)
+                                  max_record_bytes=max_record_bytes, length=length)
     f = f_or_path
+    if length is not None and _pread is not None:
+        try:
+            fd = f.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file: read it below
+            fd = None
+        if fd is not None:
+            payload = read_frame(fd, offset, length, verify=verify,
+                                 max_record_bytes=max_record_bytes)
+            if payload is not None:
+                return payload
     if path is None:
         path = getattr(f, "name", None)
     f.seek(offset)
@@ -349,6 +365,41 @@ def read_record_at(f_or_path, offset: int, *, verify: bool = True, record=None,
         raise TruncatedRecordError("offset is at or past the end of the file", path=path,
                                    record=record, offset=offset)
     return read_payload(f, length, path=path, record=record, offset=offset, verify=verify)
+
+
+_pread = getattr(os, "pread", None)  # POSIX; elsewhere records are read as without a length
+
+
+def read_frame(fd: int, offset: int, length: int, *, verify: bool = True,
+               max_record_bytes: int = MAX_RECORD_BYTES) -> bytes | None:
+    """The payload of the record at byte ``offset`` of the open file ``fd``, read in one
+    read of its ``length`` framed bytes (the extent an index gives), or None where these
+    bytes do not make a sound record of that extent (spec/records.md, "Random access").
+
+    The payload is a new ``bytes`` object. Both checksums are checked (with ``verify``;
+    without it, only the length field), and the payload must be within
+    ``max_record_bytes``. None for a short read (the file ends inside the extent: it
+    was cut or shrank), a header whose length is not ``length`` - 16, a checksum that
+    fails or a payload over the cap: the caller then reads the record by its header
+    (:func:`read_record_at` without ``length``), which raises the error that names the
+    file, record and offset, or, where the file changed in between, returns what the
+    file now holds. No file size is asked for: a short read tells truncation.
+    """
+    n = length - FRAMING_BYTES
+    if n < 0 or n > max_record_bytes or _pread is None:
+        return None
+    data = _pread(fd, length, offset)
+    if len(data) != length:
+        return None
+    declared, stored = HEADER_STRUCT.unpack_from(data)
+    if declared != n:
+        return None
+    payload = data[HEADER_BYTES:HEADER_BYTES + n]
+    if verify:
+        if (masked_crc32c(data[:8]) != stored or
+                masked_crc32c(payload) != FOOTER_STRUCT.unpack_from(data, HEADER_BYTES + n)[0]):
+            return None
+    return payload
 
 
 def scan_records(path, *, verify: bool = False, chunk_size: int = 1 << 20,
@@ -432,7 +483,7 @@ def scan_frames(path, *, verify: bool = False, chunk_size: int = 1 << 20,
             record += 1
 
 
-__all__ = ["read_records", "write_records", "read_record_at", "scan_records", "scan_frames",
+__all__ = ["read_records", "write_records", "read_record_at", "read_frame", "scan_records", "scan_frames",
            "frame_record", "MAX_RECORD_BYTES", "check_max_record_bytes", "over_cap",
            "is_gzip_file", "is_gzip_head", "atomic_write", "GZIP_MAGIC", "HEADER_STRUCT",
            "FOOTER_STRUCT", "HEADER_BYTES", "FOOTER_BYTES",

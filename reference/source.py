@@ -52,6 +52,7 @@ class TileSource:
         self.on_error = on_error
         self.max_record_bytes = check_max_record_bytes(max_record_bytes)
         self._offsets: dict = {}
+        self._lengths: dict = {}  # t -> framed sizes from the index (absent when scanned)
         self._cut: dict = {}  # t -> (record, error): records from there on are not located
         self._files: OrderedDict = OrderedDict()
 
@@ -63,6 +64,7 @@ class TileSource:
         other = TileSource(self.paths, max_open=self.max_open, verify=self.verify,
                            on_error=self.on_error, max_record_bytes=self.max_record_bytes)
         other._offsets = self._offsets
+        other._lengths = self._lengths
         other._cut = self._cut
         return other
 
@@ -74,11 +76,14 @@ class TileSource:
         if arr is None:
             path = self.paths[t]
             try:
-                arr = load_index(path, max_record_bytes=self.max_record_bytes)[0][:, 0].copy()
+                index = load_index(path, max_record_bytes=self.max_record_bytes)[0]
             except TFRecordError as e:
                 if self.on_error != "skip":
                     raise
                 arr = self._scan(t, e)
+            else:
+                arr = index[:, 0].copy()
+                self._lengths[t] = index[:, 1].copy()
             self._offsets[t] = arr
         return arr
 
@@ -232,8 +237,10 @@ class TileSource:
             raise IndexError(f"{self.paths[t]} has {len(offsets)} records; record {j} "
                              "does not exist")
         path, offset = self.paths[t], int(offsets[j])
+        lengths = self._lengths.get(t)
         payload = read_record_at(self._file(t), offset, verify=self.verify, record=j, path=path,
-                                 max_record_bytes=self.max_record_bytes)
+                                 max_record_bytes=self.max_record_bytes,
+                                 length=None if lengths is None else int(lengths[j]))
         try:
             return parse_tile(payload)
         except TFRecordError as e:

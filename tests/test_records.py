@@ -341,6 +341,116 @@ def test_read_record_at_errors(tmp_path):
     assert read_record_at(path, 19) == b"defg"
 
 
+def _outcome(fn):
+    """A call's payload, or its error as (class, message, path, record, offset)."""
+    try:
+        return fn()
+    except tilespec.TFRecordError as e:
+        return (type(e), str(e), e.path, e.record, e.offset)
+
+
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=4), st.data())
+def test_read_by_extent_equals_read_by_header(tmp_path_factory, recs, data):
+    """spec/records.md, "Random access": with the framed size an index gives, a record is
+    read in one read, and the payload or error is what reading by the header gives, for
+    sound, damaged (a flipped bit, a cut file) and lying extents, with verify on and off
+    and any size cap."""
+    raw = bytearray(b"".join(frame_record(r) for r in recs))
+    offsets, sizes, at = [], [], 0
+    for r in recs:
+        offsets.append(at)
+        sizes.append(len(r) + FRAMING_BYTES)
+        at += len(r) + FRAMING_BYTES
+    k = data.draw(st.integers(0, len(recs) - 1))
+    damage = data.draw(st.sampled_from(["none", "flip", "flip", "cut"]))
+    if damage == "flip":  # a bit of record k (header, payload or footer)
+        i = data.draw(st.integers(offsets[k], offsets[k] + sizes[k] - 1))
+        raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif damage == "cut":  # the file ends inside record k
+        raw = raw[:data.draw(st.integers(offsets[k], offsets[k] + sizes[k] - 1))]
+    path = tmp_path_factory.mktemp("extent") / "f.tfrecords"
+    path.write_bytes(bytes(raw))
+    length = data.draw(st.sampled_from([sizes[k]] * 4 + [sizes[k] - 1, sizes[k] + 1, 0, 15,
+                                                         1 << 40]))
+    verify = data.draw(st.booleans())
+    cap = data.draw(st.sampled_from([tilespec.records.MAX_RECORD_BYTES, 8, 1]))
+    with open(path, "rb") as f:
+        def read(**kw):
+            return _outcome(lambda: read_record_at(f, offsets[k], verify=verify, record=k,
+                                                   path=str(path), max_record_bytes=cap, **kw))
+        assert read(length=length) == read()
+    if damage == "none" and length == sizes[k] and len(recs[k]) <= cap:
+        assert read_record_at(path, offsets[k], length=length) == recs[k]
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_read_by_extent_every_damage(tmp_path, verify):
+    """Every single-bit flip (one bit per byte, rotating) and every cut of a file of three
+    records, each record read with its true extent: the payload or error is that of the
+    read by header (spec/records.md, "Random access")."""
+    recs = [b"", b"abc", bytes(range(40))]
+    good = b"".join(frame_record(r) for r in recs)
+    offsets = [0, 16, 35]
+    sizes = [16, 19, 56]
+    path = tmp_path / "f.tfrecords"
+    files = [good[:cut] for cut in range(len(good))]
+    for i in range(len(good)):
+        raw = bytearray(good)
+        raw[i] ^= 1 << (i % 8)
+        files.append(bytes(raw))
+    differ = 0
+    for raw in files:
+        path.write_bytes(raw)
+        with open(path, "rb") as f:
+            for k in range(3):
+                def read(**kw):
+                    return _outcome(lambda: read_record_at(f, offsets[k], verify=verify,
+                                                           record=k, **kw))
+                plain = read()
+                assert read(length=sizes[k]) == plain
+                differ += plain != recs[k]
+    assert differ > len(good)  # the damage was seen
+
+
+def test_read_by_extent_is_one_read_and_no_stat(tmp_path, monkeypatch):
+    """A sound record read with its extent costs one ``pread`` and no file-size call, and
+    its payload is a new bytes object (spec/records.md, "Random access")."""
+    from tilespec import records
+
+    path = tmp_path / "f.tfrecords"
+    recs = [b"abc", b"x" * 1000]
+    tilespec.write_records(path, recs)
+    calls = []
+    real = records._pread
+    monkeypatch.setattr(records, "_pread", lambda *a: calls.append(a[1:]) or real(*a))
+
+    def no_stat(*a):
+        raise AssertionError("fstat called")
+
+    monkeypatch.setattr(records.os, "fstat", no_stat)
+
+    class NoRead:
+        def __init__(self, f):
+            self.f = f
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def __getattr__(self, name):
+            raise AssertionError(f"file.{name} used")
+
+    with open(path, "rb") as f:
+        got = read_record_at(NoRead(f), 19, length=1016)
+    assert got == recs[1] and type(got) is bytes
+    assert calls == [(1016, 19)]
+    # a cut file: the short read sends the record to the header path, whose error it is
+    path.write_bytes(path.read_bytes()[:-1])
+    monkeypatch.undo()
+    with open(path, "rb") as f, pytest.raises(tilespec.TruncatedRecordError) as e:
+        read_record_at(f, 19, length=1016, record=1)
+    assert (e.value.record, e.value.offset) == (1, 19)
+
+
 # ----------------------------------------------------------------- conformance vectors
 VECTORS = os.path.join(os.path.dirname(__file__), os.pardir, "spec", "vectors", "records")
 
