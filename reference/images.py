@@ -342,7 +342,7 @@ def _fast(data, max_pixels, out=None):
     head = _header_of(data, "jpeg")
     if head is None or head[0] * head[1] > max_pixels:
         return None   # decode_pillow says why, or raises ImageTooLargeError
-    return decode_fast(data, max_pixels, out)
+    return decode_fast(data, max_pixels, out, header=head)
 
 
 def decode_pillow(data, *, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:

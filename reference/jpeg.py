@@ -69,14 +69,24 @@ if _simplejpeg is not None:
     _decode = _simplejpeg.decode_jpeg
 
 
-def _taken(data, max_pixels):
-    """(height, width) from the fast decoder's reading of the header when it takes the
-    bytes (see :func:`decode_fast`), else None; raises where the header is unreadable."""
-    if _simplejpeg is None or bytes(data[:3]) != _JPEG_MAGIC:
+def _taken(data, max_pixels, header=None):
+    """(height, width) when the fast decoder takes the bytes (see :func:`decode_fast`),
+    else None: from ``header`` (our own parse) when given, else from the fast decoder's
+    reading of the header, which raises where it is unreadable."""
+    if _simplejpeg is None:
         return None
-    h, w, colour, _ = _header(data)
+    if header is None:
+        if bytes(data[:3]) != _JPEG_MAGIC:
+            return None
+        h, w, colour, _ = _header(data)
+        if colour not in _FAST_COLOURS:
+            return None
+    else:
+        w, h, components = header
+        if components != 3 and components != 1:  # libjpeg: YCbCr/RGB, or Gray
+            return None
     limit = Image.MAX_IMAGE_PIXELS  # above it Pillow warns, above twice it refuses
-    if colour not in _FAST_COLOURS or h * w > max_pixels or (limit and h * w > limit):
+    if h * w > max_pixels or (limit and h * w > limit):
         return None
     return h, w
 
@@ -106,7 +116,8 @@ def describe() -> str:
     return f"pillow {PIL.__version__} ({CHOICE_ENV}={want}{why})"
 
 
-def decode_fast(data, max_pixels: int, out: np.ndarray | None = None) -> np.ndarray | None:
+def decode_fast(data, max_pixels: int, out: np.ndarray | None = None, *,
+                header=None) -> np.ndarray | None:
     """The pixels ``decode_image(data)`` gives, decoded by the fast decoder, or None.
 
     spec/images.md, "The JPEG decoder". Returns a new C-contiguous (H, W, 3) uint8
@@ -118,9 +129,16 @@ def decode_fast(data, max_pixels: int, out: np.ndarray | None = None) -> np.ndar
     Pillow's ``Image.MAX_IMAGE_PIXELS``, where Pillow's bomb check has its say),
     ``out`` does not fit, or the decoder fails: the caller then decodes with Pillow
     (``decode_image``), whose pixels or error are the answer. Never raises.
+
+    ``header``, where the caller has parsed the JPEG's frame header itself
+    (:func:`tilespec.images.image_header`'s ``(width, height, channels)`` of these
+    bytes, known to be a JPEG), spares the fast decoder's own reading of it: the colour
+    space is then told by the component count, as libjpeg tells it (1: grayscale; 3:
+    YCbCr or RGB, both taken; 4: CMYK or YCCK, left to Pillow; any other: no colour
+    space libjpeg converts to RGB), so the choice is the same.
     """
     try:
-        size = _taken(data, max_pixels)
+        size = _taken(data, max_pixels, header)
         if size is None:
             return None
         h, w = size

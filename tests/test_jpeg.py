@@ -80,12 +80,26 @@ def _cases():
     cmyk = np.dstack([255 - img, img[..., :1] // 2])
     c["cmyk"] = _save(Image.fromarray(cmyk, "CMYK"), quality=95)
     c["cmyk progressive"] = _save(Image.fromarray(cmyk, "CMYK"), progressive=True)
+    # libjpeg tells the colour space from the component count and the markers: an Adobe
+    # transform it does not know is a warning (strict simplejpeg stops), a CMYK without
+    # the Adobe marker is still CMYK
+    bare = _drop_segment(base, b"\xff\xe0")  # no JFIF marker: libjpeg reads the rest
+    c["no JFIF"] = bare
+    c["Adobe 0, no JFIF"] = bare[:2] + _adobe(0) + bare[2:]
+    c["Adobe 2, no JFIF"] = bare[:2] + _adobe(2) + bare[2:]
+    c["cmyk without Adobe"] = _drop_segment(c["cmyk"], b"\xff\xee")
     return c
 
 
+def _drop_segment(data, marker):
+    """``data`` without its first segment of ``marker`` (before the first scan)."""
+    p = data.index(marker, 0, data.index(b"\xff\xda"))
+    return data[:p] + data[p + 2 + int.from_bytes(data[p + 2:p + 4], "big"):]
+
+
 CASES = _cases()
-PILLOW_ONLY = {"cmyk", "cmyk progressive"}  # routed from the header
-FAILS_FAST = {"unexpected RST marker"}      # libjpeg warns: strict simplejpeg stops
+PILLOW_ONLY = {"cmyk", "cmyk progressive", "cmyk without Adobe"}  # routed from the header
+FAILS_FAST = {"unexpected RST marker", "Adobe 2, no JFIF"}  # libjpeg warns: strict stops
 
 
 def _bad():
@@ -138,6 +152,58 @@ def test_contract_cases_equal_decode_pillow(case):
     _variants(data, expect)
 
 
+def _same(a, b):
+    return (a is None and b is None) or (a is not None and b is not None and
+                                         np.array_equal(a, b))
+
+
+@needs_fast
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(BAD))
+def test_the_choice_from_our_header_parse_is_libjpeg_s(case):
+    """decode_fast's choice made from image_header's parse (``header=``) is the one made
+    from libjpeg's reading of the header: the same size, and the component count tells
+    the colour space as libjpeg does (1 Gray; 3 YCbCr or RGB; 4 CMYK or YCCK), so the
+    result is the same (spec/images.md, "The JPEG decoder")."""
+    import simplejpeg
+
+    data = CASES.get(case, BAD.get(case))
+    head = tilespec.images.image_header(data)
+    if head is None or head[0] != "jpeg":
+        return  # no parse to share: decode_fast reads the header itself
+    _, w, h, channels = head
+    try:
+        sh, sw, colour, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        pass
+    else:
+        assert (sh, sw) == (h, w)
+        assert (colour in ("YCbCr", "RGB", "Gray")) == (channels in (1, 3))
+    cap = tilespec.images.MAX_TILE_PIXELS
+    assert _same(jpeg.decode_fast(data, cap, header=head[1:]), jpeg.decode_fast(data, cap))
+    for shape in ((h, w, 3), (h, w + 1, 3)):
+        a, b = np.full(shape, 7, np.uint8), np.full(shape, 7, np.uint8)
+        assert _same(jpeg.decode_fast(data, cap, a, header=head[1:]),
+                     jpeg.decode_fast(data, cap, b))
+
+
+@needs_fast
+def test_the_loaders_decode_reads_no_second_header(monkeypatch):
+    """decode_image and the loaders' variants hand decode_fast their own header parse, so
+    libjpeg's header reading (simplejpeg.decode_jpeg_header) is not called again."""
+    def no_header(data):
+        raise AssertionError("decode_jpeg_header called")
+
+    monkeypatch.setattr(jpeg, "_header", no_header)
+    for case in ("rgb 420", "gray", "keep_rgb (Adobe 0)"):
+        data = CASES[case]
+        expect = decode_pillow(data)
+        assert np.array_equal(decode_image(data), expect)
+        out = np.zeros_like(expect)
+        assert decode_into(data, out) and np.array_equal(out, expect)
+        assert np.array_equal(decode_planar(data), expect)
+    assert np.array_equal(decode_image(CASES["cmyk"]), decode_pillow(CASES["cmyk"]))
+
+
 @needs_fast
 def test_into_a_c_contiguous_buffer_writes_in_place():
     data = CASES["rgb 420"]
@@ -166,6 +232,9 @@ def test_random_images_equal_decode_image(h, w, quality, subsampling, progressiv
     assert (fast is not None) == FAST
     if fast is not None:
         assert np.array_equal(fast, expect)
+    head = tilespec.images.image_header(data)
+    assert _same(jpeg.decode_fast(data, tilespec.images.MAX_TILE_PIXELS, header=head[1:]),
+                 fast)
     new = _variants(data, expect)
     assert (new is not None) == (FAST or not gray)  # Pillow's packing takes RGB only
 
@@ -209,7 +278,7 @@ def test_the_cap_is_read_from_our_own_header_parse(monkeypatch):
     data = CASES["rgb 420"]
     h, w = decode_pillow(data).shape[:2]
     calls = []
-    monkeypatch.setattr(tilespec.images, "decode_fast", lambda *a: calls.append(a))
+    monkeypatch.setattr(tilespec.images, "decode_fast", lambda *a, **k: calls.append(a))
     with pytest.raises(tilespec.ImageTooLargeError):
         decode_image(data, max_pixels=h * w - 1)
     assert calls == []
