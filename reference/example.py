@@ -521,6 +521,16 @@ def _scan_plain_tile(buf: bytes) -> Tile:
 
 def _fast_varint(buf: bytes, pos: int, end: int):
     """A varint of at most 10 bytes ending before ``end``; anything else is not plain."""
+    if pos + 3 <= end:  # one to three bytes (lengths below 2 MiB), unrolled
+        b = buf[pos]
+        if b < 0x80:
+            return b, pos + 1
+        c = buf[pos + 1]
+        if c < 0x80:
+            return (b & 0x7F) | (c << 7), pos + 2
+        d = buf[pos + 2]
+        if d < 0x80:
+            return (b & 0x7F) | ((c & 0x7F) << 7) | (d << 14), pos + 3
     result = 0
     shift = 0
     while pos < end and shift < 70:

@@ -170,12 +170,34 @@ def _larger(best, w, h, c):
     return (w, h, c) if best is None or w * h > best[0] * best[1] else best
 
 
+_PREFIX = (None, None)  # (the bytes through the first scan header of the last JPEG walked, its parse)
+
+
 def _jpeg_header(data):
     """(width, height, channels) of the largest frame header before the first scan, or
-    None where the markers cannot be followed that far. Walks the markers as Pillow
-    does (bytes between markers skipped, fill bytes 0xFF allowed) and takes the
-    largest of all frame headers, so Pillow's size (its last frame header) is never
-    larger than this one."""
+    None where the markers cannot be followed that far (:func:`_walk_jpeg`).
+
+    The parse is a function of the bytes up to the end of the first scan header alone,
+    and tiles from one encoder usually share those bytes (the same tables and size), so
+    the last ones walked and their parse are kept: a tile that starts with them has
+    that parse, one comparison of a few hundred bytes instead of a walk."""
+    global _PREFIX
+    prefix, head = _PREFIX
+    if prefix is not None and type(data) is bytes and data.startswith(prefix):
+        return head
+    head, end = _walk_jpeg(data)
+    if end:
+        _PREFIX = (bytes(data[:end]), head)
+    return head
+
+
+def _walk_jpeg(data):
+    """``(header, end)``: :func:`_jpeg_header`'s parse of ``data`` and the offset where
+    the first scan header ends (0 where the walk stopped before it). Walks the markers
+    as Pillow does (bytes between markers skipped, fill bytes 0xFF allowed) and takes
+    the largest of all frame headers, so Pillow's size (its last frame header) is never
+    larger than this one. Only bytes before ``end`` are read, so any bytes that start
+    with ``data[:end]`` have this parse."""
     n = len(data)
     p = 3            # after ff d8 ff: the ff of the next marker is read
     ff = True        # the byte before p was a marker's 0xff
@@ -192,26 +214,26 @@ def _jpeg_header(data):
             ff = False
             continue
         if b < 0xC0:
-            return None           # no marker Pillow knows: it fails too
+            return None, 0        # no marker Pillow knows: it fails too
         if b not in _NO_LENGTH:
             if p + 2 > n:
-                return None
+                return None, 0
             start = p + 2
             p = start + max(((data[p] << 8) | data[p + 1]) - 2, 0)
             if p > n:
-                return None
+                return None, 0
             if b in _SOF:
                 if p - start < 6:
-                    return None
+                    return None, 0
                 best = _larger(best, (data[start + 3] << 8) | data[start + 4],
                                (data[start + 1] << 8) | data[start + 2], data[start + 5])
         if b == 0xDA:             # start of scan: the header ends here
-            break
+            return best, p
         ff = False
         if p < n:
             ff = data[p] == 0xFF
             p += 1
-    return best
+    return best, 0
 
 
 def _png_header(data):

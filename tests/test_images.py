@@ -316,3 +316,44 @@ def test_decode_errors_are_deterministic_and_say_what_failed(kind):
         assert f"(first bytes {data[:8].hex(' ')}): its header cannot be read" in messages[0]
     if kind == "jpeg no markers":
         assert messages[0].endswith("no marker found")
+
+
+def _header_pool():
+    """JPEGs of a few sizes, qualities and layouts, and damaged copies of their headers."""
+    pool = []
+    for (h, w), q, kw in (((16, 24), 90, {}), ((16, 24), 50, {}), ((24, 16), 90, {}),
+                          ((16, 24), 90, {"progressive": True}),
+                          ((16, 24), 90, {"optimize": True})):
+        pool.append(_save(Image.fromarray(_smooth(h, w, q)), "JPEG", quality=q, **kw))
+    good = pool[0]
+    sos = good.index(b"\xff\xda")
+    end = sos + 2 + int.from_bytes(good[sos + 2:sos + 4], "big")
+    pool += [good[:end], good[:end - 1], good[:sos], good[:end] + b"x",
+             good[:end] + good[end + 5:],                       # another tail
+             good[:sos] + b"\xff\xff" + good[sos:],            # fill bytes before SOS
+             good[:sos] + b"junk" + good[sos:],                # junk between markers
+             good[:sos - 1] + b"\x00" + good[sos:],            # a header byte changed
+             good[:3] + b"\x01" + good[4:]]                    # an unknown marker
+    return pool
+
+
+HEADER_POOL = _header_pool()
+
+
+@pytest.mark.parametrize("first", range(len(HEADER_POOL)))
+def test_jpeg_header_cache_equals_the_walk(first):
+    """spec/reliability.md, "Size caps": the header parse keeps the bytes through the
+    first scan header of the last JPEG walked and gives a JPEG that starts with them the
+    same parse; after any JPEG, every other one gets what the walk alone gives."""
+    from tilespec import images
+
+    for data in HEADER_POOL:
+        images._jpeg_header(HEADER_POOL[first])  # prime with one header
+        expect = images._walk_jpeg(data)[0]
+        assert images._jpeg_header(data) == expect
+        assert images._jpeg_header(data) == expect  # now from the kept bytes, if any
+        for wrap in (bytearray, memoryview):
+            assert images._jpeg_header(wrap(data)) == expect
+    good = HEADER_POOL[0]
+    assert images._walk_jpeg(good)[0] == (24, 16, 3)
+    assert images._walk_jpeg(good[:100])[1] == 0  # cut before the scan: nothing kept
