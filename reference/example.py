@@ -439,84 +439,96 @@ def _parse_tile_fast(buf) -> Tile:
         raise _NotPlain from None
 
 
+_ENTRIES: dict = {}  # the bytes of a small map entry -> (slot, value): _scan_entry's reading
+_ENTRIES_MAX = 4096  # entries kept at most (then forgotten at once): ~0.5 MiB
+
+
 def _scan_plain_tile(buf: bytes) -> Tile:
     # Plain layout, every length exact:
     #   0a L { 0a L { 0a L key  12 L { tag L { 0a L value } } } }*
     # with tag 0a (bytes_list, one value) for image_raw/slide and 1a (int64_list,
     # one packed value) for loc_x/loc_y; each key at most once, in any order.
-    # Reads only move forward and every length is checked to end exactly at the
-    # entry's end, so nothing past an entry's end can be accepted.
+    # Each map entry is read by _scan_entry from its own bytes alone, so the reading of
+    # a small one (the slide, a location: under 130 bytes) is kept by its bytes, and the
+    # same entry in a later record (the slide of every record of a file, the locations
+    # of a grid) is one dict lookup.
     n = len(buf)
     if buf[0] != 0x0A:
         raise _NotPlain
-    size = buf[1]
-    if size < 0x80:
-        pos = 2
-    else:
-        size, pos = _fast_varint(buf, 1, n)
+    size, pos = _fast_varint(buf, 1, n)
     if pos + size != n:
         raise _NotPlain
     vals: list = [None, None, None, None]
+    entries = _ENTRIES
     while pos < n:
         if buf[pos] != 0x0A:
             raise _NotPlain
         size = buf[pos + 1]
         if size < 0x80:
-            p = pos + 2
+            end = pos + 2 + size
+            if end > n:
+                raise _NotPlain
+            raw = buf[pos:end]
+            got = entries.get(raw)
+            if got is None:
+                got = _scan_entry(buf, pos + 2, end)
+                if len(entries) >= _ENTRIES_MAX:
+                    entries.clear()
+                entries[raw] = got
         else:
             size, p = _fast_varint(buf, pos + 1, n)
-        eend = p + size
-        if eend > n or buf[p] != 0x0A:
-            raise _NotPlain
-        size = buf[p + 1]
-        if size < 0x80:
-            p += 2
-        else:
-            size, p = _fast_varint(buf, p + 1, n)
-        slot = _SLOTS.get(buf[p:p + size])
-        p += size
-        if slot is None or vals[slot] is not None or buf[p] != 0x12:
-            raise _NotPlain
-        size = buf[p + 1]  # the Feature: the rest of the entry
-        if size < 0x80:
-            p += 2
-        else:
-            size, p = _fast_varint(buf, p + 1, n)
-        if p + size != eend:
-            raise _NotPlain
-        kind = buf[p]
-        size = buf[p + 1]  # the list: the rest of the Feature
-        if size < 0x80:
-            p += 2
-        else:
-            size, p = _fast_varint(buf, p + 1, n)
-        if p + size != eend or buf[p] != 0x0A:
-            raise _NotPlain
-        size = buf[p + 1]
-        if size < 0x80:
-            p += 2
-        else:
-            size, p = _fast_varint(buf, p + 1, n)
-        if p + size != eend:  # the value (or the packed chunk): the rest of the list
-            raise _NotPlain
-        if slot <= 1:
-            if kind != 0x0A:
+            end = p + size
+            if end > n:
                 raise _NotPlain
-            vals[slot] = buf[p:eend]
-        else:
-            v, p = _fast_varint(buf, p, n)
-            if kind != 0x1A or p != eend or v >> 64:
-                raise _NotPlain
-            vals[slot] = v - (1 << 64) if v >> 63 else v
-        pos = eend
+            got = _scan_entry(buf, p, end)
+        slot, value = got
+        if vals[slot] is not None:
+            raise _NotPlain
+        vals[slot] = value
+        pos = end
     image, slide, x, y = vals
     if image is None or slide is None:
         raise _NotPlain
-    try:
-        slide = slide.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _NotPlain from None
     return Tile(image, slide, x, y)
+
+
+def _scan_entry(buf: bytes, p: int, end: int):
+    """``(slot, value)`` of the map entry whose fields are ``buf[p:end]``, in the plain
+    layout (see :func:`_scan_plain_tile`): the slot of its key in :data:`_SLOTS`, and the
+    image bytes, the slide name (str) or the location (int); else :class:`_NotPlain`.
+    Nothing outside ``buf[p:end]`` is read, so the result is a function of those bytes."""
+    if p + 2 > end or buf[p] != 0x0A:
+        raise _NotPlain
+    size, p = _fast_varint(buf, p + 1, end)   # the key
+    q = p + size
+    if q + 2 > end:
+        raise _NotPlain
+    slot = _SLOTS.get(buf[p:q])
+    if slot is None or buf[q] != 0x12:
+        raise _NotPlain
+    size, p = _fast_varint(buf, q + 1, end)   # the Feature: the rest of the entry
+    if p + size != end or p + 2 > end:
+        raise _NotPlain
+    kind = buf[p]
+    size, p = _fast_varint(buf, p + 1, end)   # the list: the rest of the Feature
+    if p + size != end or p >= end or buf[p] != 0x0A:
+        raise _NotPlain
+    size, p = _fast_varint(buf, p + 1, end)   # the value (or packed chunk): the rest
+    if p + size != end:
+        raise _NotPlain
+    if slot <= 1:
+        if kind != 0x0A:
+            raise _NotPlain
+        if slot == 0:
+            return 0, buf[p:end]
+        try:
+            return 1, buf[p:end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise _NotPlain from None
+    v, p = _fast_varint(buf, p, end)
+    if kind != 0x1A or p != end or v >> 64:
+        raise _NotPlain
+    return slot, v - (1 << 64) if v >> 63 else v
 
 
 def _fast_varint(buf: bytes, pos: int, end: int):

@@ -600,7 +600,8 @@ def varint_padded(x, pad):
 def tile_layouts(draw):
     """A valid tile record in any layout, with the Tile it holds, and whether the
     layout is one the fast path must take (single fields, packed loc, no extras)."""
-    image = draw(st.binary(max_size=60))
+    image = draw(st.one_of(st.binary(max_size=60),  # and images with 2- and 3-byte lengths
+                           st.binary(min_size=1, max_size=8).map(lambda b: b * 3000)))
     slide = draw(st.text(max_size=8))
     loc = {k: draw(st.one_of(st.none(), INT64)) for k in ("loc_x", "loc_y")}
     plain = True
@@ -641,6 +642,48 @@ def test_parse_tile_on_any_layout(case):
     else:
         with pytest.raises(_NotPlain):
             _parse_tile_fast(data)
+
+
+def test_small_entries_read_once_are_read_alike_in_any_record():
+    """The plain scan keeps its reading of small map entries by their bytes; the same
+    entry in another record, at another place, beside other entries, twice, or in a
+    record that is not plain gives what the generic parser gives (spec/example.md,
+    "The fast path")."""
+    from tilespec import example as ex
+
+    e = tile_entries()
+    other = tile_entries(Tile(b"\xff\xd8other", "slide-2", 3, 7))
+    records = [example(*e.values()), example(e["loc_y"], e["image_raw"], e["slide"], e["loc_x"]),
+               example(other["image_raw"], e["slide"], other["loc_x"], e["loc_y"]),
+               example(e["image_raw"], e["slide"], e["slide"]),           # a key twice
+               example(e["image_raw"], e["loc_x"], e["loc_y"]),           # no slide
+               example(e["loc_x"], e["slide"]),                           # no image
+               example(e["image_raw"], e["slide"], e["loc_x"][:-1]),       # an entry cut
+               example(e["image_raw"], e["slide"], e["loc_x"]) + e["loc_y"],  # outside
+               example(e["image_raw"], e["slide"], entry(b"loc_x", bytes_list(b"3")))]
+    for order in (records, records[::-1]):
+        ex._ENTRIES.clear()
+        for data in order:
+            assert _outcome(parse_tile, data) == _outcome(
+                lambda d: tile_from_features(parse_example(d)), data)
+    assert ex._ENTRIES  # the small entries were kept
+
+
+def test_kept_entries_are_bounded(monkeypatch):
+    from tilespec import example as ex
+
+    monkeypatch.setattr(ex, "_ENTRIES_MAX", 50)
+    ex._ENTRIES.clear()
+    for i in range(200):
+        assert parse_tile(encode_tile(b"img", "s", i, -i)) == Tile(b"img", "s", i, -i)
+        assert len(ex._ENTRIES) <= 50
+
+
+def _outcome(fn, data):
+    try:
+        return fn(data)
+    except TFRecordError as e:
+        return type(e), str(e)
 
 
 SCHEMA_ERRORS = {
