@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tilespec
+import tilespec.synthetic  # noqa: F401  (tilespec.synthetic.encode_jpeg below; run alone too)
 from tilespec.errors import TFRecordError
 from tilespec.source import TileSource
 
@@ -99,3 +100,30 @@ def test_reading_slide_names_skips_the_image_bytes():
 
     assert scan_tile_slide(read, len(data)) == "slide-x"
     assert len(asked) <= 3 and sum(asked) <= 1024 and len(data) > 100 * 1024
+
+
+def test_reads_by_the_index_extent_and_names_a_cut_as_before(tmp_path, monkeypatch):
+    """TileSource.read reads a record with the extent its index gives (one pread, no file
+    size asked: spec/records.md, "Random access"); a file cut after its index was built
+    raises the error of the read by header, naming file, record and offset."""
+    from tilespec import records
+
+    path = str(tmp_path / "a.tfrecords")
+    recs = [tilespec.encode_tile(bytes([i]) * 50, "s", loc_x=i, loc_y=0) for i in range(3)]
+    tilespec.write_records(path, recs)
+    src = TileSource([path])
+    offsets = src.offsets(0).tolist()
+    calls = []
+    real = records._pread
+    monkeypatch.setattr(records, "_pread", lambda *a: calls.append(a[1:]) or real(*a))
+    assert [src.read(0, j).loc_x for j in range(3)] == [0, 1, 2]
+    assert calls == [(len(r) + 16, o) for r, o in zip(recs, offsets)]
+    src.close()
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-5])  # the index still says 3 records
+    with pytest.raises(tilespec.TruncatedRecordError) as e:
+        src.read(0, 2)
+    assert (e.value.path, e.value.record, e.value.offset) == (path, 2, offsets[2])
+    with open(path, "rb") as f, pytest.raises(tilespec.TruncatedRecordError) as plain:
+        tilespec.read_record_at(f, offsets[2], record=2, path=path)
+    assert str(e.value) == str(plain.value)
