@@ -154,11 +154,15 @@ class ItemMaker:
         learns its file, record and byte offset and is raised (``on_error='raise'``)
         or counted and logged (:meth:`skip`), the one skip rule of every backend.
         """
-        source = self.source if source is None else source
+        return self._read(self.source if source is None else source, t, j, position, epoch,
+                          decode, ())
+
+    def _read(self, source, t, j, position, epoch, decode, args):
+        """:meth:`read`, with ``decode(image_bytes, *args)``."""
         try:
             tile = source.read(t, j)
             self.check_image(tile.image_raw)
-            return tile, (None if decode is None else decode(tile.image_raw))
+            return tile, (None if decode is None else decode(tile.image_raw, *args))
         except TFRecordError as e:
             e = e.located(path=source.paths[t], record=j, offset=source.offset_of(t, j))
             if self.on_error == "raise":
@@ -208,9 +212,7 @@ class ItemMaker:
         the pipeline does nothing after decode) is a batch slot to decode into:
         when that works the item's image is ``into`` itself.
         """
-        got = self.read(t, j, position,
-                        functools.partial(self._decode, steps=steps, owned=owned, into=into),
-                        epoch=epoch)
+        got = self._read(self.source, t, j, position, epoch, self._decode, (steps, owned, into))
         if got is None:
             return None
         tile, img = got

@@ -31,7 +31,7 @@ import secrets
 import zlib
 from typing import BinaryIO, Iterable, Iterator
 
-from .crc32c import masked_crc32c
+from .crc32c import crc32c, mask, masked_crc32c
 from .errors import (CorruptDataError, CorruptLengthError, NotATFRecordError,
                      RecordTooLargeError, TFRecordError,
                      TruncatedRecordError)
@@ -368,6 +368,8 @@ def read_record_at(f_or_path, offset: int, *, verify: bool = True, record=None,
 
 
 _pread = getattr(os, "pread", None)  # POSIX; elsewhere records are read as without a length
+_unpack_header = HEADER_STRUCT.unpack_from
+_unpack_footer = FOOTER_STRUCT.unpack_from
 
 
 def read_frame(fd: int, offset: int, length: int, *, verify: bool = True,
@@ -391,13 +393,13 @@ def read_frame(fd: int, offset: int, length: int, *, verify: bool = True,
     data = _pread(fd, length, offset)
     if len(data) != length:
         return None
-    declared, stored = HEADER_STRUCT.unpack_from(data)
+    declared, stored = _unpack_header(data)
     if declared != n:
         return None
     payload = data[HEADER_BYTES:HEADER_BYTES + n]
     if verify:
-        if (masked_crc32c(data[:8]) != stored or
-                masked_crc32c(payload) != FOOTER_STRUCT.unpack_from(data, HEADER_BYTES + n)[0]):
+        if (mask(crc32c(data[:8])) != stored or
+                mask(crc32c(payload)) != _unpack_footer(data, HEADER_BYTES + n)[0]):
             return None
     return payload
 

@@ -23,7 +23,7 @@ from .example import parse_tile, scan_tile_slide
 from .images import MAX_TILE_PIXELS, check_image_header, image_size
 from .index import load_index
 from .records import (FRAMING_BYTES, HEADER_BYTES, MAX_RECORD_BYTES, check_max_record_bytes,
-                      read_header, read_record_at, scan_frames)
+                      read_frame, read_header, read_record_at, scan_frames)
 
 
 class TileSource:
@@ -214,20 +214,24 @@ class TileSource:
         return None
 
     def _file(self, t: int):
-        f = self._files.pop(t, None)
-        if f is None:
-            if len(self._files) >= self.max_open:
-                _, old = self._files.popitem(last=False)
-                old.close()
-            f = open(self.paths[t], "rb", buffering=1 << 16)  # a record or more per read
-        self._files[t] = f
+        files = self._files
+        f = files.get(t)
+        if f is not None:
+            files.move_to_end(t)
+            return f
+        if len(files) >= self.max_open:
+            _, old = files.popitem(last=False)
+            old.close()
+        f = files[t] = open(self.paths[t], "rb", buffering=1 << 16)  # a record or more per read
         return f
 
     def read(self, t: int, j: int):
         """The parsed :class:`~tilespec.example.Tile` of record j of tfrecord t, its
         read by offset (spec/records.md, "Random access") within ``max_record_bytes``
         (spec/reliability.md, "Size caps"); errors name file, record and offset."""
-        offsets = self.offsets(t)
+        offsets = self._offsets.get(t)
+        if offsets is None:
+            offsets = self.offsets(t)
         if not 0 <= j < len(offsets):
             cut = self._cut.get(t)
             if cut is not None and j >= 0:
@@ -238,9 +242,13 @@ class TileSource:
                              "does not exist")
         path, offset = self.paths[t], int(offsets[j])
         lengths = self._lengths.get(t)
-        payload = read_record_at(self._file(t), offset, verify=self.verify, record=j, path=path,
-                                 max_record_bytes=self.max_record_bytes,
-                                 length=None if lengths is None else int(lengths[j]))
+        f = self._file(t)
+        payload = None if lengths is None else read_frame(
+            f.fileno(), offset, int(lengths[j]), verify=self.verify,
+            max_record_bytes=self.max_record_bytes)
+        if payload is None:  # no extent known, or the bytes do not bear it out: by header
+            payload = read_record_at(f, offset, verify=self.verify, record=j, path=path,
+                                     max_record_bytes=self.max_record_bytes)
         try:
             return parse_tile(payload)
         except TFRecordError as e:
