@@ -258,13 +258,14 @@ class NumpyLoader:
         draws = self.pipeline.draw(plan.key, positions)
         maker = self._items if maker is None else maker
         batch = _Batch(None if stack is None else stack(len(t)), direct=maker.identity)
+        make, steps, stain, epoch = maker.make, draws.steps, draws.stain, plan.epoch
+        slot_of, add = batch.slot, batch.add
         for k, (tk, jk, pk) in enumerate(zip(t.tolist(), j.tolist(), positions.tolist())):
-            slot = batch.slot()
-            item = maker.make(tk, jk, pk, draws.steps[k],
-                              None if draws.stain is None else draws.stain[k],
-                              owned=owned, into=slot, epoch=plan.epoch)
+            slot = slot_of()
+            item = make(tk, jk, pk, steps[k], None if stain is None else stain[k],
+                        owned=owned, into=slot, epoch=epoch)
             if item is not None:
-                batch.add(item, slot)
+                add(item, slot)
         return batch.items, batch.images()
 
     def progress_bar(self):
