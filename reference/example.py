@@ -417,6 +417,11 @@ def parse_tile(data) -> Tile:
     :func:`parse_example`, so the result (or the error) always equals that of
     ``tile_from_features(parse_example(data))``.
     """
+    if type(data) is bytes:  # the common case, without _parse_tile_fast's conversion
+        try:
+            return _scan_plain_tile(data)
+        except (_NotPlain, IndexError):  # ran off the end too: not plain
+            return tile_from_features(parse_example(data))
     try:
         return _parse_tile_fast(data)
     except _NotPlain:

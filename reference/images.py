@@ -283,7 +283,7 @@ def image_header(data):
     Where a file holds several, the largest is returned, so the size Pillow
     decodes is never larger. ``channels`` is the stored count (PNG palette: 3).
     """
-    fmt = image_format(data)
+    fmt = "jpeg" if _is_jpeg(data) else image_format(data)
     if fmt is None:
         return None
     head = _header_of(data, fmt)
@@ -355,11 +355,16 @@ def decode_image(data, *, max_pixels: int = MAX_TILE_PIXELS) -> np.ndarray:
     return decode_pillow(data, max_pixels=max_pixels) if arr is None else arr
 
 
+def _is_jpeg(data) -> bool:
+    """``data`` starts with the JPEG magic bytes (:func:`image_format` 'jpeg')."""
+    return data.startswith(JPEG_MAGIC) if type(data) is bytes else bytes(data[:3]) == JPEG_MAGIC
+
+
 def _fast(data, max_pixels, out=None):
     """:func:`tilespec.jpeg.decode_fast` of a JPEG whose own header (:func:`image_header`'s
     parse, shared with the loader's item check) is within ``max_pixels``, else None: the
     cap is read before any decoder runs (spec/reliability.md, "Size caps")."""
-    if bytes(data[:3]) != JPEG_MAGIC:
+    if not _is_jpeg(data):
         return None
     head = _header_of(data, "jpeg")
     if head is None or head[0] * head[1] > max_pixels:
@@ -474,7 +479,7 @@ def decode_into(data, out: np.ndarray, max_pixels: int = MAX_TILE_PIXELS) -> boo
     Pillow without this encoder interface; the caller then decodes the usual way
     (so errors are ``decode_image``'s own).
     """
-    if (bytes(data[:3]) == JPEG_MAGIC and out.ndim == 3 and
+    if (_is_jpeg(data) and out.ndim == 3 and
             (out.flags.c_contiguous or _planar_shape(out) is not None) and
             _fast(data, max_pixels, out) is not None):
         return True
