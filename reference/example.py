@@ -445,7 +445,7 @@ def _parse_tile_fast(buf) -> Tile:
 
 
 _ENTRIES: dict = {}  # the bytes of a small map entry -> (slot, value): _scan_entry's reading
-_ENTRIES_MAX = 4096  # entries kept at most (then forgotten at once): ~0.5 MiB
+_ENTRIES_MAX = 4096  # entries kept at most (then forgotten at once): about 1 MiB at most
 
 
 def _scan_plain_tile(buf: bytes) -> Tile:
