@@ -29,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 import tilespec
-from tilespec.images import MAX_TILE_PIXELS, decode_planar
+from tilespec.augment import MOVE_OPS, moved_view
+from tilespec.images import MAX_TILE_PIXELS, decode_planar, decode_view
 from tilespec.items import AllSkippedGuard, ItemMaker
 from tilespec.loader import NumpyLoader
 from tilespec.pipeline import check_bool
@@ -71,7 +72,19 @@ class TorchPipeline:
             raise AttributeError(name)
         return getattr(self.pipeline, name)
 
+    @functools.cached_property
+    def moves_only(self) -> bool:
+        """True when a batched loader's per-item work is at most the drawn steps (no crop,
+        resize, stain or transform; standardization left to the batch): a tile whose steps
+        all move pixels is then handed to :class:`TensorStacker` as a NumPy view
+        (:func:`tilespec.augment.moved_view`), copied once into its batch row."""
+        return self.defer_standardize and self._per_item.stages()[1:] in ((), ("augment",))
+
     def apply(self, img, steps, stain_z=None) -> torch.Tensor:
+        if self.moves_only:
+            view = moved_view(img, steps)
+            if view is not None:   # CHW, no pixel copied yet: TensorStacker.put copies it
+                return view.transpose(2, 0, 1)
         if img.flags.writeable:
             x = torch.from_numpy(img)
         else:  # a read-only decoder view: no op here writes into it; the result is a copy
@@ -96,36 +109,35 @@ def _data_ptr(img) -> int:
 
 
 def _torch_items(ref_items: ItemMaker, pipeline, batched: bool = False) -> ItemMaker:
-    """A fresh reference item maker (own open files) with the torch pipeline,
-    decoding plane by plane (:func:`_decode_for`)."""
-    return ref_items.replace(pipeline=TorchPipeline(pipeline, defer_standardize=batched),
-                             decode=_decode_for(pipeline, ref_items.max_tile_pixels))
+    """A fresh reference item maker (own open files) with the torch pipeline and its
+    decode (:func:`_decode_for`)."""
+    torch_pipeline = TorchPipeline(pipeline, defer_standardize=batched)
+    return ref_items.replace(pipeline=torch_pipeline,
+                             decode=_decode_for(torch_pipeline, ref_items.max_tile_pixels))
 
 
-#: Steps that only move pixels around (no arithmetic), so any memory layout serves.
-_MOVES = ("flip_left_right", "flip_up_down", "rot90")
+def _decode_for(pipeline: TorchPipeline, max_pixels=MAX_TILE_PIXELS):
+    """The torch item maker's decode (bytes, drawn steps) -> HWC image
+    (spec/images.md, "Decode").
 
-
-def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS):
-    """The torch item maker's decode (bytes, drawn steps) -> HWC image: plane by plane
-    (the reference's ``decode_planar``, spec/images.md); transposed when the tile's steps only
-    flip and turn it by an odd multiple of 90 degrees and nothing comes before them
-    (crop, resize, stain), so that ``torch.rot90`` of its CHW view is contiguous and
-    the batch is filled without reading a transposed tile (bench/torch_loader.py).
-    ``max_pixels``: the item maker's ``max_tile_pixels``, which every decode variant
-    applies (spec/reliability.md, "Size caps")."""
+    A tile whose pipeline is :attr:`TorchPipeline.moves_only` and whose steps all move
+    pixels is decoded pixel by pixel (``decode_view``: the decoder's own new array, or
+    Pillow's read-only one), then copied once into its batch row through the moved view
+    (:class:`TensorStacker`). Every other tile is decoded plane by plane (the reference's
+    ``decode_planar``), so that the torch ops get a contiguous CHW tensor; transposed when
+    its steps only flip it and turn it by an odd multiple of 90 degrees and nothing comes
+    before them (crop, resize, stain), so that ``torch.rot90`` of its CHW view is
+    contiguous. ``max_pixels``: the item maker's ``max_tile_pixels``, which every decode
+    variant applies (spec/reliability.md, "Size caps")."""
     plain = (pipeline.crop_width is None and pipeline.resize_target is None and
              pipeline.normalizer is None)
+    fused = pipeline.moves_only
 
     def decode(data, steps):
-        turns = 0
-        if plain:
-            for step in steps:
-                if step.op not in _MOVES:
-                    turns = 0
-                    break
-                if step.op == "rot90":
-                    turns += step.args[0]
+        moves = plain and all(step.op in MOVE_OPS for step in steps)
+        if moves and fused:
+            return decode_view(data, max_pixels)
+        turns = sum(step.args[0] for step in steps if step.op == "rot90") if moves else 0
         return decode_planar(data, transposed=turns % 2 == 1, max_pixels=max_pixels)
 
     return decode
@@ -156,6 +168,15 @@ def stack_images(images, standardize=None, alloc=None) -> torch.Tensor:
     return stacker.images(len(images))
 
 
+def copy_chw(dst: np.ndarray, src: np.ndarray) -> None:
+    """Copy the (3, H, W) uint8 view ``src`` (an HWC image moved by
+    :func:`tilespec.augment.moved_view`, then ``transpose(2, 0, 1)``) into the
+    C-contiguous ``dst``: one strided pass over the image. (Copying a turned view in
+    64 x 64 blocks was measured slower here, 140 against 180 us per 256 x 256 tile,
+    once the source is a freshly decoded tile rather than one that stays in cache.)"""
+    np.copyto(dst, src)
+
+
 class TensorStacker:
     """The torch form of the reference's ``ArrayStacker``: each CHW image goes
     into its row of an (n, 3, H, W) batch tensor as soon as it is made, standardized
@@ -172,22 +193,36 @@ class TensorStacker:
         self.alloc = alloc or batch_tensor
         self.release = release
         self.out = None
+        self._tile = None   # a CHW uint8 tile, for moved views standardized on the way
 
     def slot(self, k: int):
         return None   # images are CHW tensors; decode_into writes HWC arrays
 
     def put(self, k: int, img) -> bool:
-        if not isinstance(img, torch.Tensor):
+        view = isinstance(img, np.ndarray)   # a moved view (TorchPipeline.moves_only)
+        if not (isinstance(img, torch.Tensor) or
+                (view and img.ndim == 3 and img.dtype == np.uint8)):
             return False
         if self.out is None:
-            dtype = img.dtype if self.standardize is None else torch.float32
+            dtype = (torch.uint8 if view else img.dtype) if self.standardize is None \
+                else torch.float32
             self.out = self.alloc((self.n,) + tuple(img.shape), dtype)
-        elif img.shape != self.out.shape[1:]:
+        elif tuple(img.shape) != tuple(self.out.shape[1:]):
             if self.standardize is not None:   # float rows cannot be put back
                 raise _shape_error(self.out.shape[1:], k, img.shape)
             return False
-        elif self.standardize is None and img.dtype != self.out.dtype:
+        elif self.standardize is None and not view and img.dtype != self.out.dtype:
             return False
+        elif self.standardize is None and view and self.out.dtype != torch.uint8:
+            return False
+        if view and self.standardize is None:
+            copy_chw(self.out[k].numpy(), img)
+            return True
+        if view:   # via a uint8 tile of this stacker's, standardized by the torch op
+            if self._tile is None or self._tile.shape != img.shape:
+                self._tile = np.empty(img.shape, dtype=np.uint8)
+            copy_chw(self._tile, img)
+            img = torch.from_numpy(self._tile)
         if self.standardize is None:
             self.out[k].copy_(img)
         else:
