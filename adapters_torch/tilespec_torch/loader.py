@@ -193,47 +193,66 @@ class TensorStacker:
         self.alloc = alloc or batch_tensor
         self.release = release
         self.out = None
+        self._shape = self._rows = None   # the rows' shape; the uint8 batch as NumPy
         self._tile = None   # a CHW uint8 tile, for moved views standardized on the way
 
     def slot(self, k: int):
         return None   # images are CHW tensors; decode_into writes HWC arrays
 
     def put(self, k: int, img) -> bool:
-        view = isinstance(img, np.ndarray)   # a moved view (TorchPipeline.moves_only)
-        if not (isinstance(img, torch.Tensor) or
-                (view and img.ndim == 3 and img.dtype == np.uint8)):
+        if isinstance(img, np.ndarray):
+            return self._put_view(k, img)
+        if not isinstance(img, torch.Tensor):
             return False
         if self.out is None:
-            dtype = (torch.uint8 if view else img.dtype) if self.standardize is None \
-                else torch.float32
-            self.out = self.alloc((self.n,) + tuple(img.shape), dtype)
-        elif tuple(img.shape) != tuple(self.out.shape[1:]):
+            dtype = img.dtype if self.standardize is None else torch.float32
+            self._new((self.n,) + tuple(img.shape), dtype)
+        elif img.shape != self.out.shape[1:]:
             if self.standardize is not None:   # float rows cannot be put back
                 raise _shape_error(self.out.shape[1:], k, img.shape)
             return False
-        elif self.standardize is None and not view and img.dtype != self.out.dtype:
+        elif self.standardize is None and img.dtype != self.out.dtype:
             return False
-        elif self.standardize is None and view and self.out.dtype != torch.uint8:
-            return False
-        if view and self.standardize is None:
-            copy_chw(self.out[k].numpy(), img)
-            return True
-        if view:   # via a uint8 tile of this stacker's, standardized by the torch op
-            if self._tile is None or self._tile.shape != img.shape:
-                self._tile = np.empty(img.shape, dtype=np.uint8)
-            copy_chw(self._tile, img)
-            img = torch.from_numpy(self._tile)
         if self.standardize is None:
             self.out[k].copy_(img)
         else:
             ops.standardize(img, self.standardize, out=self.out[k])
         return True
 
+    def _put_view(self, k: int, img: np.ndarray) -> bool:
+        """:meth:`put` of a moved view (:attr:`TorchPipeline.moves_only`): a (3, H, W)
+        uint8 NumPy view, copied once into row k (standardized through a uint8 tile of
+        this stacker's when the batch is)."""
+        if img.ndim != 3 or img.dtype != np.uint8:
+            return False
+        if self.out is None:
+            self._new((self.n,) + img.shape,
+                      torch.uint8 if self.standardize is None else torch.float32)
+        elif img.shape != self._shape:
+            if self.standardize is not None:
+                raise _shape_error(self.out.shape[1:], k, img.shape)
+            return False
+        if self.standardize is None:
+            if self._rows is None:       # a batch of another dtype (taken back by collate)
+                return False
+            copy_chw(self._rows[k], img)
+            return True
+        if self._tile is None or self._tile.shape != img.shape:
+            self._tile = np.empty(img.shape, dtype=np.uint8)
+        copy_chw(self._tile, img)
+        ops.standardize(torch.from_numpy(self._tile), self.standardize, out=self.out[k])
+        return True
+
+    def _new(self, shape, dtype) -> None:
+        self.out = self.alloc(shape, dtype)
+        self._shape = tuple(shape[1:])
+        self._rows = self.out.numpy() if dtype == torch.uint8 else None
+
     def take_back(self, count: int) -> list:
         imgs = [] if self.out is None else [self.out[i].clone() for i in range(count)]
         if self.out is not None and self.release is not None:
             self.release()
-        self.out = None
+        self.out = self._rows = None
         return imgs
 
     def images(self, count: int) -> torch.Tensor:
