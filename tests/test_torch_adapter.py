@@ -435,21 +435,6 @@ def test_a_moved_view_goes_into_its_row_as_the_torch_ops_put_it(spec, mode, shap
     assert torch.equal(got[0], want) and torch.equal(got[1], want)
 
 
-def test_moved_view_is_apply_steps_for_every_move_and_none_otherwise():
-    """The reference's one definition of a run of moves as a view: equal to the ops,
-    HWC and NHWC, and None once a step is not a move."""
-    from tilespec.augment import Step, apply_steps, moved_view
-
-    img = np.random.default_rng(3).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
-    for spec in DIHEDRAL:
-        steps = _steps(spec)
-        for x in (img[0], img):
-            want = (apply_steps(x, steps) if x.ndim == 3 else
-                    np.stack([apply_steps(t, steps) for t in x]))
-            np.testing.assert_array_equal(moved_view(x, steps), want, err_msg=str(spec))
-    assert moved_view(img[0], (Step("rot90", (1,)), Step("jpeg", (60,)))) is None
-
-
 @pytest.mark.parametrize("standardize", [False, True])
 def test_batched_moves_only_tiles_take_the_view_path_and_equal_the_reference(ds, standardize):
     """The loader's batches through the moved-view path (augment 'xyr', nothing else per
