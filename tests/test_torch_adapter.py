@@ -478,6 +478,38 @@ def ops_to_numpy(x):
     return ops.to_numpy(x)
 
 
+@pytest.mark.parametrize("persistent", [False, True])
+def test_batches_in_held_slots_come_by_reference_and_equal_the_reference(ds, persistent,
+                                                                          monkeypatch):
+    """Once a slot's buffer has reached the main process, the worker sends that slot's
+    batches as a SlotRef (no file descriptor per batch) and the main process rebuilds
+    them on the storage it holds: most batches of a 2-worker epoch come so, and every
+    batch of two epochs (persistent workers or not) equals the reference's."""
+    from tilespec_torch import memory
+
+    used = []
+    real = memory.SlotTable.tensor
+
+    def tensor(self, ref):
+        used.append(ref)
+        return real(self, ref)
+
+    monkeypatch.setattr(memory.SlotTable, "tensor", tensor)
+    opts = dict(batch_size=1, seed=4, augment="xyr", infinite=False)
+    want = ds.numpy(**opts)
+    L = ds.torch(num_workers=2, persistent_workers=persistent, prefetch_factor=1, **opts)
+    n = 0
+    for epoch in range(2):
+        ref = [b[0] for b in want]
+        for k, (img, _) in enumerate(L):   # each batch dropped before the next: slots reused
+            np.testing.assert_array_equal(img.permute(0, 2, 3, 1).numpy(), ref[k])
+            n += 1
+        assert k == len(ref) - 1
+    slots = 2 * (1 + 3)                    # workers x (prefetch_factor + 3)
+    assert len(used) >= n - 2 * slots      # all but the first batch of each slot, per epoch
+    assert all(isinstance(r, memory.SlotRef) for r in used)
+
+
 def test_the_main_process_keeps_slot_mappings_and_releases_unused_slots(ds):
     """Batches from a worker come back in the main process in the same few mappings
     (one per slot: no fresh mapping to fault in per batch), and a slot is reused only

@@ -38,7 +38,7 @@ from tilespec.sampling import worker_batches
 
 from . import ops
 from .checks import check_image
-from .memory import SlotTable, WorkerPool, batch_tensor
+from .memory import SlotRef, SlotTable, WorkerPool, batch_tensor
 
 #: Options of ``Dataset.torch()`` that go to ``torch.utils.data.DataLoader``; the rest
 #: are the reference loader's (spec/sampling.md, "Loaders").
@@ -311,6 +311,7 @@ class TileStream(IterableDataset):
         if shared_state:
             self._state.share_memory_()
         self.flags = flags          # the workers' slots (memory.SlotTable.flags)
+        self.by_reference = False   # batches in held slots go as memory.SlotRef
 
     def set_state(self, seed: int, epoch: int, start_batch: int) -> None:
         self._state[0], self._state[1], self._state[2] = int(seed), int(epoch), int(start_batch)
@@ -323,7 +324,7 @@ class TileStream(IterableDataset):
         seed, epoch, start_batch, generation = (int(v) for v in self._state.tolist())
         pool = None
         if info is not None and self.flags is not None and w < len(self.flags):
-            pool = WorkerPool(self.flags, w, generation)
+            pool = WorkerPool(self.flags, w, generation, self.by_reference)
         plan = ref.plan(epoch, seed)
         total = None if ref.infinite else len(plan)
         batched = ref.batch_size is not None
@@ -357,6 +358,8 @@ class TileStream(IterableDataset):
                     payload = (collate(items, ref.pipeline.standardize,
                                        pool and pool.tensor, images) if batched else items[0])
                 slot = pool.last if pool is not None and batched and items else None
+                if slot is not None:
+                    payload = (pool.outgoing(payload[0]),) + payload[1:]
                 counted = maker.num_skipped - n_counted
                 yield b, payload, (maker.skipped[n_skipped:], counted), slot
         finally:
@@ -453,6 +456,7 @@ class TorchLoader(_ReferenceState, DataLoader):
             slots = self._slots = SlotTable(self.num_workers, self.prefetch_factor,
                                             self.pin_memory)
             self.dataset.flags = slots.flags
+            self.dataset.by_reference = slots.by_reference
         self.dataset.set_state(ref.seed, ref.epoch, ref.position // B)
         it = super().__iter__()
         in_worker = self.num_workers > 0
@@ -460,6 +464,8 @@ class TorchLoader(_ReferenceState, DataLoader):
         try:
             for b, payload, (skipped, counted), slot in it:
                 self._num_skipped += counted
+                if payload is not None and isinstance(payload[0], SlotRef):
+                    payload = (slots.tensor(payload[0]),) + payload[1:]
                 if slots is not None:
                     slots.received(None if payload is None else payload[0], slot)
                 for s in skipped:
@@ -483,6 +489,7 @@ class TorchLoader(_ReferenceState, DataLoader):
                 if hasattr(it, "_shutdown_workers"):
                     it._shutdown_workers()
                 self.dataset.flags = None
+                self.dataset.by_reference = False
                 self._slots = None  # the workers' slots go with them; batches keep theirs
             del it
 
