@@ -24,6 +24,11 @@ rows whose key matches):
 * ``bare2/DEC/torch/DTYPE``: two such loops in two processes started at the same
   moment, each over half the tiles: what the machine gives two processes right now
   (the limit of the 2-worker and TensorFlow rows);
+* ``bare/DEC/torch+stack/DTYPE``, ``bare2/DEC/torch+stack/DTYPE``: the torch loops that
+  also ``torch.stack`` every 64 tiles into a (64, 3, H, W) batch, as a user's own loop
+  would to make batches: the torch ops keep the decoder's pixel-by-pixel memory order
+  (a permuted view), so the plain loops never change the layout, which a contiguous
+  batch needs (the torch rows' "of +stack" column);
 * ``numpy/decode``, ``numpy/DTYPE``: ``Dataset.numpy(batch_size=64, infinite=False,
   augment=..., standardize=...)`` (``decode``: no augmentation, uint8);
 * ``torch/wW/DTYPE``: ``Dataset.torch(...)``, the ``torch.utils.data.DataLoader``
@@ -104,6 +109,8 @@ class Row:
     augment: bool = True
     ref: str | None = None
     limit: list | None = None      # candidate limit keys: the fastest one is used
+    stack: bool = False            # bare torch rows: torch.stack every BATCH tiles
+    stacked: list | None = None    # candidate "+ stack" limit keys (torch rows)
 
 
 def _dt(dtype: str) -> str:
@@ -117,8 +124,9 @@ def build_rows(decoders, dtypes, workers, exact=None) -> list:
     exact = decoders if exact is None else [d for d in decoders if d in exact]
     rows = []
 
-    def bare_key(dec, ops, dtype, procs=1):
+    def bare_key(dec, ops, dtype, procs=1, stack=False):
         head = "bare" if procs == 1 else f"bare{procs}"
+        ops = ops + "+stack" if stack else ops
         return f"{head}/{dec}/decode" if ops == "none" else f"{head}/{dec}/{ops}/{_dt(dtype)}"
 
     for dec in decoders:
@@ -133,13 +141,23 @@ def build_rows(decoders, dtypes, workers, exact=None) -> list:
                                 ref=None if dec == base else bare_key(base, ops, dtype)))
     for dtype in dtypes:
         for dec in decoders:
+            rows.append(Row(bare_key(dec, "torch", dtype, stack=True),
+                            f"bare {dec} + torch ops {dtype} + torch.stack, 1 core", "bare",
+                            dtype, decoder=dec, ops="torch", stack=True,
+                            ref=bare_key(dec, "torch", dtype)))
+    for dtype in dtypes:
+        for dec in decoders:
             rows.append(Row(bare_key(dec, "torch", dtype, PARALLEL),
                             f"{PARALLEL} bare {dec} + torch ops {dtype} at once", "bare", dtype,
                             decoder=dec, ops="torch", procs=PARALLEL,
                             ref=bare_key(dec, "torch", dtype)))
+            rows.append(Row(bare_key(dec, "torch", dtype, PARALLEL, stack=True),
+                            f"{PARALLEL} bare {dec} + torch ops {dtype} + torch.stack at once",
+                            "bare", dtype, decoder=dec, ops="torch", procs=PARALLEL, stack=True,
+                            ref=bare_key(dec, "torch", dtype, stack=True)))
 
-    def limit(ops, dtype, procs=1):
-        return [bare_key(d, ops, dtype, procs) for d in exact]
+    def limit(ops, dtype, procs=1, stack=False):
+        return [bare_key(d, ops, dtype, procs, stack) for d in exact]
 
     rows.append(Row("numpy/decode", "numpy loader, no augmentation, uint8", "numpy",
                     augment=False, ref=bare_key(base, "none", "uint8"),
@@ -150,9 +168,11 @@ def build_rows(decoders, dtypes, workers, exact=None) -> list:
     for dtype in dtypes:
         for w in workers:
             ref = bare_key(base, "torch", dtype) if w == 0 else f"torch/w0/{_dt(dtype)}"
+            procs = PARALLEL if w >= 2 else 1
             rows.append(Row(f"torch/w{w}/{_dt(dtype)}", f"torch num_workers={w} {dtype}",
                             "torch", dtype, workers=w, ref=ref,
-                            limit=limit("torch", dtype, PARALLEL if w >= 2 else 1)))
+                            limit=limit("torch", dtype, procs),
+                            stacked=limit("torch", dtype, procs, stack=True)))
     for dtype in dtypes:
         usual = f"tfdata-usual/{_dt(dtype)}"
         two = limit("torch", dtype, PARALLEL)
@@ -288,12 +308,19 @@ def _bare(row: Row, spec: dict) -> dict:
         torch.set_num_threads(1)
         warnings.simplefilter("ignore", UserWarning)   # from_numpy of a read-only array
 
+        batch = []
+
         def one(b, st):
             x = torch.from_numpy(decode(b)).permute(2, 0, 1)
             for s in st:
                 x = getattr(tops, s.op)(x, *s.args)
             if f32:
-                tops.standardize(x, "unit")
+                x = tops.standardize(x, "unit")
+            if row.stack:   # what a user's own loop does to make batches
+                batch.append(x)
+                if len(batch) == BATCH:
+                    torch.stack(batch)
+                    batch.clear()
     if spec.get("wait"):
         print("ready", flush=True)
         sys.stdin.readline()
@@ -343,14 +370,20 @@ def _loader(row: Row, spec: dict) -> dict:
     opts = dict(batch_size=BATCH, infinite=False, seed=seed, augment=augment)
     if row.kind in ("numpy", "torch", "tf"):
         import tilespec
+        from tilespec.plugins import plugin_manager
 
         ds = tilespec.Dataset(tfrecords=spec["folder"])
+        # imports outside the clock: the plugins (entry points) and below each adapter's
+        # loader modules, which a loader's build imports lazily (with
+        # PYTHONDONTWRITEBYTECODE=1, as on this VM, that is 100-190 ms of compiling)
+        plugin_manager()
+        import PIL.ImageFile  # noqa: F401
     if row.kind == "numpy":
         def make():
             return ds.numpy(standardize=f32, **opts)
     elif row.kind == "torch":
         import torch
-        import tilespec_torch  # noqa: F401  (imported before the clock starts)
+        import tilespec_torch.loader  # noqa: F401  (imported before the clock starts)
 
         torch.set_num_threads(1)
 
@@ -358,7 +391,7 @@ def _loader(row: Row, spec: dict) -> dict:
             return ds.torch(standardize=f32, num_workers=row.workers, **opts)
     elif row.kind == "tf":
         import tensorflow  # noqa: F401  (imported before the clock starts)
-        import tilespec_tf  # noqa: F401
+        import tilespec_tf.loader  # noqa: F401
 
         def make():
             return ds.tensorflow(standardize="unit" if f32 else False, **opts)
@@ -521,6 +554,10 @@ def summarize(rows: list, runs: dict) -> dict:
             if cands:
                 best = max(cands, key=med)
                 s.update(limit=best, vs_limit=ratio(row.key, best))
+            cands = [k for k in (row.stacked or []) if med(k)]
+            if cands:
+                best = max(cands, key=med)
+                s.update(stacked=best, vs_stacked=ratio(row.key, best))
         out[row.key] = s
     return out
 
@@ -536,18 +573,20 @@ def table(rows: list, summary: dict) -> str:
         s = summary[r.key]
         if "rate" not in s:
             lines.append([number[r.key], r.name, "failed: " + "; ".join(s["errors"])[:60]] +
-                         [""] * 7)
+                         [""] * 8)
             continue
         ref = "-" if "vs_ref" not in s else f"{s['vs_ref']:.2f}x #{number[r.ref]}"
         lim = "-" if "vs_limit" not in s else f"{100 * s['vs_limit']:.0f}% #{number[s['limit']]}"
+        stk = ("-" if "vs_stacked" not in s else
+               f"{100 * s['vs_stacked']:.0f}% #{number[s['stacked']]}")
         lines.append([number[r.key], r.name, _rate(s["rate"]),
                       f"{_rate(s['rate_min'])}-{_rate(s['rate_max'])}", _rate(s["steady_rate"]),
-                      ref, lim, f"{s['first_s']:.2f}", f"{s['peak_rss'] / MiB:.0f}",
+                      ref, lim, stk, f"{s['first_s']:.2f}", f"{s['peak_rss'] / MiB:.0f}",
                       "-" if not (r.workers and s["worker_peak_rss"])
                       else f"{s['worker_peak_rss'] / MiB:.0f}"])
     return format_table(["#", "row", "tiles/s", "range", "after 1st", "vs ref", "of limit",
-                         "1st batch s", "RSS MiB", "worker MiB"], lines,
-                        align="rl" + "r" * 8)
+                         "of +stack", "1st batch s", "RSS MiB", "worker MiB"], lines,
+                        align="rl" + "r" * 9)
 
 
 # ------------------------------------------------------------------ main
@@ -604,7 +643,9 @@ def run(args) -> dict:
     print(table(rows, summary))
     print("vs ref: median over repeats of the row's tiles/s over row #N's in the same repeat;"
           " of limit: the same against the fastest exact decoder's bare loop #N of the same ops"
-          " and dtype (two at once for 2+ workers and TensorFlow). after 1st: tiles/s after the"
+          " and dtype (two at once for 2+ workers and TensorFlow); of +stack: the same against"
+          " the bare loop that also stacks every 64 tiles into a batch with torch.stack (what"
+          " a user's own loop does, and what a loader's batch costs). after 1st: tiles/s after the"
           " first batch. RSS: peak of the process running the row; worker: its largest"
           " worker.")
     elapsed = time.perf_counter() - t_start

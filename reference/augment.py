@@ -47,6 +47,11 @@ OP_OF_CHAR = {"x": "flip_left_right", "y": "flip_up_down", "r": "rot90", "j": "j
               "b": "gaussian_blur"}
 
 
+#: The ops that only move pixels (no arithmetic, the image's size kept or W and H
+#: swapped): a run of their steps is one view of the image (:func:`moved_view`).
+MOVE_OPS = ("flip_left_right", "flip_up_down", "rot90")
+
+
 class Step(NamedTuple):
     """One concrete image operation: a :mod:`tilespec.ops` function name and its arguments."""
 
@@ -141,5 +146,34 @@ def apply_steps(img: np.ndarray, steps, ops=None) -> np.ndarray:
     return img
 
 
-__all__ = ["parse_augment", "draw_augmentations", "apply_steps", "Step", "Draws", "OP_OF_CHAR",
+def moved_view(img: np.ndarray, steps):
+    """``apply_steps(img, steps)`` as a view of ``img`` (no pixel copied) when every
+    step is one of :data:`MOVE_OPS`, else None (spec/images.md, "Flips" and
+    "Rotation"). ``img`` is an HWC (or NHWC) array.
+
+    The same pixels as the ops, by their definitions: flip_left_right is
+    ``img[..., :, ::-1, :]``, flip_up_down ``img[..., ::-1, :, :]``, rot90(k)
+    ``np.rot90`` over (H, W) by k mod 4. A batched loader copies the view straight
+    into its batch row in whatever layout that row has (the torch adapter: CHW), so a
+    tile's flips and turns cost no pass over the image of their own.
+    """
+    for step in steps:
+        if step.op == "flip_left_right":
+            img = img[..., :, ::-1, :]
+        elif step.op == "flip_up_down":
+            img = img[..., ::-1, :, :]
+        elif step.op == "rot90":
+            k = int(step.args[0]) % 4   # np.rot90 over (H, W), spelled out (faster)
+            if k == 1:
+                img = img[..., :, ::-1, :].swapaxes(-3, -2)
+            elif k == 2:
+                img = img[..., ::-1, ::-1, :]
+            elif k == 3:
+                img = img[..., ::-1, :, :].swapaxes(-3, -2)
+        else:
+            return None
+    return img
+
+
+__all__ = ["parse_augment", "moved_view", "MOVE_OPS", "draw_augmentations", "apply_steps", "Step", "Draws", "OP_OF_CHAR",
            "VALID_CHARS", "DEFAULT_AUGMENT", "BLUR_SIGMAS", "BLUR_CDF"]

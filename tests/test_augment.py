@@ -5,7 +5,10 @@ import pytest
 from scipy import stats
 
 from tilespec import ops
-from tilespec.augment import Step, apply_steps, draw_augmentations, parse_augment
+from hypothesis import given, strategies as st
+
+from tilespec.augment import (MOVE_OPS, Step, apply_steps, draw_augmentations, moved_view,
+                              parse_augment)
 from tilespec.pipeline import Pipeline
 from tilespec.rng import augment_slot, stream_key, uniforms
 
@@ -153,3 +156,27 @@ def test_standardize_defaults():
     assert Pipeline.from_options(standardize=True,
                                  default_standardize="per_image").standardize == "per_image"
     assert Pipeline.from_options(standardize=False).standardize is None
+
+
+_MOVE = st.one_of(st.sampled_from([Step("flip_left_right"), Step("flip_up_down")]),
+                  st.integers(-5, 5).map(lambda k: Step("rot90", (k,))))
+
+
+@given(steps=st.lists(_MOVE, max_size=5), h=st.integers(1, 6), w=st.integers(1, 6),
+       batch=st.booleans())
+def test_moved_view_is_apply_steps_as_a_view(steps, h, w, batch):
+    """spec/images.md, "Rotation": any run of flips and turns is one view of the image,
+    equal to the ops (HWC and NHWC, square or not), with no pixel copied."""
+    img = np.arange(2 * h * w * 3, dtype=np.uint8).reshape(2, h, w, 3)
+    x = img if batch else img[0]
+    want = (np.stack([apply_steps(t, steps) for t in x]) if batch else apply_steps(x, steps))
+    got = moved_view(x, steps)
+    np.testing.assert_array_equal(got, want)
+    assert np.shares_memory(got, img)
+
+
+def test_moved_view_is_none_once_a_step_is_not_a_move():
+    img = np.zeros((4, 4, 3), dtype=np.uint8)
+    assert set(MOVE_OPS) == {"flip_left_right", "flip_up_down", "rot90"}
+    assert moved_view(img, (Step("rot90", (1,)), Step("jpeg", (60,)))) is None
+    assert moved_view(img, (Step("gaussian_blur", (0.5,)),)) is None

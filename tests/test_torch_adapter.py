@@ -364,7 +364,7 @@ def test_decode_layout_follows_the_drawn_steps(ds):
     from tilespec.augment import Step
     from tilespec.pipeline import Pipeline
     from tilespec_torch import ops
-    from tilespec_torch.loader import _decode_for
+    from tilespec_torch.loader import TorchPipeline, _decode_for
 
     path = ds.tfrecords()[0]
     data = next(iter(tilespec.read_records(path)))
@@ -372,8 +372,9 @@ def test_decode_layout_follows_the_drawn_steps(ds):
     ref = tilespec.decode_image(data)
     flip, r1, r2, r3 = (Step("flip_left_right"), Step("rot90", (1,)), Step("rot90", (2,)),
                         Step("rot90", (3,)))
-    plain = _decode_for(Pipeline.from_options(augment="xyr"))
-    cropped = _decode_for(Pipeline.from_options(augment="xyr", crop_left=0, crop_width=8))
+    plain = _decode_for(TorchPipeline(Pipeline.from_options(augment="xyr")))
+    cropped = _decode_for(TorchPipeline(Pipeline.from_options(augment="xyr", crop_left=0,
+                                                              crop_width=8)))
     cases = [(plain, (), False), (plain, (flip,), False), (plain, (flip, r1), True),
              (plain, (r3,), True), (plain, (r2,), False), (plain, (Step("jpeg", (50,)), r1), False),
              (cropped, (r1,), False)]
@@ -391,6 +392,122 @@ def test_decode_layout_follows_the_drawn_steps(ds):
         np.testing.assert_array_equal(ops.to_numpy(x), want)
         if transposed:
             assert x.is_contiguous()
+
+
+DIHEDRAL = [(), ("flip_left_right",), ("flip_up_down",), ("rot90", 1), ("rot90", 2),
+            ("rot90", 3), ("flip_left_right", ("rot90", 1)), ("flip_up_down", ("rot90", 3)),
+            ("flip_left_right", "flip_up_down", ("rot90", 2))]
+
+
+def _steps(spec):
+    from tilespec.augment import Step
+
+    if spec and isinstance(spec[0], str) and len(spec) == 2 and isinstance(spec[1], int):
+        spec = (spec,)
+    return tuple(Step(s[0], (s[1],)) if isinstance(s, tuple) else Step(s) for s in spec)
+
+
+@pytest.mark.parametrize("spec", DIHEDRAL)
+@pytest.mark.parametrize("mode", [None, "unit", "per_image"])
+@pytest.mark.parametrize("shape", [(20, 20), (70, 130), (1, 3)])
+def test_a_moved_view_goes_into_its_row_as_the_torch_ops_put_it(spec, mode, shape):
+    """Batched, with nothing per item but flips and turns, a tile reaches the stacker as a
+    NumPy view (tilespec.augment.moved_view) and is copied into its row once: the row
+    equals the torch ops' image, standardized by ops.standardize, for every element of
+    the square's symmetry group, square and non-square tiles."""
+    from tilespec.augment import moved_view
+    from tilespec_torch import ops
+    from tilespec_torch.loader import TensorStacker
+
+    steps = _steps(spec)
+    img = np.random.default_rng(len(steps)).integers(0, 256, shape + (3,), dtype=np.uint8)
+    want = ops.from_numpy(img)
+    for s in steps:
+        want = getattr(ops, s.op)(want, *s.args)
+    if mode is not None:
+        want = ops.standardize(want, mode)
+    view = moved_view(img, steps).transpose(2, 0, 1)
+    assert np.shares_memory(view, img)            # no pixel copied before the row
+    stacker = TensorStacker(2, mode)
+    assert stacker.put(1, view) and stacker.put(0, view)
+    got = stacker.images(2)
+    assert got.dtype == want.dtype and got.is_contiguous()
+    assert torch.equal(got[0], want) and torch.equal(got[1], want)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_batched_moves_only_tiles_take_the_view_path_and_equal_the_reference(ds, standardize):
+    """The loader's batches through the moved-view path (augment 'xyr', nothing else per
+    item) are the reference's, and every tile of them took that path (its decode is
+    pixel by pixel, its image a view handed to the stacker); 'xyrj' tiles with a JPEG
+    step go through the torch ops instead, and still equal the reference."""
+    import tilespec_torch.loader as tl
+
+    seen = []
+    real = tl.TensorStacker.put
+
+    def put(self, k, img):
+        seen.append(isinstance(img, np.ndarray))
+        return real(self, k, img)
+
+    for augment, views in (("xyr", True), ("xyrj", None)):
+        seen.clear()
+        opts = dict(batch_size=8, seed=5, augment=augment, standardize=standardize,
+                    infinite=False)
+        want = [b[0] for b in ds.numpy(**opts)]
+        tl.TensorStacker.put = put
+        try:
+            got = [b[0] for b in ds.torch(**opts)]
+        finally:
+            tl.TensorStacker.put = real
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            if standardize:
+                np.testing.assert_allclose(ops_to_numpy(g), w, rtol=0, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(ops_to_numpy(g), w)
+        if views:
+            assert seen and all(seen)
+        else:
+            assert any(seen) and not all(seen)
+
+
+def ops_to_numpy(x):
+    from tilespec_torch import ops
+
+    return ops.to_numpy(x)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_batches_in_held_slots_come_by_reference_and_equal_the_reference(ds, persistent,
+                                                                          monkeypatch):
+    """Once a slot's buffer has reached the main process, the worker sends that slot's
+    batches as a SlotRef (no file descriptor per batch) and the main process rebuilds
+    them on the storage it holds: most batches of a 2-worker epoch come so, and every
+    batch of two epochs (persistent workers or not) equals the reference's."""
+    from tilespec_torch import memory
+
+    used = []
+    real = memory.SlotTable.tensor
+
+    def tensor(self, ref):
+        used.append(ref)
+        return real(self, ref)
+
+    monkeypatch.setattr(memory.SlotTable, "tensor", tensor)
+    opts = dict(batch_size=1, seed=4, augment="xyr", infinite=False)
+    want = ds.numpy(**opts)
+    L = ds.torch(num_workers=2, persistent_workers=persistent, prefetch_factor=1, **opts)
+    n = 0
+    for epoch in range(2):
+        ref = [b[0] for b in want]
+        for k, (img, _) in enumerate(L):   # each batch dropped before the next: slots reused
+            np.testing.assert_array_equal(img.permute(0, 2, 3, 1).numpy(), ref[k])
+            n += 1
+        assert k == len(ref) - 1
+    slots = 2 * (1 + 3)                    # workers x (prefetch_factor + 3)
+    assert len(used) >= n - 2 * slots      # all but the first batch of each slot, per epoch
+    assert all(isinstance(r, memory.SlotRef) for r in used)
 
 
 def test_the_main_process_keeps_slot_mappings_and_releases_unused_slots(ds):

@@ -29,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 import tilespec
-from tilespec.images import MAX_TILE_PIXELS, decode_planar
+from tilespec.augment import MOVE_OPS, moved_view
+from tilespec.images import MAX_TILE_PIXELS, decode_planar, decode_view
 from tilespec.items import AllSkippedGuard, ItemMaker
 from tilespec.loader import NumpyLoader
 from tilespec.pipeline import check_bool
@@ -37,7 +38,7 @@ from tilespec.sampling import worker_batches
 
 from . import ops
 from .checks import check_image
-from .memory import SlotTable, WorkerPool, batch_tensor
+from .memory import SlotRef, SlotTable, WorkerPool, batch_tensor
 
 #: Options of ``Dataset.torch()`` that go to ``torch.utils.data.DataLoader``; the rest
 #: are the reference loader's (spec/sampling.md, "Loaders").
@@ -71,7 +72,19 @@ class TorchPipeline:
             raise AttributeError(name)
         return getattr(self.pipeline, name)
 
+    @functools.cached_property
+    def moves_only(self) -> bool:
+        """True when a batched loader's per-item work is at most the drawn steps (no crop,
+        resize, stain or transform; standardization left to the batch): a tile whose steps
+        all move pixels is then handed to :class:`TensorStacker` as a NumPy view
+        (:func:`tilespec.augment.moved_view`), copied once into its batch row."""
+        return self.defer_standardize and self._per_item.stages()[1:] in ((), ("augment",))
+
     def apply(self, img, steps, stain_z=None) -> torch.Tensor:
+        if self.moves_only:
+            view = moved_view(img, steps)
+            if view is not None:   # CHW, no pixel copied yet: TensorStacker.put copies it
+                return view.transpose(2, 0, 1)
         if img.flags.writeable:
             x = torch.from_numpy(img)
         else:  # a read-only decoder view: no op here writes into it; the result is a copy
@@ -96,36 +109,35 @@ def _data_ptr(img) -> int:
 
 
 def _torch_items(ref_items: ItemMaker, pipeline, batched: bool = False) -> ItemMaker:
-    """A fresh reference item maker (own open files) with the torch pipeline,
-    decoding plane by plane (:func:`_decode_for`)."""
-    return ref_items.replace(pipeline=TorchPipeline(pipeline, defer_standardize=batched),
-                             decode=_decode_for(pipeline, ref_items.max_tile_pixels))
+    """A fresh reference item maker (own open files) with the torch pipeline and its
+    decode (:func:`_decode_for`)."""
+    torch_pipeline = TorchPipeline(pipeline, defer_standardize=batched)
+    return ref_items.replace(pipeline=torch_pipeline,
+                             decode=_decode_for(torch_pipeline, ref_items.max_tile_pixels))
 
 
-#: Steps that only move pixels around (no arithmetic), so any memory layout serves.
-_MOVES = ("flip_left_right", "flip_up_down", "rot90")
+def _decode_for(pipeline: TorchPipeline, max_pixels=MAX_TILE_PIXELS):
+    """The torch item maker's decode (bytes, drawn steps) -> HWC image
+    (spec/images.md, "Decode").
 
-
-def _decode_for(pipeline, max_pixels=MAX_TILE_PIXELS):
-    """The torch item maker's decode (bytes, drawn steps) -> HWC image: plane by plane
-    (the reference's ``decode_planar``, spec/images.md); transposed when the tile's steps only
-    flip and turn it by an odd multiple of 90 degrees and nothing comes before them
-    (crop, resize, stain), so that ``torch.rot90`` of its CHW view is contiguous and
-    the batch is filled without reading a transposed tile (bench/torch_loader.py).
-    ``max_pixels``: the item maker's ``max_tile_pixels``, which every decode variant
-    applies (spec/reliability.md, "Size caps")."""
+    A tile whose pipeline is :attr:`TorchPipeline.moves_only` and whose steps all move
+    pixels is decoded pixel by pixel (``decode_view``: the decoder's own new array, or
+    Pillow's read-only one), then copied once into its batch row through the moved view
+    (:class:`TensorStacker`). Every other tile is decoded plane by plane (the reference's
+    ``decode_planar``), so that the torch ops get a contiguous CHW tensor; transposed when
+    its steps only flip it and turn it by an odd multiple of 90 degrees and nothing comes
+    before them (crop, resize, stain), so that ``torch.rot90`` of its CHW view is
+    contiguous. ``max_pixels``: the item maker's ``max_tile_pixels``, which every decode
+    variant applies (spec/reliability.md, "Size caps")."""
     plain = (pipeline.crop_width is None and pipeline.resize_target is None and
              pipeline.normalizer is None)
+    fused = pipeline.moves_only
 
     def decode(data, steps):
-        turns = 0
-        if plain:
-            for step in steps:
-                if step.op not in _MOVES:
-                    turns = 0
-                    break
-                if step.op == "rot90":
-                    turns += step.args[0]
+        moves = plain and all(step.op in MOVE_OPS for step in steps)
+        if moves and fused:
+            return decode_view(data, max_pixels)
+        turns = sum(step.args[0] for step in steps if step.op == "rot90") if moves else 0
         return decode_planar(data, transposed=turns % 2 == 1, max_pixels=max_pixels)
 
     return decode
@@ -156,6 +168,15 @@ def stack_images(images, standardize=None, alloc=None) -> torch.Tensor:
     return stacker.images(len(images))
 
 
+def copy_chw(dst: np.ndarray, src: np.ndarray) -> None:
+    """Copy the (3, H, W) uint8 view ``src`` (an HWC image moved by
+    :func:`tilespec.augment.moved_view`, then ``transpose(2, 0, 1)``) into the
+    C-contiguous ``dst``: one strided pass over the image. (Copying a turned view in
+    64 x 64 blocks was measured slower here, 140 against 180 us per 256 x 256 tile,
+    once the source is a freshly decoded tile rather than one that stays in cache.)"""
+    np.copyto(dst, src)
+
+
 class TensorStacker:
     """The torch form of the reference's ``ArrayStacker``: each CHW image goes
     into its row of an (n, 3, H, W) batch tensor as soon as it is made, standardized
@@ -172,16 +193,20 @@ class TensorStacker:
         self.alloc = alloc or batch_tensor
         self.release = release
         self.out = None
+        self._shape = self._rows = None   # the rows' shape; the uint8 batch as NumPy
+        self._tile = None   # a CHW uint8 tile, for moved views standardized on the way
 
     def slot(self, k: int):
         return None   # images are CHW tensors; decode_into writes HWC arrays
 
     def put(self, k: int, img) -> bool:
+        if isinstance(img, np.ndarray):
+            return self._put_view(k, img)
         if not isinstance(img, torch.Tensor):
             return False
         if self.out is None:
             dtype = img.dtype if self.standardize is None else torch.float32
-            self.out = self.alloc((self.n,) + tuple(img.shape), dtype)
+            self._new((self.n,) + tuple(img.shape), dtype)
         elif img.shape != self.out.shape[1:]:
             if self.standardize is not None:   # float rows cannot be put back
                 raise _shape_error(self.out.shape[1:], k, img.shape)
@@ -194,11 +219,40 @@ class TensorStacker:
             ops.standardize(img, self.standardize, out=self.out[k])
         return True
 
+    def _put_view(self, k: int, img: np.ndarray) -> bool:
+        """:meth:`put` of a moved view (:attr:`TorchPipeline.moves_only`): a (3, H, W)
+        uint8 NumPy view, copied once into row k (standardized through a uint8 tile of
+        this stacker's when the batch is)."""
+        if img.ndim != 3 or img.dtype != np.uint8:
+            return False
+        if self.out is None:
+            self._new((self.n,) + img.shape,
+                      torch.uint8 if self.standardize is None else torch.float32)
+        elif img.shape != self._shape:
+            if self.standardize is not None:
+                raise _shape_error(self.out.shape[1:], k, img.shape)
+            return False
+        if self.standardize is None:
+            if self._rows is None:       # a batch of another dtype (taken back by collate)
+                return False
+            copy_chw(self._rows[k], img)
+            return True
+        if self._tile is None or self._tile.shape != img.shape:
+            self._tile = np.empty(img.shape, dtype=np.uint8)
+        copy_chw(self._tile, img)
+        ops.standardize(torch.from_numpy(self._tile), self.standardize, out=self.out[k])
+        return True
+
+    def _new(self, shape, dtype) -> None:
+        self.out = self.alloc(shape, dtype)
+        self._shape = tuple(shape[1:])
+        self._rows = self.out.numpy() if dtype == torch.uint8 else None
+
     def take_back(self, count: int) -> list:
         imgs = [] if self.out is None else [self.out[i].clone() for i in range(count)]
         if self.out is not None and self.release is not None:
             self.release()
-        self.out = None
+        self.out = self._rows = None
         return imgs
 
     def images(self, count: int) -> torch.Tensor:
@@ -257,6 +311,7 @@ class TileStream(IterableDataset):
         if shared_state:
             self._state.share_memory_()
         self.flags = flags          # the workers' slots (memory.SlotTable.flags)
+        self.by_reference = False   # batches in held slots go as memory.SlotRef
 
     def set_state(self, seed: int, epoch: int, start_batch: int) -> None:
         self._state[0], self._state[1], self._state[2] = int(seed), int(epoch), int(start_batch)
@@ -269,7 +324,7 @@ class TileStream(IterableDataset):
         seed, epoch, start_batch, generation = (int(v) for v in self._state.tolist())
         pool = None
         if info is not None and self.flags is not None and w < len(self.flags):
-            pool = WorkerPool(self.flags, w, generation)
+            pool = WorkerPool(self.flags, w, generation, self.by_reference)
         plan = ref.plan(epoch, seed)
         total = None if ref.infinite else len(plan)
         batched = ref.batch_size is not None
@@ -303,6 +358,8 @@ class TileStream(IterableDataset):
                     payload = (collate(items, ref.pipeline.standardize,
                                        pool and pool.tensor, images) if batched else items[0])
                 slot = pool.last if pool is not None and batched and items else None
+                if slot is not None:
+                    payload = (pool.outgoing(payload[0]),) + payload[1:]
                 counted = maker.num_skipped - n_counted
                 yield b, payload, (maker.skipped[n_skipped:], counted), slot
         finally:
@@ -399,6 +456,7 @@ class TorchLoader(_ReferenceState, DataLoader):
             slots = self._slots = SlotTable(self.num_workers, self.prefetch_factor,
                                             self.pin_memory)
             self.dataset.flags = slots.flags
+            self.dataset.by_reference = slots.by_reference
         self.dataset.set_state(ref.seed, ref.epoch, ref.position // B)
         it = super().__iter__()
         in_worker = self.num_workers > 0
@@ -406,6 +464,8 @@ class TorchLoader(_ReferenceState, DataLoader):
         try:
             for b, payload, (skipped, counted), slot in it:
                 self._num_skipped += counted
+                if payload is not None and isinstance(payload[0], SlotRef):
+                    payload = (slots.tensor(payload[0]),) + payload[1:]
                 if slots is not None:
                     slots.received(None if payload is None else payload[0], slot)
                 for s in skipped:
@@ -429,6 +489,7 @@ class TorchLoader(_ReferenceState, DataLoader):
                 if hasattr(it, "_shutdown_workers"):
                     it._shutdown_workers()
                 self.dataset.flags = None
+                self.dataset.by_reference = False
                 self._slots = None  # the workers' slots go with them; batches keep theirs
             del it
 
