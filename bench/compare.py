@@ -24,6 +24,8 @@ rows whose key matches):
 * ``bare2/DEC/torch/DTYPE``: two such loops in two processes started at the same
   moment, each over half the tiles: what the machine gives two processes right now
   (the limit of the 2-worker and TensorFlow rows);
+* ``bare/DEC/decode+stack``: the decode-only loop that also ``np.stack``-s every 64
+  images into a batch (the "of +stack" column of ``numpy/decode``);
 * ``bare/DEC/torch+stack/DTYPE``, ``bare2/DEC/torch+stack/DTYPE``: the torch loops that
   also ``torch.stack`` every 64 tiles into a (64, 3, H, W) batch, as a user's own loop
   would to make batches: the torch ops keep the decoder's pixel-by-pixel memory order
@@ -126,13 +128,20 @@ def build_rows(decoders, dtypes, workers, exact=None) -> list:
 
     def bare_key(dec, ops, dtype, procs=1, stack=False):
         head = "bare" if procs == 1 else f"bare{procs}"
+        if ops == "none":
+            return f"{head}/{dec}/decode" + ("+stack" if stack else "")
         ops = ops + "+stack" if stack else ops
-        return f"{head}/{dec}/decode" if ops == "none" else f"{head}/{dec}/{ops}/{_dt(dtype)}"
+        return f"{head}/{dec}/{ops}/{_dt(dtype)}"
 
     for dec in decoders:
         rows.append(Row(bare_key(dec, "none", "uint8"), f"bare {dec} decode only, 1 core",
                         "bare", decoder=dec, ops="none", augment=False,
                         ref=None if dec == base else bare_key(base, "none", "uint8")))
+    for dec in decoders:
+        rows.append(Row(bare_key(dec, "none", "uint8", stack=True),
+                        f"bare {dec} decode + np.stack, 1 core", "bare", decoder=dec,
+                        ops="none", augment=False, stack=True,
+                        ref=bare_key(dec, "none", "uint8")))
     for dtype in dtypes:
         for ops in ("numpy", "torch"):
             for dec in decoders:
@@ -161,7 +170,7 @@ def build_rows(decoders, dtypes, workers, exact=None) -> list:
 
     rows.append(Row("numpy/decode", "numpy loader, no augmentation, uint8", "numpy",
                     augment=False, ref=bare_key(base, "none", "uint8"),
-                    limit=limit("none", "uint8")))
+                    limit=limit("none", "uint8"), stacked=limit("none", "uint8", stack=True)))
     for dtype in dtypes:
         rows.append(Row(f"numpy/{_dt(dtype)}", f"numpy loader {dtype}", "numpy", dtype,
                         ref=bare_key(base, "numpy", dtype), limit=limit("numpy", dtype)))
@@ -288,7 +297,15 @@ def _bare(row: Row, spec: dict) -> dict:
     f32 = row.dtype == "float32"
     steps = draw_augmentations(AUGMENT, stream_key(spec["seed"], 0, 0),
                                np.arange(len(jpegs))).steps
-    if row.ops == "none":
+    if row.ops == "none" and row.stack:
+        batch = []
+
+        def one(b, st):
+            batch.append(decode(b))
+            if len(batch) == BATCH:
+                np.stack(batch)
+                batch.clear()
+    elif row.ops == "none":
         def one(b, st):
             decode(b)
     elif row.ops == "numpy":
@@ -644,7 +661,7 @@ def run(args) -> dict:
     print("vs ref: median over repeats of the row's tiles/s over row #N's in the same repeat;"
           " of limit: the same against the fastest exact decoder's bare loop #N of the same ops"
           " and dtype (two at once for 2+ workers and TensorFlow); of +stack: the same against"
-          " the bare loop that also stacks every 64 tiles into a batch with torch.stack (what"
+          " the bare loop that also stacks every 64 tiles into a batch (np.stack, torch.stack: what"
           " a user's own loop does, and what a loader's batch costs). after 1st: tiles/s after the"
           " first batch. RSS: peak of the process running the row; worker: its largest"
           " worker.")
