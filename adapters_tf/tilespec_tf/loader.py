@@ -862,8 +862,6 @@ def _batch_dataset(base: NumpyLoader, info: LoaderInfo, label_spec, label_dtype)
 
     def item(e):
         img = e["image"]
-        if fixed:  # every batch is whole: the static shape of batch(drop_remainder=True)
-            img = tf.ensure_shape(img, (B, h, w, 3))
         if mode is not None:
             img = tfops.standardize(img, mode)
         out = [img, e["label"] if label_spec is not None else None]
@@ -871,6 +869,8 @@ def _batch_dataset(base: NumpyLoader, info: LoaderInfo, label_spec, label_dtype)
             out.append(e["slide"])
         if items.incl_loc:
             out += [e["loc_x"], e["loc_y"]]
+        if fixed:  # every batch is whole: the static shapes of batch(drop_remainder=True)
+            out = [None if c is None else tf.ensure_shape(c, [B, *c.shape[1:]]) for c in out]
         return tuple(out)
 
     return ds.map(item, num_parallel_calls=tf.data.AUTOTUNE if B is None else None)
