@@ -13,7 +13,10 @@ log) and gives its label, slide and location
 chunk of positions at a time and yields the raw image bytes, label, slide, location
 and the drawn parameters as tensors; TensorFlow does the image work
 (:func:`image_fn`, the reference's stages in :mod:`tilespec_tf.ops`) in a parallel
-``map`` whose order is deterministic, then batches and prefetches.
+``map`` whose order is deterministic, then batches and prefetches. Where the pipeline
+is decode, flips, rot90 and 'unit' (or less), the batch path (:class:`_Batches`)
+makes whole batches in Python threads instead: the reference's decoder and one exact
+Pillow transpose per tile (spec/adapter_tf.md, "The batch path").
 """
 
 from __future__ import annotations
@@ -678,7 +681,7 @@ def images_for(base: NumpyLoader) -> str | None:
 
 class _Batches:
     """The batch path's generator: per batch of positions (chunk of
-    :data:`CHUNK` positions without ``batch_size``), the reference's plan and draws,
+    :data:`UNBATCHED_CHUNK` positions without ``batch_size``), the reference's plan and draws,
     each record read by :meth:`ItemMaker.read` with the image made in its ``decode``
     step (so decode errors are located, raised or skipped by the reference's rule), the
     fields by :meth:`ItemMaker.fields`; batches are made by :data:`THREADS` threads
