@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from tilespec import images as _images
 from tilespec.augment import OP_OF_CHAR, apply_steps
 from tilespec.errors import TFRecordError
 from tilespec.images import JPEG_MAGIC, decode_image, decode_into, image_format
@@ -616,6 +617,11 @@ MOVES = frozenset(("flip_left_right", "flip_up_down", "rot90"))
 THREADS = max(1, min(4, os.cpu_count() or 1))
 #: Positions per chunk of the batch path without ``batch_size`` (items are unbatched).
 UNBATCHED_CHUNK = 64
+#: The reference's packing of a Pillow image into a caller's array (tilespec.images,
+#: where decode_into uses it), or None: then ``np.asarray`` (a new 196 KB bytes object
+#: per 256 px tile, which TensorFlow's generator dataset makes glibc hand back to the
+#: system at once, ``M_TRIM_THRESHOLD`` 128 KB: page faults at every tile).
+_pack = getattr(_images, "_pack", None)
 #: Freed image blocks Pillow keeps for reuse while the batch path runs (its default is
 #: none: every transposed tile is then fresh memory, page faults and all; measured at
 #: about 90 faults a tile). Raised to this when lower (Pillow's ``PILLOW_BLOCKS_MAX``).
@@ -714,7 +720,8 @@ class _Batches:
         if m is not None:
             h, w = scratch.shape[:2]
             im = Image.frombuffer("RGB", (w, h), scratch, "raw", "RGB", 0, 1).transpose(m)
-            row[...] = np.asarray(im)
+            if _pack is None or not _pack(im, "RGB", row):
+                row[...] = np.asarray(im)
         return True
 
     def _batch(self, sources, images, epoch, t, j, positions, steps):
