@@ -21,6 +21,7 @@ tilespec_tf = pytest.importorskip("tilespec_tf")
 import tilespec  # noqa: E402
 from tilespec import testing as tt  # noqa: E402
 from tilespec.augment import Step, apply_steps  # noqa: E402
+from tilespec.pipeline import Pipeline  # noqa: E402
 from tilespec.errors import TFRecordError  # noqa: E402
 from tilespec_tf import loader as tfl  # noqa: E402
 
@@ -77,7 +78,7 @@ def test_move_of_is_the_references_steps(shape):
         steps = tuple([Step("flip_left_right")] * x + [Step("flip_up_down")] * y +
                       ([Step("rot90", (k,))] if k else []))
         want = apply_steps(img, steps)
-        m = tfl.move_of(steps)
+        m = tfl.move_of(Pipeline(augment="xyr"), steps)
         got = img if m is None else np.asarray(Image.fromarray(img).transpose(m))
         assert got.shape == want.shape and np.array_equal(got, want), steps
         assert (m is None) == (x == y and k == 2 * x)  # flipping both ways is rot180

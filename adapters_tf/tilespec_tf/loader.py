@@ -34,13 +34,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tilespec import images as _images
-from tilespec.augment import OP_OF_CHAR, apply_steps
+from tilespec.augment import OP_OF_CHAR
 from tilespec.errors import TFRecordError
 from tilespec.images import JPEG_MAGIC, decode_image, decode_into, image_format
 from tilespec.index import load_index
 from tilespec.items import AllSkippedGuard, ItemMaker
-from tilespec.loader import PLAN_WINDOW, IndexedInterleaver, NumpyLoader
+from tilespec.loader import IndexedInterleaver, NumpyLoader
 from tilespec.pipeline import check_bool
 from tilespec.records import FRAMING_BYTES
 from tilespec.sampling import check_rank
@@ -617,14 +616,22 @@ MOVES = frozenset(("flip_left_right", "flip_up_down", "rot90"))
 THREADS = max(1, min(4, os.cpu_count() or 1))
 #: Positions per chunk of the batch path without ``batch_size`` (items are unbatched).
 UNBATCHED_CHUNK = 64
-#: The reference's packing of a Pillow image into a caller's array (tilespec.images,
-#: where decode_into uses it), or None: then ``np.asarray`` (a new 196 KB bytes object
-#: per 256 px tile, which TensorFlow's generator dataset makes glibc hand back to the
-#: system at once, ``M_TRIM_THRESHOLD`` 128 KB: page faults at every tile).
-_pack = getattr(_images, "_pack", None)
+#: Bytes per band when a transposed tile is copied out of Pillow: each band's
+#: ``tobytes`` stays under glibc's 128 KB mmap threshold, which TensorFlow's generator
+#: dataset fixes (its "Memory patch": ``M_TRIM_THRESHOLD`` 128 KB, so no dynamic
+#: threshold): a whole 196 KB tile would be a fresh mapping, page faults and all, at
+#: every tile (measured 42 faults and 120-340 us of system time a tile; 1 and 17-59 us
+#: in bands).
+BAND_BYTES = 1 << 16
+#: Stream positions the batch path plans at once (records are a pure function of the
+#: position, so planning ahead and slicing gives the same records).
+PLAN_AHEAD = 4096
 #: Freed image blocks Pillow keeps for reuse while the batch path runs (its default is
 #: none: every transposed tile is then fresh memory, page faults and all; measured at
-#: about 90 faults a tile). Raised to this when lower (Pillow's ``PILLOW_BLOCKS_MAX``).
+#: about 90 faults a tile). Raised to this when lower (Pillow's ``PILLOW_BLOCKS_MAX``),
+#: and Pillow's block size lowered to :data:`BAND_BYTES` when larger
+#: (``PILLOW_BLOCK_SIZE``, default 16 MiB): every image is then made of blocks of one
+#: size, each under the mmap threshold, so freed blocks are reused as they are.
 PILLOW_BLOCKS = 64
 #: The batch path's values of the ``images`` option: 'auto' (the batch path where
 #: :func:`images_for` allows it) or 'tensorflow' (always the TensorFlow image map).
@@ -636,15 +643,14 @@ _PROBE = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)
 _TRANSPOSES = tuple(Image.Transpose)[:7]  # the 7 moves other than the identity
 
 
-@functools.lru_cache(maxsize=64)
-def move_of(steps: tuple):
+def move_of(pipeline, steps):
     """The one Pillow transpose (``PIL.Image.Transpose``) with the effect of the move
-    steps ``steps`` (a tuple of :class:`tilespec.augment.Step` of :data:`MOVES`), or None
-    when they leave the image as it is. Found by applying the steps with the reference's
-    own ops (:func:`tilespec.augment.apply_steps`) to a probe image of distinct pixels and
-    matching the result, so the rule of each op stays the reference's
-    (spec/adapter_tf.md, "The batch path")."""
-    want = apply_steps(_PROBE, steps)
+    steps ``steps`` (a sequence of :class:`tilespec.augment.Step` of :data:`MOVES`), or
+    None when they leave the image as it is. Found by running the reference's augment
+    stage (:meth:`tilespec.pipeline.Pipeline.run_stage`, the reference's own ops) on a
+    probe image of distinct pixels and matching the result, so the rule of each op
+    stays the reference's (spec/adapter_tf.md, "The batch path")."""
+    want = pipeline.run_stage("augment", _PROBE, tuple(steps))
     if want.shape == _PROBE.shape and np.array_equal(want, _PROBE):
         return None
     probe = Image.fromarray(_PROBE)
@@ -705,23 +711,33 @@ class _Batches:
         h, w = self.items.tile_size()[:2]
         self.hw = (h, w)
         self.cap = self.items.max_tile_pixels
+        self.moves: dict = {}  # the drawn steps -> their Pillow transpose (move_of)
         if Image.core.get_blocks_max() < PILLOW_BLOCKS:
             Image.core.set_blocks_max(PILLOW_BLOCKS)
+        if Image.core.get_block_size() > BAND_BYTES:
+            Image.core.set_block_size(BAND_BYTES)
 
     def _image(self, raw, steps, row, scratch):
         """Decode ``raw`` and apply its move steps into the batch row ``row``: the
         reference's :func:`decode_into` (its fast decoder, else :func:`decode_image`,
         whose errors are the reference's), then the steps' one Pillow transpose
         (:func:`move_of`)."""
-        m = move_of(tuple(steps))
+        key = tuple(steps)
+        m = self.moves.get(key, self)
+        if m is self:  # at most 16 keys for 'xyr'
+            m = self.moves[key] = move_of(self.pipeline, key)
         dest = row if m is None else scratch
         if not decode_into(raw, dest, self.cap):
             dest[...] = decode_image(raw, max_pixels=self.cap)
         if m is not None:
             h, w = scratch.shape[:2]
             im = Image.frombuffer("RGB", (w, h), scratch, "raw", "RGB", 0, 1).transpose(m)
-            if _pack is None or not _pack(im, "RGB", row):
-                row[...] = np.asarray(im)
+            w, h = im.size
+            band = max(1, BAND_BYTES // (3 * w))
+            for y in range(0, h, band):
+                stop = min(h, y + band)
+                part = row[y:stop].reshape(-1)
+                part[...] = np.frombuffer(im.crop((0, y, w, stop)).tobytes(), np.uint8)
         return True
 
     def _batch(self, sources, images, epoch, t, j, positions, steps):
@@ -776,8 +792,8 @@ class _Batches:
         def submit(start, stop):
             nonlocal window
             w0, wt, wj = window
-            if stop > w0 + len(wt):  # plan PLAN_WINDOW positions at a time
-                wt, wj = plan.records(start, max(stop, start + PLAN_WINDOW))
+            if stop > w0 + len(wt):  # plan PLAN_AHEAD positions at a time
+                wt, wj = plan.records(start, max(stop, start + PLAN_AHEAD))
                 w0 = start
                 window = (w0, wt, wj)
             t, j = wt[start - w0:stop - w0], wj[start - w0:stop - w0]
