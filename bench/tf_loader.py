@@ -17,6 +17,12 @@ in both):
   random ops, ``per_image_standardization``) in a parallel deterministic map,
   batch 64, prefetch.
 
+``--standardize`` (``per_image``, the default, ``unit`` or ``none``) sets the
+standardization of every row; with ``unit`` or ``none`` the Python reader's row takes
+the batch path (spec/adapter_tf.md, "The batch path": batches made in Python by the
+reference's decoder and one Pillow transpose per tile), and a row ``tilespec tf
+(Python reader, image map)`` (``images='tensorflow'``) is timed beside it.
+
 With ``--normalizer METHOD`` two more rows, interleaved with those: the same
 ``Dataset.tensorflow()`` with ``normalizer=StainNormalizer(METHOD,
 on_blank='passthrough')``, its stain step in TensorFlow graph ops (what the loader
@@ -157,21 +163,27 @@ def run(args) -> dict:
               f"{TILE_PX} JPEG q{QUALITY}, {size / 1e6:.1f} MB ({time.perf_counter() - t0:.1f} s"
               " to write)")
         ds = tilespec.Dataset(tfrecords=folder)
+        std = {"none": False}.get(args.standardize, args.standardize)
         mine = dict(infinite=True, batch_size=BATCH, augment=AUGMENT,
-                    standardize="per_image", seed=1, incl_slidenames=True)
+                    standardize=std, seed=1, incl_slidenames=True)
         ours = ds.tensorflow(reader="auto", **mine)
         assert ours.tilespec.reader == "c++", ours.tilespec.python_reason
         ours_py = ds.tensorflow(reader="python", **mine)
-        plain = plain_pipeline(paths, seed=1)
+        plain = plain_pipeline(paths, seed=1, standardize=std)
         tiles = args.batches * BATCH
         results = []
         # interleave the workloads' runs so all see the same machine load
         order = [("plain tf.data", plain), ("tilespec tf (C++ reader)", ours),
                  ("tilespec tf (Python reader)", ours_py)]
+        batch_path = ours_py.tilespec.images == "python"
+        if batch_path:  # spec/adapter_tf.md, "The batch path": and the image map beside it
+            order[2] = ("tilespec tf (Python reader, batch path)", ours_py)
+            order.append(("tilespec tf (Python reader, image map)",
+                          ds.tensorflow(reader="python", images="tensorflow", **mine)))
         if args.normalizer:
             norm = tilespec.StainNormalizer(args.normalizer, on_blank="passthrough")
             opts = dict(infinite=True, batch_size=BATCH, augment=AUGMENT,
-                        standardize="per_image", seed=1, incl_slidenames=True, normalizer=norm)
+                        standardize=std, seed=1, incl_slidenames=True, normalizer=norm)
             graph = ds.tensorflow(**opts)
             with numpy_function_stain():
                 numpy_fn = ds.tensorflow(**opts)
@@ -195,7 +207,7 @@ def run(args) -> dict:
                      f"{r.cpu / tiles * 1e6:.0f}", f"{r.spread * 100:.0f}%",
                      "-" if r.rss_delta is None else f"{r.rss_delta / 2**20:.0f}"])
     print(f"\n{tiles} tiles per run ({args.batches} batches of {BATCH}), augment {AUGMENT!r} + "
-          f"per_image, median of {len(results[0].times)} runs")
+          f"standardize {args.standardize}, median of {len(results[0].times)} runs")
     print(format_table(["pipeline", "tiles/s", "vs plain", "wall ms", "cpu ms",
                         "cpu us/tile", "spread", "RSS +MiB"], rows))
     out = {"environment": env, "results": [r.as_dict() for r in results],
@@ -204,8 +216,13 @@ def run(args) -> dict:
            "cpu_per_tile_cxx_vs_python": results[1].cpu / results[2].cpu}
     print(f"CPU per tile, C++ reader / Python reader: {out['cpu_per_tile_cxx_vs_python']:.2f} "
           "(same run, interleaved)")
-    if len(results) == 5:
-        out["stain_graph_vs_numpy_function"] = results[3].items_per_s / results[4].items_per_s
+    if batch_path:
+        out["batch_path_vs_image_map"] = results[2].items_per_s / results[3].items_per_s
+        out["cpu_per_tile_batch_path_vs_image_map"] = results[2].cpu / results[3].cpu
+        print(f"batch path vs image map: {out['batch_path_vs_image_map']:.2f}x the tiles/s, "
+              f"{out['cpu_per_tile_batch_path_vs_image_map']:.2f}x the CPU per tile (same run)")
+    if args.normalizer:
+        out["stain_graph_vs_numpy_function"] = results[-2].items_per_s / results[-1].items_per_s
         print(f"stain step in graph ops vs tf.numpy_function: "
               f"{out['stain_graph_vs_numpy_function']:.2f}x the tiles/s (same run)")
     return out
@@ -222,6 +239,9 @@ def main(argv=None):
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--normalizer", help="also time a stain normalizer of this method (graph ops "
                    "and numpy_function), e.g. reinhard or macenko")
+    p.add_argument("--standardize", choices=["per_image", "unit", "none"], default="per_image",
+                   help="standardization of every row (default per_image; 'unit' and 'none' "
+                   "take tilespec's batch path, timed beside its image map)")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 batches, 1 round of 2")
     args = p.parse_args(argv)
     if args.quick:

@@ -13,20 +13,30 @@ log) and gives its label, slide and location
 chunk of positions at a time and yields the raw image bytes, label, slide, location
 and the drawn parameters as tensors; TensorFlow does the image work
 (:func:`image_fn`, the reference's stages in :mod:`tilespec_tf.ops`) in a parallel
-``map`` whose order is deterministic, then batches and prefetches.
+``map`` whose order is deterministic, then batches and prefetches. Where the pipeline
+is decode, flips, rot90 and 'unit' (or less), the batch path (:class:`_Batches`)
+makes whole batches in Python threads instead: the reference's decoder and one exact
+Pillow transpose per tile (spec/adapter_tf.md, "The batch path").
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
+import os
+import queue
+import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from tilespec.augment import OP_OF_CHAR
 from tilespec.errors import TFRecordError
-from tilespec.images import JPEG_MAGIC, decode_image, image_format
+from tilespec.images import JPEG_MAGIC, decode_image, decode_into, image_format
 from tilespec.index import load_index
 from tilespec.items import AllSkippedGuard, ItemMaker
 from tilespec.loader import IndexedInterleaver, NumpyLoader
@@ -403,13 +413,14 @@ def make_dataset(dataset, options: dict):
                          "pipeline shows progress through Keras (model.fit(verbose=1)) or "
                          "tf.keras.utils.Progbar")
     reader = options.pop("reader", "python")
+    images = options.pop("images", "auto")
     rank, num_replicas = _shard(options)
     labels = dataset.loader_labels(options.pop("labels", None))
     table = dataset.sampling_table()
     base = _PlanLoader(list(table.paths), table.clip, table.weights, labels=labels,
                        rank=rank, num_replicas=num_replicas,
                        record_slides=dataset.record_slides, **options)
-    return build(base, deterministic=deterministic, reader=reader)
+    return build(base, deterministic=deterministic, reader=reader, images=images)
 
 
 def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "python", *,
@@ -442,17 +453,52 @@ def elements(base: NumpyLoader, info: LoaderInfo | None = None, reader: str = "p
         base, label_spec, keep_invalid)).prefetch(2).unbatch()
 
 
-def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "python"):
+def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "python",
+          images: str = "auto"):
     """The tf.data pipeline over a validated reference loader ``base`` (its plan,
     draws, labels and reading), with TensorFlow image ops. ``reader='auto'`` reads
     by the C++ path where :func:`reader_for` allows it, ``'python'`` always by the
     Python reader (spec/adapter_tf.md, "Two readers"); ``ds.tilespec.reader`` says
-    which ('c++' or 'python') and ``ds.tilespec.python_reason`` why."""
+    which ('c++' or 'python') and ``ds.tilespec.python_reason`` why. With the Python
+    reader and ``images='auto'`` (the default) the images are made in Python where
+    :func:`images_for` allows it (the batch path, :class:`_Batches`); ``'tensorflow'``
+    always makes them in the TensorFlow image map; ``ds.tilespec.images`` says which
+    ('python' or 'tensorflow') and ``ds.tilespec.images_reason`` why the map was kept
+    (spec/adapter_tf.md, "The batch path")."""
+    if images not in IMAGES:
+        raise ValueError(f"images must be one of {IMAGES}, got {images!r}")
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     label_dtype, label_spec = _label_spec(base.item_maker.labels)
     B = base.batch_size
     keep_invalid = B is not None and base.item_maker.on_error == "skip"
     length = len(base)
     info = LoaderInfo(base, length)
+    why = "images='tensorflow'" if images == "tensorflow" else images_for(base)
+    route = "reader='python' (the default)"
+    if why is None and reader == "auto":
+        route = reader_for(base)
+        if route is None:
+            why = "reader='auto' took the C++ reading path (its images are made in the map)"
+    info.images, info.images_reason = ("python", None) if why is None else ("tensorflow", why)
+    if why is None:  # the Python reader, and the images made with it
+        info.reader, info.python_reason = "python", route
+        ds = _batch_dataset(base, info, label_spec, label_dtype)
+    else:
+        ds = _map_dataset(base, info, reader, label_spec, keep_invalid, deterministic)
+    if base.infinite:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+    elif base.item_maker.on_error == "raise":
+        ds = ds.apply(tf.data.experimental.assert_cardinality(length))
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    _expose(ds, info, info.skipped)
+    return ds
+
+
+def _map_dataset(base, info, reader, label_spec, keep_invalid, deterministic):
+    """The dataset of items (batched as ``batch_size`` asks) whose images the TensorFlow
+    image map makes (:func:`_item_fn`) from the elements of :func:`elements`."""
+    B = base.batch_size
     ds = elements(base, info, reader, merged=True)
     merge = None
     if isinstance(ds, tuple):  # the C++ path: its per-element checks run in the image map
@@ -471,12 +517,6 @@ def build(base: NumpyLoader, *, deterministic: bool = True, reader: str = "pytho
                 return tuple(None if c is None else tf.boolean_mask(c, valid)
                              for c in cols[:-1])
             ds = ds.map(mask)
-    if base.infinite:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
-    elif base.item_maker.on_error == "raise":
-        ds = ds.apply(tf.data.experimental.assert_cardinality(length))
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    _expose(ds, info, info.skipped)
     return ds
 
 
@@ -565,6 +605,301 @@ def make_indexed(tfrecords, options: dict):
     _expose(ds, ref, items.skipped)
     return ds
 
+
+
+# ------------------------------------------------------ the batch path: images made in Python
+
+#: The augmentation ops the batch path runs: whole-pixel moves (spec/images.md, "Flips",
+#: "Rotation"), each an exact permutation of the decoded pixels.
+MOVES = frozenset(("flip_left_right", "flip_up_down", "rot90"))
+#: Threads making the batch path's batches (the decode and the moves release the GIL).
+THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Positions per chunk of the batch path without ``batch_size`` (items are unbatched).
+UNBATCHED_CHUNK = 64
+#: Bytes per band when a transposed tile is copied out of Pillow: each band's
+#: ``tobytes`` stays under glibc's 128 KB mmap threshold, which TensorFlow's generator
+#: dataset fixes (its "Memory patch": ``M_TRIM_THRESHOLD`` 128 KB, so no dynamic
+#: threshold): a whole 196 KB tile would be a fresh mapping, page faults and all, at
+#: every tile (measured 42 faults and 120-340 us of system time a tile; 1 and 17-59 us
+#: in bands).
+BAND_BYTES = 1 << 16
+#: Stream positions the batch path plans at once (records are a pure function of the
+#: position, so planning ahead and slicing gives the same records).
+PLAN_AHEAD = 4096
+#: Freed image blocks Pillow keeps for reuse while the batch path runs (its default is
+#: none: every transposed tile is then fresh memory, page faults and all; measured at
+#: about 90 faults a tile). Raised to this when lower (Pillow's ``PILLOW_BLOCKS_MAX``),
+#: and Pillow's block size lowered to :data:`BAND_BYTES` when larger
+#: (``PILLOW_BLOCK_SIZE``, default 16 MiB): every image is then made of blocks of one
+#: size, each under the mmap threshold, so freed blocks are reused as they are.
+PILLOW_BLOCKS = 64
+#: The batch path's values of the ``images`` option: 'auto' (the batch path where
+#: :func:`images_for` allows it) or 'tensorflow' (always the TensorFlow image map).
+IMAGES = ("auto", "tensorflow")
+
+# A probe image whose 6 pixels differ and whose sides differ: a sequence of moves and
+# the one Pillow transpose that maps it the same way map every image the same way.
+_PROBE = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)
+_TRANSPOSES = tuple(Image.Transpose)[:7]  # the 7 moves other than the identity
+
+
+def move_of(pipeline, steps):
+    """The one Pillow transpose (``PIL.Image.Transpose``) with the effect of the move
+    steps ``steps`` (a sequence of :class:`tilespec.augment.Step` of :data:`MOVES`), or
+    None when they leave the image as it is. Found by running the reference's augment
+    stage (:meth:`tilespec.pipeline.Pipeline.run_stage`, the reference's own ops) on a
+    probe image of distinct pixels and matching the result, so the rule of each op
+    stays the reference's (spec/adapter_tf.md, "The batch path")."""
+    want = pipeline.run_stage("augment", _PROBE, tuple(steps))
+    if want.shape == _PROBE.shape and np.array_equal(want, _PROBE):
+        return None
+    probe = Image.fromarray(_PROBE)
+    for m in _TRANSPOSES:
+        got = np.asarray(probe.transpose(m))
+        if got.shape == want.shape and np.array_equal(got, want):
+            return m
+    raise AssertionError(f"steps {steps} are not a move")  # pragma: no cover
+
+
+def images_for(base: NumpyLoader) -> str | None:
+    """Which image path :func:`build` takes for ``base``: None for the batch path (the
+    images made in Python by the reference's decoder and moves, whole batches handed to
+    TensorFlow: :class:`_Batches`), else why the TensorFlow image map is kept
+    (spec/adapter_tf.md, "The batch path"). The batch path runs the stages whose
+    TensorFlow form gives the same bits as the reference: decode, the moves (flips,
+    rot90), 'unit' standardization (in TensorFlow, on the batch)."""
+    p = base.pipeline
+    if p.normalizer is not None:
+        return "a stain normalizer (graph ops in the image map)"
+    if p.transform is not None:
+        return "a transform (it is called on TensorFlow tensors in the image map)"
+    if p.resize_target is not None:
+        return "resize_target (TensorFlow's resize, within one level of the reference's)"
+    if p.crop_width is not None:
+        return "a crop"
+    other = sorted({c for c in p.augment if c != "n" and OP_OF_CHAR[c] not in MOVES})
+    if other:
+        return (f"augmentation {''.join(other)!r} (TensorFlow ops in the image map; only "
+                "flips and rot90 are made in Python)")
+    if p.standardize not in (None, "unit"):
+        return f"standardize={p.standardize!r} (TensorFlow's op in the image map)"
+    size = base.item_maker.tile_size()
+    if size is None:
+        return "no readable tile to take the tile size from"
+    if size[0] != size[1] and "r" in p.augment:
+        return "non-square tiles with 'r' (images of two shapes)"
+    return None
+
+
+class _Batches:
+    """The batch path's generator: per batch of positions (chunk of
+    :data:`UNBATCHED_CHUNK` positions without ``batch_size``), the reference's plan and draws,
+    each record read by :meth:`ItemMaker.read` with the image made in its ``decode``
+    step (so decode errors are located, raised or skipped by the reference's rule), the
+    fields by :meth:`ItemMaker.fields`; batches are made by :data:`THREADS` threads
+    (one with ``on_error='skip'``, so the skip log keeps the stream's order) and
+    yielded in order."""
+
+    def __init__(self, base: NumpyLoader, info: LoaderInfo, label_dtype):
+        self.base = base
+        self.info = info
+        self.items = base.item_maker
+        self.pipeline = base.pipeline
+        self.label_dtype = label_dtype
+        self.B = base.batch_size
+        self.threads = 1 if self.items.on_error == "skip" else THREADS
+        h, w = self.items.tile_size()[:2]
+        self.hw = (h, w)
+        self.cap = self.items.max_tile_pixels
+        self.moves: dict = {}  # the drawn steps -> their Pillow transpose (move_of)
+        if Image.core.get_blocks_max() < PILLOW_BLOCKS:
+            Image.core.set_blocks_max(PILLOW_BLOCKS)
+        if Image.core.get_block_size() > BAND_BYTES:
+            Image.core.set_block_size(BAND_BYTES)
+
+    def _image(self, raw, steps, row, scratch):
+        """Decode ``raw`` and apply its move steps into the batch row ``row``: the
+        reference's :func:`decode_into` (its fast decoder, else :func:`decode_image`,
+        whose errors are the reference's), then the steps' one Pillow transpose
+        (:func:`move_of`)."""
+        key = tuple(steps)
+        m = self.moves.get(key, self)
+        if m is self:  # at most 16 keys for 'xyr'
+            m = self.moves[key] = move_of(self.pipeline, key)
+        dest = row if m is None else scratch
+        if not decode_into(raw, dest, self.cap):
+            dest[...] = decode_image(raw, max_pixels=self.cap)
+        if m is not None:
+            h, w = scratch.shape[:2]
+            im = Image.frombuffer("RGB", (w, h), scratch, "raw", "RGB", 0, 1).transpose(m)
+            w, h = im.size
+            band = max(1, BAND_BYTES // (3 * w))
+            for y in range(0, h, band):
+                stop = min(h, y + band)
+                part = row[y:stop].reshape(-1)
+                part[...] = np.frombuffer(im.crop((0, y, w, stop)).tobytes(), np.uint8)
+        return True
+
+    def _batch(self, sources, images, epoch, t, j, positions, steps):
+        """The columns of one batch (chunk) of positions, the images written into
+        ``images`` (a buffer of at least ``len(t)`` rows), or None when every record
+        of it was skipped."""
+        source = sources.get()
+        try:
+            scratch = np.empty(images.shape[1:], np.uint8)
+            fields = []
+            items = self.items
+            for k in range(len(t)):
+                row = images[len(fields)]
+                got = items.read(int(t[k]), int(j[k]), int(positions[k]),
+                                 functools.partial(self._image, steps=steps[k], row=row,
+                                                   scratch=scratch),
+                                 source=source, epoch=epoch)
+                if got is not None:
+                    fields.append(items.fields(got[0], source.paths[int(t[k])], int(j[k])))
+        finally:
+            sources.put(source)
+        if not fields:
+            return None
+        out = {"image": images if len(fields) == len(t) else images[:len(fields)].copy()}
+        cols = list(zip(*fields))
+        if items.labels is not None:
+            out["label"] = np.array(cols[0], dtype=self.label_dtype)
+        if items.incl_slidenames:
+            out["slide"] = np.array([s.encode("utf-8") for s in cols[1]], dtype=object)
+        if items.incl_loc:
+            out["loc_x"] = np.array(cols[-2], dtype=np.int64)
+            out["loc_y"] = np.array(cols[-1], dtype=np.int64)
+        return out
+
+    def __call__(self):
+        epoch = self.info.next_epoch()
+        plan = self.base.plan(epoch)
+        step = self.B or UNBATCHED_CHUNK
+        total = None if self.base.infinite else len(plan)
+        if total is not None and self.base.drop_last:
+            total = (total // step) * step
+        sources = queue.SimpleQueue()
+        opened = [self.items.source.reopened() for _ in range(self.threads)]
+        for s in opened:
+            sources.put(s)
+        buffers = _Buffers((step, *self.hw, 3))
+        guard = AllSkippedGuard(plan, opened[0].paths)
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tilespec-tf")
+        pending: collections.deque = collections.deque()
+        window = (0, np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+        def submit(start, stop):
+            nonlocal window
+            w0, wt, wj = window
+            if stop > w0 + len(wt):  # plan PLAN_AHEAD positions at a time
+                wt, wj = plan.records(start, max(stop, start + PLAN_AHEAD))
+                w0 = start
+                window = (w0, wt, wj)
+            t, j = wt[start - w0:stop - w0], wj[start - w0:stop - w0]
+            positions = plan.positions(start, start + len(t))
+            draws = self.pipeline.draw(plan.key, positions)
+            buf = buffers.get(len(t))
+            pending.append((t, j, pool.submit(self._batch, sources, buf, epoch, t, j,
+                                              positions, draws.steps)))
+
+        def take():
+            t, j, fut = pending.popleft()
+            out = fut.result()
+            if out is None:
+                guard.skipped(t, j, self.items.skipped)
+            else:
+                guard.reset()
+            return out
+
+        try:
+            start = 0
+            while total is None or start < total or pending:
+                if total is None or start < total:
+                    stop = start + step if total is None else min(start + step, total)
+                    submit(start, stop)
+                    start = stop
+                    if len(pending) <= self.threads and (total is None or start < total):
+                        continue
+                out = take()
+                if out is not None:
+                    yield out
+        finally:
+            for *_, fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
+            for s in opened:
+                s.close()
+
+
+class _Buffers:
+    """Batch arrays for the batch path, reused once nothing else holds them.
+
+    Each array starts on a 64-byte boundary: ``from_generator`` then hands TensorFlow
+    the array's own memory (TensorFlow wraps an ndarray aligned to 64 bytes instead of
+    copying it), one copy of every batch fewer. A batch TensorFlow still holds keeps a
+    reference to its array, so an array is written again only when its reference count
+    says that only this pool holds it (whether TensorFlow copied or wrapped it); fresh
+    memory for every batch cost about 50 page faults a tile (measured)."""
+
+    def __init__(self, shape, keep: int = 16):
+        self.shape = tuple(shape)
+        self.n = int(np.prod(self.shape))
+        self.keep = keep
+        self.raws: list = []
+
+    def get(self, rows: int) -> np.ndarray:
+        """An array of ``rows`` rows of the pool's shape, not referenced elsewhere."""
+        for raw in self.raws:
+            if sys.getrefcount(raw) <= 3:  # this list, the loop variable, the call
+                return self._view(raw, rows)
+        raw = np.empty(self.n + 64, np.uint8)
+        if len(self.raws) < self.keep:
+            self.raws.append(raw)
+        return self._view(raw, rows)
+
+    def _view(self, raw, rows):
+        at = (-raw.ctypes.data) % 64
+        per = self.n // self.shape[0]
+        return raw[at:at + rows * per].reshape((rows, *self.shape[1:]))
+
+
+def _batch_dataset(base: NumpyLoader, info: LoaderInfo, label_spec, label_dtype):
+    """The batch path's dataset of items (batched as ``batch_size`` asks), before the
+    final prefetch: :class:`_Batches` through ``from_generator``, then 'unit'
+    standardization on each batch in TensorFlow (:func:`tilespec_tf.ops.standardize`)."""
+    gen = _Batches(base, info, label_dtype)
+    h, w = gen.hw
+    items = base.item_maker
+    sig = {"image": tf.TensorSpec([None, h, w, 3], tf.uint8)}
+    if label_spec is not None:
+        sig["label"] = tf.TensorSpec([None, *label_spec.shape], label_spec.dtype)
+    if items.incl_slidenames:
+        sig["slide"] = tf.TensorSpec([None], tf.string)
+    if items.incl_loc:
+        sig["loc_x"] = tf.TensorSpec([None], tf.int64)
+        sig["loc_y"] = tf.TensorSpec([None], tf.int64)
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+    B = base.batch_size
+    if B is None:
+        ds = ds.unbatch()
+    mode = base.pipeline.standardize
+    fixed = B is not None and base.drop_last and items.on_error == "raise"
+
+    def item(e):
+        img = e["image"]
+        if mode is not None:
+            img = tfops.standardize(img, mode)
+        out = [img, e["label"] if label_spec is not None else None]
+        if items.incl_slidenames:
+            out.append(e["slide"])
+        if items.incl_loc:
+            out += [e["loc_x"], e["loc_y"]]
+        if fixed:  # every batch is whole: the static shapes of batch(drop_remainder=True)
+            out = [None if c is None else tf.ensure_shape(c, [B, *c.shape[1:]]) for c in out]
+        return tuple(out)
+
+    return ds.map(item, num_parallel_calls=tf.data.AUTOTUNE if B is None else None)
 
 
 # ----------------------------------------------------------------- the C++ reading path
@@ -878,6 +1213,7 @@ def _cxx_dataset(base: NumpyLoader, info: LoaderInfo, label_dtype):
 
 
 __all__ = ["make_dataset", "make_indexed", "build", "elements", "reader_for", "READERS",
+           "images_for", "IMAGES", "MOVES", "THREADS", "move_of",
            "MAX_CXX_TFRECORDS", "image_fn",
            "encode_steps", "LoaderInfo",
            "output_shape", "decode_check", "stack_rows"]
