@@ -342,14 +342,18 @@ def _bare(row: Row, spec: dict) -> dict:
         print("ready", flush=True)
         sys.stdin.readline()
     t0 = time.monotonic()
-    t_first = None
+    t_first = t_half = None
+    half = len(jpegs) // 2
     for i, (b, st) in enumerate(zip(jpegs, steps)):
         one(b, st)
         if i == BATCH - 1:
             t_first = time.monotonic()
+        if i == half - 1:
+            t_half = time.monotonic()
     t1 = time.monotonic()
     return {"tiles": len(jpegs), "start": t0, "first": (t_first or t1) - t0,
-            "first_tiles": min(BATCH, len(jpegs)), "end": t1}
+            "first_tiles": min(BATCH, len(jpegs)), "end": t1,
+            "half": (t_half or t0) - t0, "half_tiles": half}
 
 
 def _usual_tfdata(paths, dtype: str, seed: int):
@@ -429,15 +433,20 @@ def _loader(row: Row, spec: dict) -> dict:
     t_first = time.monotonic()
     n_first = n = int(first[0].shape[0])
     dtype = str(first[0].dtype)
+    half, t_half, n_half = spec.get("total", 0) // 2, None, None
     for batch in it:
         n += int(batch[0].shape[0])
+        if t_half is None and n >= half:
+            t_half, n_half = time.monotonic(), n
     t1 = time.monotonic()
+    if t_half is None:
+        t_half, n_half = t_first, n_first
     del it, first
     import gc
 
     gc.collect()
     return {"tiles": n, "start": t0, "first": t_first - t0, "first_tiles": n_first, "end": t1,
-            "image_dtype": dtype}
+            "half": t_half - t0, "half_tiles": n_half, "image_dtype": dtype}
 
 
 def child(spec: dict) -> dict:
@@ -484,7 +493,9 @@ def run_row(row: Row, base: dict, timeout: float) -> dict:
         wall = res["end"] - res["start"]
         return dict(res, rate=res["tiles"] / wall, seconds=wall,
                     steady_rate=(res["tiles"] - res["first_tiles"]) / max(1e-9, wall -
-                                                                          res["first"]))
+                                                                          res["first"]),
+                    late_rate=(res["tiles"] - res["half_tiles"]) / max(1e-9, wall -
+                                                                       res["half"]))
     procs = [subprocess.Popen(_command(dict(base, row=asdict(row), part=k, wait=True)),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=_env())
@@ -512,9 +523,12 @@ def run_row(row: Row, base: dict, timeout: float) -> dict:
     start, end = min(r["start"] for r in parts), max(r["end"] for r in parts)
     tiles = sum(r["tiles"] for r in parts)
     first = max(r["start"] + r["first"] for r in parts) - start
+    half = max(r["start"] + r["half"] for r in parts) - start
     return {"tiles": tiles, "rate": tiles / (end - start), "seconds": end - start,
             "first": first, "steady_rate": (tiles - sum(r["first_tiles"] for r in parts)) /
             max(1e-9, end - start - first),
+            "late_rate": (tiles - sum(r["half_tiles"] for r in parts)) /
+            max(1e-9, end - start - half),
             "peak_rss": max(r["peak_rss"] for r in parts), "worker_peak_rss": None,
             "cpu_s": sum(r["cpu_s"] for r in parts), "children_cpu_s": 0.0, "parts": parts}
 
@@ -537,15 +551,15 @@ def summarize(rows: list, runs: dict) -> dict:
 
     ``runs[key]`` is the list of that row's results, one per repeat (in repeat order;
     a failed run is a dict with ``error``)."""
-    def rates(key):
-        return [None if "error" in r else r["rate"] for r in runs.get(key, [])]
+    def rates(key, what="rate"):
+        return [None if "error" in r else r.get(what, r["rate"]) for r in runs.get(key, [])]
 
     def med(key):
         ok = [x for x in rates(key) if x is not None]
         return statistics.median(ok) if ok else None
 
-    def ratio(key, other):
-        pairs = [(a / b) for a, b in zip(rates(key), rates(other)) if a and b]
+    def ratio(key, other, what="rate"):
+        pairs = [(a / b) for a, b in zip(rates(key, what), rates(other, what)) if a and b]
         return statistics.median(pairs) if pairs else None
 
     out = {}
@@ -559,6 +573,8 @@ def summarize(rows: list, runs: dict) -> dict:
             s.update(tiles=ok[0]["tiles"], rate=statistics.median(rs), rate_min=min(rs),
                      rate_max=max(rs),
                      steady_rate=statistics.median(r["steady_rate"] for r in ok),
+                     late_rate=statistics.median(r.get("late_rate", r["steady_rate"])
+                                                 for r in ok),
                      first_s=statistics.median(r["first"] for r in ok),
                      peak_rss=max(r["peak_rss"] for r in ok),
                      worker_peak_rss=max((r["worker_peak_rss"] or 0 for r in ok),
@@ -567,6 +583,7 @@ def summarize(rows: list, runs: dict) -> dict:
                          1e3 * (r["cpu_s"] + r["children_cpu_s"]) / r["tiles"] for r in ok))
             if row.ref and med(row.ref):
                 s["vs_ref"] = ratio(row.key, row.ref)
+                s["late_vs_ref"] = ratio(row.key, row.ref, "late_rate")
             cands = [k for k in (row.limit or []) if med(k)]
             if cands:
                 best = max(cands, key=med)
@@ -590,20 +607,22 @@ def table(rows: list, summary: dict) -> str:
         s = summary[r.key]
         if "rate" not in s:
             lines.append([number[r.key], r.name, "failed: " + "; ".join(s["errors"])[:60]] +
-                         [""] * 8)
+                         [""] * 10)
             continue
         ref = "-" if "vs_ref" not in s else f"{s['vs_ref']:.2f}x #{number[r.ref]}"
+        late = "-" if "late_vs_ref" not in s else f"{s['late_vs_ref']:.2f}x"
         lim = "-" if "vs_limit" not in s else f"{100 * s['vs_limit']:.0f}% #{number[s['limit']]}"
         stk = ("-" if "vs_stacked" not in s else
                f"{100 * s['vs_stacked']:.0f}% #{number[s['stacked']]}")
         lines.append([number[r.key], r.name, _rate(s["rate"]),
                       f"{_rate(s['rate_min'])}-{_rate(s['rate_max'])}", _rate(s["steady_rate"]),
-                      ref, lim, stk, f"{s['first_s']:.2f}", f"{s['peak_rss'] / MiB:.0f}",
+                      _rate(s["late_rate"]), ref, late, lim, stk, f"{s['first_s']:.2f}",
+                      f"{s['peak_rss'] / MiB:.0f}",
                       "-" if not (r.workers and s["worker_peak_rss"])
                       else f"{s['worker_peak_rss'] / MiB:.0f}"])
-    return format_table(["#", "row", "tiles/s", "range", "after 1st", "vs ref", "of limit",
-                         "of +stack", "1st batch s", "RSS MiB", "worker MiB"], lines,
-                        align="rl" + "r" * 9)
+    return format_table(["#", "row", "tiles/s", "range", "after 1st", "2nd half", "vs ref",
+                         "2nd half vs ref", "of limit", "of +stack", "1st batch s", "RSS MiB",
+                         "worker MiB"], lines, align="rl" + "r" * 11)
 
 
 # ------------------------------------------------------------------ main
@@ -628,7 +647,7 @@ def run(args) -> dict:
             while fh.read(1 << 20):
                 pass
     total = args.tfrecords * args.tiles
-    base = {"folder": folder, "paths": paths, "seed": args.seed}
+    base = {"folder": folder, "paths": paths, "seed": args.seed, "total": total}
     runs = {r.key: [] for r in rows}
     for rep in range(args.repeats):
         for row in rotated(rows, rep, args.repeats):
@@ -661,9 +680,12 @@ def run(args) -> dict:
     print("vs ref: median over repeats of the row's tiles/s over row #N's in the same repeat;"
           " of limit: the same against the fastest exact decoder's bare loop #N of the same ops"
           " and dtype (two at once for 2+ workers and TensorFlow); of +stack: the same against"
-          " the bare loop that also stacks every 64 tiles into a batch (np.stack, torch.stack: what"
+          " the bare loop that also stacks every 64 tiles into a batch (np.stack, torch.stack:"
+          " what"
           " a user's own loop does, and what a loader's batch costs). after 1st: tiles/s after the"
-          " first batch. RSS: peak of the process running the row; worker: its largest"
+          " first batch; 2nd half: tiles/s over the second half of the tiles (a pipeline's"
+          " buffers filled during a long first batch no longer count), and its ratio to the"
+          " row #N of vs ref. RSS: peak of the process running the row; worker: its largest"
           " worker.")
     elapsed = time.perf_counter() - t_start
     print(f"total {elapsed:.0f} s")

@@ -175,5 +175,6 @@ def moved_view(img: np.ndarray, steps):
     return img
 
 
-__all__ = ["parse_augment", "moved_view", "MOVE_OPS", "draw_augmentations", "apply_steps", "Step", "Draws", "OP_OF_CHAR",
+__all__ = ["parse_augment", "moved_view", "MOVE_OPS", "draw_augmentations", "apply_steps", "Step",
+           "Draws", "OP_OF_CHAR",
            "VALID_CHARS", "DEFAULT_AUGMENT", "BLUR_SIGMAS", "BLUR_CDF"]
