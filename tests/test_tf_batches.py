@@ -84,6 +84,20 @@ def test_move_of_is_the_references_steps(shape):
         assert (m is None) == (x == y and k == 2 * x)  # flipping both ways is rot180
 
 
+@pytest.mark.parametrize("shape", [(5, 5, 3), (4, 7, 3), (300, 260, 3)])
+def test_write_moved_is_pillows_transpose(shape):
+    """Every Pillow transpose the batch path uses writes the row Pillow's transpose
+    gives (the row flip by a NumPy copy of reversed rows, the others through Pillow in
+    bands, also for tiles of more than one band)."""
+    from PIL import Image
+    img = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    for m in tuple(Image.Transpose)[:7]:
+        want = np.asarray(Image.fromarray(img).transpose(m))
+        row = np.zeros(want.shape, np.uint8)
+        tfl.write_moved(img, m, row)
+        assert np.array_equal(row, want), m
+
+
 # ------------------------------------------------------------------ the stream
 
 CASES = [

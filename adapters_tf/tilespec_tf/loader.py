@@ -661,6 +661,24 @@ def move_of(pipeline, steps):
     raise AssertionError(f"steps {steps} are not a move")  # pragma: no cover
 
 
+def write_moved(img: np.ndarray, m, row: np.ndarray) -> None:
+    """Write ``img`` (an HWC uint8 array) turned or flipped by the Pillow transpose ``m``
+    into ``row``: a flip of the rows (``FLIP_TOP_BOTTOM``) by one NumPy copy of whole
+    rows in reverse order (12 against 120 us for a 256 px tile: no Pillow image is made),
+    every other transpose by Pillow, copied out in bands of :data:`BAND_BYTES`."""
+    if m is Image.Transpose.FLIP_TOP_BOTTOM:
+        np.copyto(row, img[::-1])
+        return
+    h, w = img.shape[:2]
+    im = Image.frombuffer("RGB", (w, h), img, "raw", "RGB", 0, 1).transpose(m)
+    w, h = im.size
+    band = max(1, BAND_BYTES // (3 * w))
+    for y in range(0, h, band):
+        stop = min(h, y + band)
+        part = row[y:stop].reshape(-1)
+        part[...] = np.frombuffer(im.crop((0, y, w, stop)).tobytes(), np.uint8)
+
+
 def images_for(base: NumpyLoader) -> str | None:
     """Which image path :func:`build` takes for ``base``: None for the batch path (the
     images made in Python by the reference's decoder and moves, whole batches handed to
@@ -730,14 +748,7 @@ class _Batches:
         if not decode_into(raw, dest, self.cap):
             dest[...] = decode_image(raw, max_pixels=self.cap)
         if m is not None:
-            h, w = scratch.shape[:2]
-            im = Image.frombuffer("RGB", (w, h), scratch, "raw", "RGB", 0, 1).transpose(m)
-            w, h = im.size
-            band = max(1, BAND_BYTES // (3 * w))
-            for y in range(0, h, band):
-                stop = min(h, y + band)
-                part = row[y:stop].reshape(-1)
-                part[...] = np.frombuffer(im.crop((0, y, w, stop)).tobytes(), np.uint8)
+            write_moved(scratch, m, row)
         return True
 
     def _batch(self, sources, images, epoch, t, j, positions, steps):
