@@ -486,11 +486,11 @@ def test_skip_log_is_the_reference_log_across_epochs(corrupt):
     assert d.skipped == ref.skipped and d.tilespec.num_skipped == ref.num_skipped == 2
 
 
-def test_two_iterators_of_one_dataset_read_independently(datasets):
-    ds = datasets[0]
-    opts = dict(infinite=False, seed=12, standardize=False, incl_loc=True)
+def assert_two_iterators_conform(ds, opts):
+    """Two iterators of one ``ds.tensorflow(**opts)`` advanced in turn (epochs 0 and 1,
+    interleaved) each give the reference's stream, whole."""
     d = ds.tensorflow(**opts)
-    a, b = iter(d), iter(d)              # epochs 0 and 1, interleaved
+    a, b = iter(d), iter(d)
     got_a, got_b = [], []
     for x, y in zip(a, b):
         got_a.append(x)
@@ -498,6 +498,11 @@ def test_two_iterators_of_one_dataset_read_independently(datasets):
     ref = ds.numpy(**opts)
     assert tt.assert_conforms(got_a, ref, options=opts) == len(ref)
     assert tt.assert_conforms(got_b, ref, options=opts) == len(ref)
+
+
+def test_two_iterators_of_one_dataset_read_independently(datasets):
+    assert_two_iterators_conform(datasets[0], dict(infinite=False, seed=12,
+                                                   standardize=False, incl_loc=True))
 
 
 def _bad_tile_file(path, n, bad):

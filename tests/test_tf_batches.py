@@ -24,6 +24,8 @@ from tilespec.augment import Step, apply_steps  # noqa: E402
 from tilespec.pipeline import Pipeline  # noqa: E402
 from tilespec.errors import TFRecordError  # noqa: E402
 from tilespec_tf import loader as tfl  # noqa: E402
+from test_tf_adapter import assert_two_iterators_conform  # noqa: E402
+from test_tf_reader import assert_same, items  # noqa: E402
 
 LAYOUTS = [
     tt.TileDatasetLayout((("s0", "p0", "a", 7), ("s1", "p1", "b", 4), ("s2", "p1", "a", 5)),
@@ -41,27 +43,6 @@ def datasets(tmp_path_factory):
         out.append(tilespec.Dataset(tfrecords=info["tfrecords"],
                                     annotations=info["annotations"]))
     return out
-
-
-def items(ds, n=None):
-    return [tuple(None if c is None else np.asarray(c) for c in x)
-            for x in itertools.islice(ds, n)]
-
-
-def assert_same(a, b):
-    """Bit for bit: same length, and every field's dtype, shape and bytes."""
-    assert len(a) == len(b)
-    for k, (x, y) in enumerate(zip(a, b)):
-        assert len(x) == len(y), k
-        for u, v in zip(x, y):
-            if u is None or v is None:
-                assert u is None and v is None, k
-                continue
-            assert u.dtype == v.dtype and u.shape == v.shape, k
-            if u.dtype.kind == "O":
-                assert u.tolist() == v.tolist(), k
-            else:
-                assert u.tobytes() == v.tobytes(), f"item {k} differs"
 
 
 # ------------------------------------------------------------------ the moves
@@ -161,16 +142,8 @@ def test_buffers_are_reused_only_when_free():
 
 def test_two_iterators_and_an_early_stop(datasets):
     ds = datasets[0]
-    opts = dict(infinite=False, seed=12, augment="xyr", incl_loc=True, batch_size=2)
-    d = ds.tensorflow(**opts)
-    a, b = iter(d), iter(d)                # epochs 0 and 1, interleaved
-    got_a, got_b = [], []
-    for x, y in zip(a, b):
-        got_a.append(x)
-        got_b.append(y)
-    ref = ds.numpy(**opts)
-    assert tt.assert_conforms(got_a, ref, options=opts) == len(ref)
-    assert tt.assert_conforms(got_b, ref, options=opts) == len(ref)
+    assert_two_iterators_conform(ds, dict(infinite=False, seed=12, augment="xyr",
+                                          incl_loc=True, batch_size=2))
     inf = ds.tensorflow(infinite=True, seed=1, augment="xy", batch_size=3)
     it = iter(inf)
     next(it)
