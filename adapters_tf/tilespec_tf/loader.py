@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tilespec.augment import OP_OF_CHAR
+from tilespec.augment import MOVE_OPS, OP_OF_CHAR
 from tilespec.errors import TFRecordError
 from tilespec.images import JPEG_MAGIC, decode_image, decode_into, image_format
 from tilespec.index import load_index
@@ -609,9 +609,10 @@ def make_indexed(tfrecords, options: dict):
 
 # ------------------------------------------------------ the batch path: images made in Python
 
-#: The augmentation ops the batch path runs: whole-pixel moves (spec/images.md, "Flips",
-#: "Rotation"), each an exact permutation of the decoded pixels.
-MOVES = frozenset(("flip_left_right", "flip_up_down", "rot90"))
+#: The augmentation ops the batch path runs: the reference's whole-pixel moves
+#: (:data:`tilespec.augment.MOVE_OPS`; spec/images.md, "Flips", "Rotation"), each an exact
+#: permutation of the decoded pixels.
+MOVES = frozenset(MOVE_OPS)
 #: Threads making the batch path's batches (the decode and the moves release the GIL).
 THREADS = max(1, min(4, os.cpu_count() or 1))
 #: Positions per chunk of the batch path without ``batch_size`` (items are unbatched).
